@@ -1,0 +1,224 @@
+"""Typed configuration for every part of a speech LLM.
+
+Plain dataclasses, YAML in and out, no torch import: a config can be read, checked and printed
+without loading a model. Every field is documented where it is declared; `__post_init__` rejects
+values that cannot work and says what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+COMPRESSORS = ("stack", "pool", "ctc")
+ADAPTORS = ("linear", "mlp", "swiglu")
+CTC_MODES = ("blank_removal", "frame_average")
+PARTS = ("encoder", "layer_weights", "compressor", "adaptor", "llm", "lora")
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def _check_positive(name: str, value: int | float) -> None:
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+@dataclass
+class EncoderConfig:
+    """The Whisper speech encoder."""
+
+    source: str = "bundled:whisper-tiny.en"
+    """Where the weights live: `bundled:whisper-tiny.en`, `bundled:whisper-base`, a CTranslate2
+    Whisper directory (model.bin + config.json), a Hugging Face Whisper directory, or `random`
+    (architecture from the fields below; for tests and from-scratch runs)."""
+    padding: Literal["real", "30s"] = "real"
+    """`real`: encode the audio at its real length (fast on CPU); `30s`: pad each 30 s window as
+    Whisper was trained. Outputs are trimmed to the audio's real length in both cases."""
+    layer: int | Literal["weighted"] = -1
+    """Which hidden state feeds the compressor: -1 the last (after the final layer norm), i >= 0
+    the output of layer i (0 is the embeddings), or `weighted` for a learned softmax-weighted sum
+    of all of them."""
+    n_mels: int = 80
+    d_model: int = 384
+    n_layers: int = 4
+    n_heads: int = 6
+    ffn_dim: int = 1536
+    max_positions: int = 1500
+    """Architecture; filled from the checkpoint when one is loaded, used as is for `random`."""
+
+    def __post_init__(self) -> None:
+        _check_choice("encoder.padding", self.padding, ("real", "30s"))
+        if self.layer != "weighted" and not isinstance(self.layer, int):
+            raise ValueError(f"encoder.layer must be an int or 'weighted', got {self.layer!r}")
+        if isinstance(self.layer, int) and not -1 <= self.layer <= self.n_layers:
+            raise ValueError(f"encoder.layer must be in [-1, {self.n_layers}], got {self.layer}")
+        for name in ("n_mels", "d_model", "n_layers", "n_heads", "ffn_dim", "max_positions"):
+            _check_positive(f"encoder.{name}", getattr(self, name))
+        if self.d_model % self.n_heads:
+            raise ValueError(f"encoder.d_model ({self.d_model}) must divide by n_heads ({self.n_heads})")
+
+
+@dataclass
+class CompressorConfig:
+    """Shortens the encoder's frame sequence before the adaptor."""
+
+    kind: str = "stack"
+    """`stack` (concatenate every k frames, LLaMA-Omni), `pool` (average every k frames) or `ctc`
+    (Speech-LLaMA's CTC compressor)."""
+    k: int = 4
+    """Frames per output position for `stack` and `pool`."""
+    ctc_mode: str = "blank_removal"
+    """For `ctc`: `blank_removal` drops frames whose best label is blank; `frame_average` also
+    averages each run of consecutive frames that share one non-blank label."""
+    ctc_vocab_size: int = 0
+    """For `ctc`: number of CTC labels including blank (0: take the LLM's vocabulary + 1)."""
+    ctc_blank_id: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("compressor.kind", self.kind, COMPRESSORS)
+        _check_choice("compressor.ctc_mode", self.ctc_mode, CTC_MODES)
+        _check_positive("compressor.k", self.k)
+        if self.ctc_vocab_size < 0:
+            raise ValueError(f"compressor.ctc_vocab_size must be >= 0, got {self.ctc_vocab_size}")
+
+
+@dataclass
+class AdaptorConfig:
+    """Projects compressed speech frames into the LLM's embedding space."""
+
+    kind: str = "mlp"
+    """`linear`, `mlp` (Linear-ReLU-Linear, LLaMA-Omni) or `swiglu` (RMSNorm then a SwiGLU MLP)."""
+    hidden_dim: int = 2048
+    """Width of the hidden layer of `mlp` and `swiglu`."""
+    output_scale: float = 1.0
+    """Multiplies the adaptor's output; a lever to start near the LLM's embedding norms."""
+
+    def __post_init__(self) -> None:
+        _check_choice("adaptor.kind", self.kind, ADAPTORS)
+        _check_positive("adaptor.hidden_dim", self.hidden_dim)
+
+
+@dataclass
+class LLMConfig:
+    """The decoder-only LLM."""
+
+    source: str = "bundled:smollm2-135m-instruct"
+    """`bundled:smollm2-135m-instruct`, a Hugging Face model directory, or a `.gguf` file
+    (dequantized by transformers, converted once and cached)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    def __post_init__(self) -> None:
+        _check_choice("llm.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+
+
+@dataclass
+class LoraConfig:
+    """LoRA on the LLM's attention projections (via peft)."""
+
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+    def __post_init__(self) -> None:
+        _check_positive("lora.r", self.r)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("lora.target_modules must name at least one module")
+
+
+@dataclass
+class SpeechLLMConfig:
+    """A whole speech LLM: encoder -> compressor -> adaptor -> LLM."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    compressor: CompressorConfig = field(default_factory=CompressorConfig)
+    adaptor: AdaptorConfig = field(default_factory=AdaptorConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    prefix_attention: Literal["causal", "bidirectional"] = "causal"
+    """Attention over the prompt (text + speech) before the answer: `causal` as the LLM was
+    trained, or `bidirectional` (Speech-LLaMA's non-causal prefix); the answer is always causal."""
+    speech_token: str = "<speech>"
+    """Placeholder added to the tokenizer; each occurrence in a prompt stands for one audio."""
+    trainable: list[str] = field(default_factory=lambda: ["layer_weights", "compressor", "adaptor"])
+    """Parts whose weights train (and are saved): any of encoder, layer_weights, compressor,
+    adaptor, llm, lora. Everything else is frozen and reloaded from its source."""
+    system_prompt: str | None = None
+    """Replaces the chat template's default system prompt when set."""
+
+    def __post_init__(self) -> None:
+        _check_choice("prefix_attention", self.prefix_attention, ("causal", "bidirectional"))
+        for part in self.trainable:
+            _check_choice("trainable part", part, PARTS)
+        if "lora" in self.trainable and not self.lora.enabled:
+            raise ValueError("trainable lists 'lora' but lora.enabled is false")
+        if not self.speech_token:
+            raise ValueError("speech_token must be a non-empty string")
+
+
+# ----------------------------------------------------------------------------- YAML in and out
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as plain nested dicts and lists."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, data: dict[str, Any] | None) -> Any:
+    """Build dataclass `cls` from nested dicts, rejecting unknown keys by name."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} for {cls.__name__}; expected some of {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key.path=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> SpeechLLMConfig:
+    """Read a SpeechLLMConfig from YAML, with optional `key.path=value` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    apply_overrides(data, overrides or [])
+    return from_dict(SpeechLLMConfig, data)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,30 @@
+"""The embedded default model: Whisper tiny.en + SmolLM2-135M-Instruct + the adaptor we ship."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from speechllm.config import SpeechLLMConfig
+from speechllm.model.speech_llm import SpeechLLM
+
+log = logging.getLogger(__name__)
+
+# Trained weights shipped inside the package (written by the training recipe, see README).
+DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "default"
+
+
+def load_model(model_dir: str | Path | None = None) -> SpeechLLM:
+    """The model in `model_dir`, or the embedded default when None."""
+    if model_dir is not None:
+        return SpeechLLM.from_pretrained(model_dir)
+    if (DEFAULT_CHECKPOINT / "config.yaml").is_file():
+        return SpeechLLM.from_pretrained(DEFAULT_CHECKPOINT)
+    from speechllm.model.builders import build_speech_llm
+
+    log.warning(
+        "no trained default adaptor is shipped in this build (%s is missing): speech input will not be "
+        "understood until one is trained with `speechllm train`; text prompts work as the plain LLM",
+        DEFAULT_CHECKPOINT,
+    )
+    return build_speech_llm(SpeechLLMConfig()).eval()

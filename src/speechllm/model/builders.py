@@ -1,0 +1,58 @@
+"""Build a SpeechLLM from its config: each part from where the config says it lives."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from speechllm.config import LoraConfig, SpeechLLMConfig
+from speechllm.model.adaptor import Adaptor
+from speechllm.model.compressor import build_compressor
+from speechllm.model.encoder import WhisperEncoder
+from speechllm.model.features import LogMel
+from speechllm.model.processor import SpeechLLMProcessor
+from speechllm.model.speech_llm import SpeechLLM
+
+
+def add_lora(llm: PreTrainedModel, config: LoraConfig) -> PreTrainedModel:
+    """Inject LoRA adapters (peft) into the LLM's attention projections, in place."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import inject_adapter_in_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in llm.named_modules()}
+    missing = [t for t in config.target_modules if t not in names]
+    if missing:
+        raise ValueError(f"lora.target_modules {missing} not found in the LLM (it has e.g. {sorted(names)[:12]})")
+    peft_config = PeftLoraConfig(
+        r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=list(config.target_modules)
+    )
+    return cast(PreTrainedModel, inject_adapter_in_model(peft_config, llm))
+
+
+def assemble(
+    config: SpeechLLMConfig, encoder: WhisperEncoder, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> SpeechLLM:
+    """Wrap a loaded encoder and LLM with a fresh compressor and adaptor (and LoRA if configured)."""
+    config.encoder = encoder.config  # the checkpoint's architecture, for the saved config
+    processor = SpeechLLMProcessor(
+        tokenizer,
+        LogMel(encoder.config.n_mels, pad_to_30s=encoder.config.padding == "30s"),
+        speech_token=config.speech_token,
+        system_prompt=config.system_prompt,
+    )
+    compressor = build_compressor(config.compressor, encoder.dim, llm.config.vocab_size)
+    adaptor = Adaptor(config.adaptor, compressor.output_dim(encoder.dim), llm.config.hidden_size)
+    if config.lora.enabled:
+        llm = add_lora(llm, config.lora)
+    return SpeechLLM(config, encoder, compressor, adaptor, llm, processor)
+
+
+def build_speech_llm(config: SpeechLLMConfig) -> SpeechLLM:
+    """Load the encoder and LLM named by the config and assemble a SpeechLLM (new adaptor weights)."""
+    from speechllm.weights.llm import load_llm
+    from speechllm.weights.whisper import load_whisper_encoder
+
+    encoder = load_whisper_encoder(config.encoder)
+    llm, tokenizer = load_llm(config.llm)
+    return assemble(config, encoder, llm, tokenizer)

@@ -1,0 +1,185 @@
+"""The Whisper encoder as a plain PyTorch module.
+
+Parameter names follow Hugging Face's `WhisperEncoder`, so an HF checkpoint's encoder weights load
+as they are and a CTranslate2 checkpoint maps onto the same names (see `speechllm.weights`).
+Unlike the HF module this one accepts inputs shorter than 30 s: on a CPU, encoding 5 s of audio
+at its real length is about 6x cheaper than encoding 30 s of padding with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from speechllm.config import EncoderConfig
+
+WINDOW_FRAMES = 3000  # mel frames in Whisper's 30 s window (100 frames a second)
+
+
+class WhisperAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model, bias=False)  # Whisper's key has no bias
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
+        """x: (B, T, D); key_mask: (B, 1, 1, T) bool, True where a key may be attended."""
+        b, t, d = x.shape
+        # B, T, D -> B, H, T, D/H
+        q, k, v = (
+            p(x).view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        return self.out_proj(y.transpose(1, 2).reshape(b, t, d))  # B, H, T, D/H -> B, T, D
+
+
+class WhisperEncoderLayer(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.self_attn = WhisperAttention(d_model, n_heads)
+        self.self_attn_layer_norm = nn.LayerNorm(d_model)
+        self.fc1 = nn.Linear(d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, d_model)
+        self.final_layer_norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
+        x = x + self.self_attn(self.self_attn_layer_norm(x), key_mask)
+        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+
+
+def encoder_output_lengths(n_frames: Tensor) -> Tensor:
+    """Encoder positions for `n_frames` mel frames: conv2 (kernel 3, stride 2, pad 1) gives ceil(T/2)."""
+    return (n_frames + 1) // 2
+
+
+class WhisperEncoder(nn.Module):
+    """Whisper's audio encoder: two convolutions, sinusoidal positions, pre-LN transformer layers.
+
+    `forward(features, lengths)` takes log-mel features (B, n_mels, T) with T <= 3000 and the
+    number of real frames of each, and returns the selected hidden state (B, ceil(T/2), D) with
+    positions past each sample's length zeroed, plus the output lengths (B,). Longer inputs go
+    through `encode`, which cuts them into 30 s windows.
+    """
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        c = config
+        self.config = config
+        self.conv1 = nn.Conv1d(c.n_mels, c.d_model, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(c.d_model, c.d_model, kernel_size=3, stride=2, padding=1)
+        self.embed_positions = nn.Embedding(c.max_positions, c.d_model)
+        self.embed_positions.weight.data.copy_(sinusoids(c.max_positions, c.d_model))
+        self.layers = nn.ModuleList(WhisperEncoderLayer(c.d_model, c.n_heads, c.ffn_dim) for _ in range(c.n_layers))
+        self.layer_norm = nn.LayerNorm(c.d_model)
+        # A learned mix of all hidden states (embeddings + every layer); trains even when the encoder is frozen.
+        self.layer_weights = nn.Parameter(torch.zeros(c.n_layers + 1)) if c.layer == "weighted" else None
+
+    @property
+    def dim(self) -> int:
+        return self.config.d_model
+
+    def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        b, n_mels, t = features.shape
+        if n_mels != self.config.n_mels:
+            raise ValueError(
+                f"encoder expects {self.config.n_mels} mel bins, got features of shape {tuple(features.shape)}"
+            )
+        if t > WINDOW_FRAMES:
+            raise ValueError(
+                f"forward takes at most {WINDOW_FRAMES} frames (30 s), got {t}; use encode() for longer audio"
+            )
+        out_lengths = encoder_output_lengths(lengths)
+        real = self.config.padding == "real"
+        if not real and t < WINDOW_FRAMES:
+            features = F.pad(features, (0, WINDOW_FRAMES - t))
+        # In real-length mode the convolutions must see zeros past each sample's end, exactly as
+        # the zero padding of an unbatched run, or the last frames would differ by batch.
+        in_mask = (torch.arange(features.shape[-1], device=features.device)[None, :] < lengths[:, None])[:, None, :]
+        if real:
+            features = features * in_mask
+        x = F.gelu(self.conv1(features))  # B, n_mels, T -> B, D, T
+        if real:
+            x = x * in_mask
+        x = F.gelu(self.conv2(x)).transpose(1, 2)  # B, D, T -> B, D, T/2 -> B, T/2, D
+        x = x + self.embed_positions.weight[: x.shape[1]]
+        # Real-length batches mask padded keys so each sample encodes as if alone; the 30 s mode
+        # attends to its padding, as Whisper did in training.
+        key_mask = None
+        if real and bool((out_lengths < x.shape[1]).any()):
+            key_mask = (torch.arange(x.shape[1], device=x.device)[None, :] < out_lengths[:, None])[:, None, None, :]
+        states = self._run_layers(x, key_mask)
+        t_out = int(out_lengths.max()) if b else 0
+        h = states[:, :t_out]
+        valid = torch.arange(t_out, device=h.device)[None, :] < out_lengths[:, None]  # B, T'
+        return h * valid[..., None].to(h.dtype), out_lengths
+
+    def _run_layers(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
+        layer = self.config.layer
+        keep_all = layer == "weighted"
+        hidden = [x] if keep_all else []
+        for i, block in enumerate(self.layers):
+            if isinstance(layer, int) and layer == i and layer >= 0:
+                return x  # hidden state i: the output of the i-th layer (0: the embeddings)
+            x = block(x, key_mask)
+            if keep_all:
+                hidden.append(x)
+        if isinstance(layer, int) and layer == len(self.layers):
+            return x  # last layer, before the final norm
+        if not keep_all:
+            return self.layer_norm(x)
+        hidden[-1] = self.layer_norm(x)
+        assert self.layer_weights is not None
+        w = torch.softmax(self.layer_weights, dim=0)
+        return torch.einsum("l,lbtd->btd", w, torch.stack(hidden))  # L+1, B, T, D -> B, T, D
+
+    def encode(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Like forward, for any length: cuts each input into 30 s windows and concatenates their outputs.
+
+        features: (B, n_mels, T) any T; lengths: (B,) real frames. Returns (B, T', D), (B,).
+        """
+        if features.shape[-1] <= WINDOW_FRAMES:
+            return self(features, lengths)
+        b = features.shape[0]
+        windows, win_lengths, owner = [], [], []
+        for i in range(b):
+            n = int(lengths[i])
+            for start in range(0, max(n, 1), WINDOW_FRAMES):
+                w = features[i, :, start : start + WINDOW_FRAMES]
+                windows.append(F.pad(w, (0, WINDOW_FRAMES - w.shape[-1])))
+                win_lengths.append(min(WINDOW_FRAMES, max(n - start, 1)))
+                owner.append(i)
+        wl = torch.tensor(win_lengths, device=features.device)
+        t_max = int(encoder_output_lengths(wl).max())
+        h, out_l = self(torch.stack(windows)[..., : 2 * t_max], wl)  # W, D, T -> W, T', D
+        pieces: list[list[Tensor]] = [[] for _ in range(b)]
+        for j, i in enumerate(owner):
+            pieces[i].append(h[j, : int(out_l[j])])
+        seqs = [torch.cat(p) for p in pieces]
+        out_lengths = torch.tensor([s.shape[0] for s in seqs], device=features.device)
+        return nn.utils.rnn.pad_sequence(seqs, batch_first=True), out_lengths
+
+    def fingerprint(self) -> str:
+        """A hash of the config and every weight: keys caches of this encoder's outputs."""
+        h = hashlib.sha256(repr(sorted(vars(self.config).items())).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:
+    """Whisper's fixed positional embedding (sin in the first half of channels, cos in the second)."""
+    if channels % 2:
+        raise ValueError(f"sinusoidal embeddings need an even width, got {channels}")
+    increment = math.log(max_timescale) / (channels // 2 - 1)
+    inv = torch.exp(-increment * torch.arange(channels // 2))
+    t = torch.arange(length)[:, None] * inv[None, :]
+    return torch.cat([t.sin(), t.cos()], dim=1)

@@ -1,0 +1,267 @@
+"""The speech LLM: speech encoder -> compressor -> adaptor -> decoder-only LLM.
+
+The parts are built elsewhere (`speechllm.model.builders`) and passed in. Which parts train is
+data: `config.trainable` names them, `part_of` says which part owns each parameter, and
+`save_pretrained` writes the weights of the parts we own (compressor, adaptor, LoRA, layer
+weights) plus any part that was set to train; the frozen parts reload from their sources.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+from speechllm.config import PARTS, SpeechLLMConfig
+from speechllm.model.adaptor import Adaptor
+from speechllm.model.compressor import Compressor
+from speechllm.model.encoder import WhisperEncoder
+from speechllm.model.processor import Message, Rendered, SpeechLLMProcessor
+
+IGNORE_INDEX = -100
+
+
+def part_of(name: str) -> str:
+    """The part (one of config.PARTS) that owns parameter `name` of a SpeechLLM."""
+    if name == "encoder.layer_weights":
+        return "layer_weights"
+    head = name.split(".", 1)[0]
+    if head == "llm":
+        return "lora" if "lora_" in name else "llm"
+    if head in ("encoder", "compressor", "adaptor"):
+        return head
+    raise ValueError(f"parameter {name!r} belongs to no known part {PARTS}")
+
+
+# Parts whose weights exist nowhere but in our checkpoints: always saved.
+OWNED_PARTS = ("layer_weights", "compressor", "adaptor", "lora")
+
+
+@dataclass
+class Batch:
+    """Model inputs for a batch of conversations (padded to L positions)."""
+
+    input_ids: Tensor  # B, L (speech positions hold the placeholder id)
+    attention_mask: Tensor  # B, L (1 = real token)
+    inputs_embeds: Tensor  # B, L, D_llm
+    prefix_lengths: Tensor  # B: positions before the answer, counted from the first real token
+    labels: Tensor | None = None  # B, L (IGNORE_INDEX outside the answer)
+
+
+class SpeechLLM(nn.Module):
+    def __init__(
+        self,
+        config: SpeechLLMConfig,
+        encoder: WhisperEncoder,
+        compressor: Compressor,
+        adaptor: Adaptor,
+        llm: PreTrainedModel,
+        processor: SpeechLLMProcessor,
+    ) -> None:
+        super().__init__()
+        if adaptor.input_dim != compressor.output_dim(encoder.dim):
+            raise ValueError(
+                f"adaptor input width {adaptor.input_dim} != "
+                f"compressor output width {compressor.output_dim(encoder.dim)}"
+            )
+        self.config = config
+        self.encoder = encoder
+        self.compressor = compressor
+        self.adaptor = adaptor
+        self.llm = llm
+        self.processor = processor
+        self.set_trainable(config.trainable)
+
+    # ------------------------------------------------------------------ parts and freezing
+
+    def set_trainable(self, parts: list[str]) -> None:
+        """Exactly the parameters of `parts` require grad; everything else is frozen."""
+        unknown = set(parts) - set(PARTS)
+        if unknown:
+            raise ValueError(f"unknown part(s) {sorted(unknown)}; expected some of {list(PARTS)}")
+        for name, p in self.named_parameters():
+            p.requires_grad_(part_of(name) in parts)
+        self.config.trainable = list(parts)
+
+    def trainable_parameter_names(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if p.requires_grad}
+
+    def saved_parameter_names(self) -> set[str]:
+        keep = set(OWNED_PARTS) | set(self.config.trainable)
+        return {n for n, _ in self.named_parameters() if part_of(n) in keep}
+
+    @contextlib.contextmanager
+    def lora_disabled(self) -> Iterator[None]:
+        """Run the plain LLM: LoRA adapters (if any) are bypassed inside this block."""
+        from peft.tuners.lora import LoraLayer
+
+        layers = [m for m in self.llm.modules() if isinstance(m, LoraLayer)]
+        for m in layers:
+            m.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for m in layers:
+                m.enable_adapters(True)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.adaptor.parameters()).device
+
+    # ------------------------------------------------------------------ speech -> embeddings
+
+    def encode_speech(self, features: Tensor, feature_lengths: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Log-mel features (N, n_mels, T) -> speech embeddings (N, S, D_llm), lengths (N,), CTC logits."""
+        h, lengths = self.encoder.encode(features, feature_lengths)  # N, T/2, D_enc
+        return self.embed_frames(h, lengths)
+
+    def embed_frames(self, frames: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Encoder frames (N, T, D_enc) -> adaptor output (N, S, D_llm); also the entry point for cached features."""
+        c = self.compressor(frames, lengths)  # N, S, D_c
+        return self.adaptor(c.x), c.lengths, c.ctc_logits
+
+    def speech_embeddings(self, audios: list[np.ndarray]) -> tuple[Tensor, Tensor]:
+        features, feature_lengths = self.processor.log_mel(audios)
+        embeds, lengths, _ = self.encode_speech(features.to(self.device), feature_lengths.to(self.device))
+        return embeds, lengths
+
+    def embed(self, input_ids: Tensor, speech_embeds: Tensor | None, speech_lengths: Tensor | None) -> Tensor:
+        """Token embeddings (B, L, D) with the speech embeddings scattered into the placeholder positions.
+
+        speech_embeds: (N, S, D) for the N audios in order of appearance (row-major over the batch).
+        """
+        is_speech = input_ids == self.processor.speech_token_id  # B, L
+        n_positions = int(is_speech.sum())
+        n_frames = int(speech_lengths.sum()) if speech_lengths is not None else 0
+        if n_positions != n_frames:
+            raise ValueError(
+                f"the prompt has {n_positions} speech positions but the audio gives {n_frames} speech embeddings"
+            )
+        embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_speech, 0))
+        if n_frames == 0:
+            return embeds
+        assert speech_embeds is not None and speech_lengths is not None
+        valid = torch.arange(speech_embeds.shape[1], device=input_ids.device)[None, :] < speech_lengths[:, None]
+        flat = speech_embeds[valid].to(embeds.dtype)  # N, S, D -> sum(lengths), D
+        return embeds.masked_scatter(is_speech[..., None], flat)
+
+    # ------------------------------------------------------------------ batching
+
+    def prepare(
+        self, conversations: list[list[Message]], answers: list[str] | None = None, *, left_pad: bool = True
+    ) -> Batch:
+        """Render, encode and embed a batch; with `answers`, also the training labels (answer tokens only)."""
+        if not conversations:
+            raise ValueError("prepare needs at least one conversation, got none")
+        if answers is not None and len(answers) != len(conversations):
+            raise ValueError(f"got {len(conversations)} conversations but {len(answers)} answers")
+        rendered = [
+            self.processor.render(c, None if answers is None else answers[i]) for i, c in enumerate(conversations)
+        ]
+        audios = [a for r in rendered for a in r.audios]
+        speech, lengths = (None, None)
+        if audios:
+            speech, lengths = self.speech_embeddings(audios)
+        return self._collate(rendered, speech, lengths, with_labels=answers is not None, left_pad=left_pad)
+
+    def _collate(
+        self,
+        rendered: list[Rendered],
+        speech: Tensor | None,
+        lengths: Tensor | None,
+        *,
+        with_labels: bool,
+        left_pad: bool,
+    ) -> Batch:
+        per_sample = iter(lengths.tolist() if lengths is not None else [])
+        ids, labels, prefixes = [], [], []
+        for r in rendered:
+            seg = [next(per_sample) for _ in r.audios]
+            expanded = self.processor.expand(r.input_ids, seg)
+            grown = len(expanded) - len(r.input_ids)  # every placeholder sits in the prompt
+            prefix = r.prompt_length + grown
+            ids.append(expanded)
+            prefixes.append(prefix)
+            labels.append([IGNORE_INDEX] * prefix + expanded[prefix:])
+        width = max(len(x) for x in ids)
+        pad_id = self.processor.tokenizer.pad_token_id
+
+        def pad(seq: list[int], value: int) -> list[int]:
+            fill = [value] * (width - len(seq))
+            return fill + seq if left_pad else seq + fill
+
+        device = self.device
+        input_ids = torch.tensor([pad(x, pad_id) for x in ids], device=device)
+        mask = torch.tensor([pad([1] * len(x), 0) for x in ids], device=device)
+        return Batch(
+            input_ids=input_ids,
+            attention_mask=mask,
+            inputs_embeds=self.embed(input_ids, speech, lengths),
+            prefix_lengths=torch.tensor(prefixes, device=device),
+            labels=torch.tensor([pad(x, IGNORE_INDEX) for x in labels], device=device) if with_labels else None,
+        )
+
+    def attention_mask_for(self, attention_mask: Tensor, prefix_lengths: Tensor) -> Tensor:
+        """The mask the LLM gets: the 2-D padding mask when the prefix is causal, else a 4-D boolean
+        prefix-LM mask (B, 1, L, L): bidirectional among prefix positions, causal after, pads never seen."""
+        if self.config.prefix_attention == "causal":
+            return attention_mask
+        length = attention_mask.shape[1]
+        valid = attention_mask.bool()
+        pos = torch.arange(length, device=valid.device)
+        first = length - valid.sum(1)  # left padding: index of the first real token (0 with right padding)
+        first = torch.where(valid[:, 0], torch.zeros_like(first), first)
+        prefix_end = first + prefix_lengths  # B
+        q, k = pos[None, :, None], pos[None, None, :]
+        in_prefix = (q < prefix_end[:, None, None]) & (k < prefix_end[:, None, None])
+        allowed = ((k <= q) | in_prefix) & valid[:, None, :]
+        allowed = allowed | (q == k)  # a pad query attends to itself, so no row is empty
+        return allowed[:, None]
+
+    # ------------------------------------------------------------------ save, load, generate
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.yaml and the weights of owned and trainable parts (see speechllm.model.checkpoint)."""
+        from speechllm.model.checkpoint import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, overrides: list[str] | None = None) -> SpeechLLM:
+        """Rebuild a saved model; frozen parts come from the sources its config names."""
+        from speechllm.model.checkpoint import from_pretrained
+
+        return from_pretrained(directory, overrides)
+
+    def generate(self, conversations: list[list[Message]], **generation: Any) -> list[str]:
+        """Answers to a batch of conversations; keyword arguments are GenerationConfig fields."""
+        from speechllm.inference.generation import GenerationConfig, generate
+
+        return generate(self, conversations, GenerationConfig(**generation))
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Mean cross-entropy of the answer tokens (needs `batch.labels`)."""
+        if batch.labels is None:
+            raise ValueError("forward needs a batch with labels; build it with prepare(conversations, answers)")
+        out = self.llm(
+            inputs_embeds=batch.inputs_embeds,
+            attention_mask=self.attention_mask_for(batch.attention_mask, batch.prefix_lengths),
+            position_ids=position_ids(batch.attention_mask),
+            labels=batch.labels,
+            use_cache=False,
+        )
+        return out.loss
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions counted from each sample's first real token (left padding gets position 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

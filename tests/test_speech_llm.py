@@ -1,0 +1,228 @@
+"""The composed SpeechLLM on tiny random checkpoints: prompts, scattering, masks, freezing, save/load, generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from speechllm.config import LoraConfig
+from speechllm.inference.generation import GenerationConfig, stream_generate
+from speechllm.model import SpeechLLM, build_speech_llm, part_of
+from speechllm.weights.errors import WeightsError
+
+
+def speech_msg(audio, text="What is said?"):
+    return [{"role": "user", "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": text}]}]
+
+
+def test_placeholder_expands_to_the_compressed_length(tiny_model, tone):
+    audio = tone(1.3)  # 130 mel frames -> 65 encoder frames -> ceil(65 / 4) = 17 positions
+    batch = tiny_model.prepare([speech_msg(audio)])
+    n_speech = int((batch.input_ids == tiny_model.processor.speech_token_id).sum())
+    assert n_speech == 17
+    _, lengths = tiny_model.speech_embeddings([audio])
+    assert lengths.tolist() == [17]
+
+
+def test_speech_embeddings_are_scattered_in_order(tiny_model, tone):
+    a, b = tone(1.0, seed=1), tone(0.5, seed=2)
+    conv = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "first"},
+                {"type": "audio", "audio": a},
+                {"type": "text", "text": "then"},
+                {"type": "audio", "audio": b},
+            ],
+        }
+    ]
+    batch = tiny_model.prepare([conv])
+    speech, lengths = tiny_model.speech_embeddings([a, b])
+    positions = (batch.input_ids[0] == tiny_model.processor.speech_token_id).nonzero().squeeze(-1)
+    expected = torch.cat([speech[0, : lengths[0]], speech[1, : lengths[1]]])
+    torch.testing.assert_close(batch.inputs_embeds[0, positions], expected)
+    # Text positions keep the LLM's own embeddings.
+    text_pos = batch.input_ids[0] != tiny_model.processor.speech_token_id
+    ref = tiny_model.llm.get_input_embeddings()(batch.input_ids[0, text_pos])
+    torch.testing.assert_close(batch.inputs_embeds[0, text_pos], ref)
+
+
+def test_count_mismatch_names_both_counts(tiny_model, tone):
+    batch = tiny_model.prepare([speech_msg(tone(1.0))])
+    speech, lengths = tiny_model.speech_embeddings([tone(1.0)])
+    with pytest.raises(ValueError, match=r"13 speech positions but the audio gives 12"):
+        tiny_model.embed(batch.input_ids, speech, lengths - 1)
+    with pytest.raises(ValueError, match=r"1 speech placeholders but 2 audio segments"):
+        tiny_model.processor.expand([tiny_model.processor.speech_token_id], [3, 4])
+
+
+def test_speech_token_typed_as_text_is_rejected(tiny_model):
+    with pytest.raises(ValueError, match="reserved token"):
+        tiny_model.prepare([[{"role": "user", "content": "hi <speech> there"}]])
+
+
+def test_batch_items_match_their_single_runs(tiny_model, tone):
+    convs = [speech_msg(tone(1.3, seed=3)), speech_msg(tone(0.6, seed=4), "Longer question text here?")]
+    batch = tiny_model.prepare(convs, left_pad=True)
+    with torch.no_grad():
+        out = tiny_model.llm(
+            inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask,
+            position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp(min=0),
+        ).logits[:, -1]
+        for i, conv in enumerate(convs):
+            single = tiny_model.prepare([conv])
+            ref = tiny_model.llm(inputs_embeds=single.inputs_embeds).logits[0, -1]
+            torch.testing.assert_close(out[i], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_text_only_generation_matches_transformers(tiny_model):
+    msgs = [{"role": "user", "content": "hello there"}]
+    ours = tiny_model.generate([msgs], max_new_tokens=12)
+    tok = tiny_model.processor.tokenizer
+    ids = tok(
+        tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False),
+        return_tensors="pt",
+        add_special_tokens=False,
+    )
+    ref = tiny_model.llm.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+    ref_ids = [t for t in ref[0, ids.input_ids.shape[1] :].tolist() if t != 3]
+    assert ours == [tok.decode(ref_ids, skip_special_tokens=True)]
+    assert len(ours[0]) > 0
+
+
+def test_batched_generation_equals_one_by_one(tiny_model, tone):
+    convs = [speech_msg(tone(1.0, seed=5)), [{"role": "user", "content": "a longer text only prompt"}]]
+    together = tiny_model.generate(convs, max_new_tokens=8)
+    alone = [tiny_model.generate([c], max_new_tokens=8)[0] for c in convs]
+    assert together == alone
+
+
+def test_stream_stops_at_max_new_tokens(tiny_model):
+    batch = tiny_model.prepare([[{"role": "user", "content": "x"}]])
+    steps = list(stream_generate(tiny_model, batch, GenerationConfig(max_new_tokens=5)))
+    assert 1 <= len(steps) <= 5 and all(s.shape == (1,) for s in steps)
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_model):
+    msgs = [[{"role": "user", "content": "sample me"}]]
+    a = tiny_model.generate(msgs, max_new_tokens=8, do_sample=True, temperature=1.5, seed=7)
+    b = tiny_model.generate(msgs, max_new_tokens=8, do_sample=True, temperature=1.5, seed=7)
+    assert a == b
+
+
+def test_prefix_mask_is_bidirectional_inside_the_prompt_only(tiny_model):
+    tiny_model.config.prefix_attention = "bidirectional"
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
+    m = tiny_model.attention_mask_for(mask, torch.tensor([3, 4]))[:, 0]  # B, L, L
+    # Row 0 is left-padded by 2: its prefix covers positions 2, 3, 4.
+    assert bool(m[0, 2, 4]) and bool(m[0, 4, 2])  # prefix sees its own future
+    assert not bool(m[0, 4, 5]) and bool(m[0, 5, 4])  # answer stays causal
+    assert not m[0, 3, :2].any()  # pads are never attended
+    assert bool(m[1, 0, 3]) and not bool(m[1, 0, 4]) and not bool(m[1, 4, 5])
+    tiny_model.config.prefix_attention = "causal"
+    assert torch.equal(tiny_model.attention_mask_for(mask, torch.tensor([3, 4])), mask)
+
+
+def test_bidirectional_prefix_changes_the_prompt_not_the_mechanics(tiny_model, tone):
+    conv = [speech_msg(tone(0.8))]
+    causal = tiny_model.generate(conv, max_new_tokens=6)
+    tiny_model.config.prefix_attention = "bidirectional"
+    bidir = tiny_model.generate(conv, max_new_tokens=6)
+    batch = tiny_model.prepare(conv, answers=["ok"], left_pad=False)
+    loss = tiny_model(batch)
+    assert torch.isfinite(loss)
+    assert isinstance(bidir[0], str) and isinstance(causal[0], str)
+
+
+def test_training_labels_cover_only_the_answer(tiny_model, tone):
+    batch = tiny_model.prepare([speech_msg(tone(0.5))], answers=["yes"], left_pad=False)
+    labels = batch.labels[0]
+    answer = labels[labels != -100].tolist()
+    tok = tiny_model.processor.tokenizer
+    assert tok.decode(answer) == "yes<|im_end|>\n"
+    assert int(batch.prefix_lengths[0]) == int((labels == -100).sum())
+
+
+def test_trainable_parameters_are_exactly_the_configured_parts(tiny_config):
+    tiny_config.lora = LoraConfig(enabled=True, r=2, alpha=4)
+    for parts in (["compressor", "adaptor"], ["adaptor", "lora"], ["encoder"], ["llm"], []):
+        tiny_config.trainable = parts
+        model = build_speech_llm(tiny_config)
+        names = model.trainable_parameter_names()
+        expected = {n for n, _ in model.named_parameters() if part_of(n) in parts}
+        assert names == expected
+        present = {part_of(n) for n, _ in model.named_parameters()}  # a stack compressor has no weights
+        assert {part_of(n) for n in names} == set(parts) & present
+    with pytest.raises(ValueError, match="unknown part"):
+        model.set_trainable(["decoder"])
+
+
+def test_stage_presets_freeze_encoder_and_llm(tiny_model):
+    names = tiny_model.trainable_parameter_names()
+    assert names and all(n.startswith("adaptor.") for n in names)  # stack compressor has no weights
+    assert not any(p.requires_grad for p in tiny_model.encoder.parameters())
+    assert not any(p.requires_grad for p in tiny_model.llm.parameters())
+
+
+def test_save_writes_only_owned_weights_and_reloads_identically(tiny_config, tmp_path, tone):
+    tiny_config.lora = LoraConfig(enabled=True, r=2, alpha=4)
+    tiny_config.trainable = ["adaptor", "lora"]
+    torch.manual_seed(3)
+    model = build_speech_llm(tiny_config).eval()
+    with torch.no_grad():  # LoRA B starts at zero; make it matter
+        for n, p in model.llm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    out_dir = model.save_pretrained(tmp_path / "ckpt")
+    saved = load_file(str(out_dir / "model.safetensors"))
+    assert {part_of(n) for n in saved} == {"adaptor", "lora"}
+    assert not any(n.startswith(("encoder.", "llm.model.embed")) for n in saved)
+    reloaded = SpeechLLM.from_pretrained(out_dir)
+    conv = [speech_msg(tone(0.7))]
+    with torch.no_grad():
+        a = model.prepare(conv).inputs_embeds
+        b = reloaded.prepare(conv).inputs_embeds
+    torch.testing.assert_close(a, b)
+    assert model.generate(conv, max_new_tokens=6) == reloaded.generate(conv, max_new_tokens=6)
+    assert (out_dir / "config.yaml").read_text().count("source:") == 2
+
+
+def test_lora_disabled_gives_the_plain_llm(tiny_config):
+    tiny_config.lora = LoraConfig(enabled=True, r=2, alpha=4)
+    model = build_speech_llm(tiny_config).eval()
+    with torch.no_grad():
+        for n, p in model.llm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        with_lora = model.llm(input_ids=ids).logits
+        with model.lora_disabled():
+            plain = model.llm(input_ids=ids).logits
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_config.llm.source)
+    with torch.no_grad():
+        torch.testing.assert_close(plain, base(input_ids=ids).logits)
+    assert not torch.allclose(with_lora, plain)
+
+
+def test_broken_checkpoints_raise_clear_errors(tiny_model, tmp_path):
+    with pytest.raises(WeightsError, match="not a speechllm checkpoint"):
+        SpeechLLM.from_pretrained(tmp_path)
+    out = tiny_model.save_pretrained(tmp_path / "ckpt")
+    (out / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(WeightsError, match="cannot read weights"):
+        SpeechLLM.from_pretrained(out)
+
+
+def test_unknown_sources_raise(tiny_config, tmp_path):
+    tiny_config.llm.source = str(tmp_path / "nope")
+    with pytest.raises(WeightsError, match="does not exist"):
+        build_speech_llm(tiny_config)
+    tiny_config.llm.source = "bundled:gpt-5"
+    with pytest.raises(WeightsError, match="unknown bundled LLM"):
+        build_speech_llm(tiny_config)
