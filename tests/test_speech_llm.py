@@ -226,3 +226,22 @@ def test_unknown_sources_raise(tiny_config, tmp_path):
     tiny_config.llm.source = "bundled:gpt-5"
     with pytest.raises(WeightsError, match="unknown bundled LLM"):
         build_speech_llm(tiny_config)
+
+
+def test_precomputed_frames_give_the_same_batch_as_audio(tiny_model, tone):
+    audio = tone(0.9)
+    features, feature_lengths = tiny_model.processor.log_mel([audio])
+    with torch.no_grad():
+        frames, lengths = tiny_model.encoder.encode(features, feature_lengths)
+        from_audio = tiny_model.prepare([speech_msg(audio)], answers=["hi"])
+        cached = [
+            {
+                "role": "user",
+                "content": [{"type": "audio", "audio": "utt-1"}, {"type": "text", "text": "What is said?"}],
+            }
+        ]
+        from_frames = tiny_model.prepare([cached], answers=["hi"], frames=[frames[0, : lengths[0]]])
+    torch.testing.assert_close(from_audio.inputs_embeds, from_frames.inputs_embeds)
+    assert torch.equal(from_audio.labels, from_frames.labels)
+    with pytest.raises(ValueError, match="1 audio parts but 0 frame arrays"):
+        tiny_model.prepare([cached], frames=[])

@@ -8,6 +8,7 @@ values that cannot work and says what was expected.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,10 @@ class EncoderConfig:
         _check_choice("encoder.padding", self.padding, ("real", "30s"))
         if self.layer != "weighted" and not isinstance(self.layer, int):
             raise ValueError(f"encoder.layer must be an int or 'weighted', got {self.layer!r}")
-        if isinstance(self.layer, int) and not -1 <= self.layer <= self.n_layers:
+        if isinstance(self.layer, int) and self.layer < -1:
+            raise ValueError(f"encoder.layer must be >= -1, got {self.layer}")
+        # Checkpoints set n_layers when they load; a random encoder's depth is known now.
+        if self.source == "random" and isinstance(self.layer, int) and self.layer > self.n_layers:
             raise ValueError(f"encoder.layer must be in [-1, {self.n_layers}], got {self.layer}")
         for name in ("n_mels", "d_model", "n_layers", "n_heads", "ffn_dim", "max_positions"):
             _check_positive(f"encoder.{name}", getattr(self, name))
@@ -79,13 +83,17 @@ class CompressorConfig:
     """For `ctc`: `blank_removal` drops frames whose best label is blank; `frame_average` also
     averages each run of consecutive frames that share one non-blank label."""
     ctc_vocab_size: int = 0
-    """For `ctc`: number of CTC labels including blank (0: take the LLM's vocabulary + 1)."""
-    ctc_blank_id: int = 0
+    """For `ctc`: number of CTC labels including blank (0: the LLM's vocabulary + 1, so label i is
+    LLM token i and the extra last label is blank)."""
+    ctc_blank_id: int = -1
+    """For `ctc`: the blank label; -1 means the last one."""
 
     def __post_init__(self) -> None:
         _check_choice("compressor.kind", self.kind, COMPRESSORS)
         _check_choice("compressor.ctc_mode", self.ctc_mode, CTC_MODES)
         _check_positive("compressor.k", self.k)
+        if self.ctc_blank_id < -1:
+            raise ValueError(f"compressor.ctc_blank_id must be >= -1 (-1: the last label), got {self.ctc_blank_id}")
         if self.ctc_vocab_size < 0:
             raise ValueError(f"compressor.ctc_vocab_size must be >= 0, got {self.ctc_vocab_size}")
 
@@ -186,10 +194,32 @@ def from_dict(cls: type, data: dict[str, Any] | None) -> Any:
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
-        if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ValueError(f"{cls.__name__}.{name} must be a mapping, got {value!r}")
             value = from_dict(hint, value)
+        else:
+            _check_type(f"{cls.__name__}.{name}", hint, value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _check_type(name: str, hint: Any, value: Any) -> None:
+    """Reject a YAML value of the wrong scalar type (bool is not an int here; an int is a fine float)."""
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    scalars = [a for a in allowed if a in (int, float, bool, str)]
+    if len(scalars) != len(allowed) or (value is None and type(None) in allowed):
+        return  # Literal, list, None-able or other hints: checked by __post_init__
+    ok = any(
+        (a is bool and isinstance(value, bool))
+        or (a is int and isinstance(value, int) and not isinstance(value, bool))
+        or (a is float and isinstance(value, int | float) and not isinstance(value, bool))
+        or (a is str and isinstance(value, str))
+        for a in scalars
+    )
+    if not ok:
+        expected = " or ".join(a.__name__ for a in scalars)
+        raise ValueError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from speechllm.config import CompressorConfig
+from speechllm.config import CTC_MODES, CompressorConfig
 
 
 class Compressed(NamedTuple):
@@ -63,7 +63,7 @@ class StackCompressor(Compressor):
     def forward(self, x: Tensor, lengths: Tensor) -> Compressed:
         _check(x, lengths)
         b, t, d = x.shape
-        x = x * _valid_mask(lengths, t)[..., None].to(x.dtype)
+        x = x.masked_fill(~_valid_mask(lengths, t)[..., None], 0.0)  # also clears NaN/inf in padding
         x = F.pad(x, (0, 0, 0, (-t) % self.k))
         y = x.reshape(b, -1, self.k * d)  # B, T, D -> B, T/k, k*D
         return Compressed(y, self.output_lengths(lengths))
@@ -86,8 +86,9 @@ class PoolCompressor(Compressor):
         _check(x, lengths)
         b, t, d = x.shape
         pad = (-t) % self.k
-        valid = F.pad(_valid_mask(lengths, t), (0, pad)).to(x.dtype)  # B, T+pad
-        x = F.pad(x, (0, 0, 0, pad)) * valid[..., None]
+        valid_bool = F.pad(_valid_mask(lengths, t), (0, pad))  # B, T+pad
+        valid = valid_bool.to(x.dtype)
+        x = F.pad(x, (0, 0, 0, pad)).masked_fill(~valid_bool[..., None], 0.0)
         sums = x.reshape(b, -1, self.k, d).sum(2)  # B, T, D -> B, T/k, k, D -> B, T/k, D
         counts = valid.reshape(b, -1, self.k).sum(2).clamp(min=1)  # B, T/k
         return Compressed(sums / counts[..., None], self.output_lengths(lengths))
@@ -108,6 +109,8 @@ class CTCCompressor(Compressor):
         super().__init__()
         if vocab_size < 2:
             raise ValueError(f"CTC vocab_size must be >= 2 (labels + blank), got {vocab_size}")
+        if mode not in CTC_MODES:
+            raise ValueError(f"CTC mode must be one of {list(CTC_MODES)}, got {mode!r}")
         if not 0 <= blank_id < vocab_size:
             raise ValueError(f"CTC blank_id must be in [0, {vocab_size}), got {blank_id}")
         self.head = nn.Linear(input_dim, vocab_size)
@@ -158,5 +161,6 @@ def build_compressor(config: CompressorConfig, input_dim: int, llm_vocab_size: i
         vocab = config.ctc_vocab_size or llm_vocab_size + 1
         if vocab < 2:
             raise ValueError("ctc compressor needs compressor.ctc_vocab_size or an LLM vocabulary to size its head")
-        return CTCCompressor(input_dim, vocab, config.ctc_mode, config.ctc_blank_id)
+        blank = vocab - 1 if config.ctc_blank_id == -1 else config.ctc_blank_id
+        return CTCCompressor(input_dim, vocab, config.ctc_mode, blank)
     raise ValueError(f"unknown compressor kind {config.kind!r}; expected one of stack, pool, ctc")

@@ -25,7 +25,8 @@ class Rendered:
     """One conversation as token ids with one placeholder per audio."""
 
     input_ids: list[int]
-    audios: list[np.ndarray]
+    audios: list[Any]
+    """The audio parts' payloads in order: waveforms, or whatever stands for precomputed frames."""
     prompt_length: int
     """Tokens before the answer (the whole sequence when there is no answer)."""
 
@@ -48,7 +49,7 @@ class SpeechLLMProcessor:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
 
-    def _flatten(self, messages: list[Message]) -> tuple[list[dict[str, str]], list[np.ndarray]]:
+    def _flatten(self, messages: list[Message]) -> tuple[list[dict[str, str]], list[Any]]:
         if not messages:
             raise ValueError("a conversation needs at least one message, got none")
         flat, audios = [], []
@@ -67,8 +68,8 @@ class SpeechLLMProcessor:
                 if kind == "text":
                     pieces.append(part["text"])
                 elif kind in ("audio", "input_audio"):
-                    audio = np.asarray(part["audio"], dtype=np.float32)
-                    if audio.ndim != 1 or audio.size == 0:
+                    audio = part["audio"]
+                    if isinstance(audio, np.ndarray) and (audio.ndim != 1 or audio.size == 0):
                         raise ValueError(f"message {i}: audio must be a non-empty 1-D array, got shape {audio.shape}")
                     pieces.append(self.speech_token)
                     audios.append(audio)

@@ -115,6 +115,10 @@ class SpeechLLM(nn.Module):
     def device(self) -> torch.device:
         return next(self.adaptor.parameters()).device
 
+    @property
+    def adaptor_dtype(self) -> torch.dtype:
+        return next(self.adaptor.parameters()).dtype
+
     # ------------------------------------------------------------------ speech -> embeddings
 
     def encode_speech(self, features: Tensor, feature_lengths: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -155,9 +159,18 @@ class SpeechLLM(nn.Module):
     # ------------------------------------------------------------------ batching
 
     def prepare(
-        self, conversations: list[list[Message]], answers: list[str] | None = None, *, left_pad: bool = True
+        self,
+        conversations: list[list[Message]],
+        answers: list[str] | None = None,
+        *,
+        left_pad: bool = True,
+        frames: list[Tensor] | None = None,
     ) -> Batch:
-        """Render, encode and embed a batch; with `answers`, also the training labels (answer tokens only)."""
+        """Render, encode and embed a batch; with `answers`, also the training labels (answer tokens only).
+
+        `frames` gives precomputed encoder outputs (T_i, D_enc), one per audio part in order of
+        appearance (e.g. from a feature cache); the audio parts' payloads are then not read.
+        """
         if not conversations:
             raise ValueError("prepare needs at least one conversation, got none")
         if answers is not None and len(answers) != len(conversations):
@@ -167,7 +180,16 @@ class SpeechLLM(nn.Module):
         ]
         audios = [a for r in rendered for a in r.audios]
         speech, lengths = (None, None)
-        if audios:
+        if frames is not None:
+            if len(frames) != len(audios):
+                raise ValueError(
+                    f"the conversations hold {len(audios)} audio parts but {len(frames)} frame arrays were given"
+                )
+            if frames:
+                frame_lengths = torch.tensor([f.shape[0] for f in frames], device=self.device)
+                padded = nn.utils.rnn.pad_sequence([f.to(self.device) for f in frames], batch_first=True)
+                speech, lengths, _ = self.embed_frames(padded.to(self.adaptor_dtype), frame_lengths)
+        elif audios:
             speech, lengths = self.speech_embeddings(audios)
         return self._collate(rendered, speech, lengths, with_labels=answers is not None, left_pad=left_pad)
 

