@@ -245,3 +245,17 @@ def test_precomputed_frames_give_the_same_batch_as_audio(tiny_model, tone):
     assert torch.equal(from_audio.labels, from_frames.labels)
     with pytest.raises(ValueError, match="1 audio parts but 0 frame arrays"):
         tiny_model.prepare([cached], frames=[])
+
+
+def test_text_only_prompts_bypass_lora_unless_configured(tiny_config, tone):
+    tiny_config.lora = LoraConfig(enabled=True, r=2, alpha=4)
+    model = build_speech_llm(tiny_config).eval()
+    text = [[{"role": "user", "content": "plain text question"}]]
+    plain = model.generate(text, max_new_tokens=8)
+    with torch.no_grad():
+        for n, p in model.llm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 1.0)
+    assert model.generate(text, max_new_tokens=8) == plain
+    model.config.lora_on_text = True
+    assert model.generate(text, max_new_tokens=8) != plain

@@ -29,7 +29,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     from speechllm.data.audio import load_audio
     from speechllm.defaults import load_model
-    from speechllm.inference.generation import GenerationConfig, eos_token_ids, stream_generate
+    from speechllm.inference.generation import GenerationConfig, text_only_context
 
     audios = [load_audio(p) for p in args.audio]
     text = args.text
@@ -38,22 +38,32 @@ def cmd_chat(args: argparse.Namespace) -> int:
         audios = [_sample_audio(SAMPLE_QUESTION)]
     model = load_model(args.model)
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens)
-    eos = eos_token_ids(model)
     with torch.inference_mode():
         batch = model.prepare([_conversation(audios, text)])
-        ids: list[int] = []
-        shown = ""
-        for step in stream_generate(model, batch, gen):
-            token = int(step[0])
-            if token in eos:
-                break
-            ids.append(token)
-            full = model.processor.decode(ids)
-            sys.stdout.write(full[len(shown) :])
-            sys.stdout.flush()
-            shown = full
-    sys.stdout.write("\n")
+        with text_only_context(model, batch):
+            _print_stream(model, batch, gen)
     return 0
+
+
+def _print_stream(model, batch, gen) -> None:  # type: ignore[no-untyped-def]
+    """Write the answer to stdout as it is generated (whole words only: no broken UTF-8)."""
+    from speechllm.inference.generation import eos_token_ids, stream_generate
+
+    eos = eos_token_ids(model)
+    ids: list[int] = []
+    shown = ""
+    for step in stream_generate(model, batch, gen):
+        token = int(step[0])
+        if token in eos:
+            break
+        ids.append(token)
+        full = model.processor.decode(ids)
+        if full.endswith("\ufffd"):  # a multi-byte character split across tokens: wait for the rest
+            continue
+        sys.stdout.write(full[len(shown) :])
+        sys.stdout.flush()
+        shown = full
+    sys.stdout.write("\n")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -84,13 +94,30 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_info)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from speechllm.training.train import load_train_config, main
+
+    config = load_train_config(args.config, args.overrides)
+    metrics = main(config, resume=args.resume)
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="run one training stage (YAML config + key.path=value overrides)")
+    p.add_argument("--config", help="a YAML TrainConfig (configs/*.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. loop.max_steps=300 stage=asr")
+    p.set_defaults(func=cmd_train)
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
     from speechllm.data.cli import register
 
     register(sub)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_chat, _add_info, _add_data]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_chat, _add_info, _add_train, _add_data]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -164,6 +164,8 @@ class SpeechLLMConfig:
     adaptor, llm, lora. Everything else is frozen and reloaded from its source."""
     system_prompt: str | None = None
     """Replaces the chat template's default system prompt when set."""
+    lora_on_text: bool = False
+    """Use LoRA for prompts without any speech too; False answers text exactly as the plain LLM does."""
 
     def __post_init__(self) -> None:
         _check_choice("prefix_attention", self.prefix_attention, ("causal", "bidirectional"))

@@ -7,6 +7,7 @@ attention over the cache. Prompts are left-padded so every row's next token sits
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -101,11 +102,25 @@ def stream_generate(model: SpeechLLM, batch: Batch, gen: GenerationConfig) -> It
         next_pos = next_pos + 1
 
 
-def generate(model: SpeechLLM, conversations: list[list[Message]], gen: GenerationConfig | None = None) -> list[str]:
-    """The answer to each conversation, as text."""
+def generate(
+    model: SpeechLLM,
+    conversations: list[list[Message]],
+    gen: GenerationConfig | None = None,
+    frames: list[Tensor] | None = None,
+) -> list[str]:
+    """The answer to each conversation, as text (`frames`: precomputed encoder outputs, see prepare)."""
     gen = gen or GenerationConfig()
-    batch = model.prepare(conversations, left_pad=True)
-    return decode_stream(model, stream_generate(model, batch, gen), len(conversations), gen.stop)
+    batch = model.prepare(conversations, left_pad=True, frames=frames)
+    with text_only_context(model, batch):
+        return decode_stream(model, stream_generate(model, batch, gen), len(conversations), gen.stop)
+
+
+def text_only_context(model: SpeechLLM, batch: Batch) -> contextlib.AbstractContextManager[None]:
+    """LoRA bypassed when the batch holds no speech (unless config.lora_on_text): text gets the plain LLM."""
+    has_speech = bool((batch.input_ids == model.processor.speech_token_id).any())
+    if model.config.lora.enabled and not model.config.lora_on_text and not has_speech:
+        return model.lora_disabled()
+    return contextlib.nullcontext()
 
 
 def decode_stream(model: SpeechLLM, steps: Iterator[Tensor], batch_size: int, stop: list[str]) -> list[str]:

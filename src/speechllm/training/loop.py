@@ -272,14 +272,17 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
 
 
 def count_samples(batch: Any) -> int:
-    """Samples in a batch, for samples/s: a tensor's first dim, a list's length, or that of the first
-    tensor found inside a dict."""
+    """Samples in a batch, for samples/s: a tensor's first dim, a list's length, or inside a dict the
+    first tensor's first dim, else the first list's length."""
     if isinstance(batch, torch.Tensor):
         return batch.shape[0] if batch.dim() else 1
     if isinstance(batch, Mapping):
         for v in batch.values():
             if isinstance(v, torch.Tensor) and v.dim():
                 return v.shape[0]
+        for v in batch.values():
+            if isinstance(v, list | tuple) and v:
+                return len(v)
         return 1
     if isinstance(batch, list | tuple) and batch:
         return len(batch) if not isinstance(batch[0], torch.Tensor) else count_samples(batch[0])

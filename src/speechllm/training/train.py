@@ -1,0 +1,202 @@
+"""`speechllm train`: one stage of training, configured by YAML, as setup() -> main() -> fit().
+
+    speechllm train --config configs/stage1_asr.yaml loop.max_steps=300 data.feature_cache=cache/
+    torchrun --nproc_per_node 2 -m speechllm.cli train --config ...     # data-parallel
+
+The run directory (`loop.out_dir`) gets metrics.jsonl, curves.png, resumable checkpoints, and at
+the end `model/`: a normal speechllm checkpoint (`SpeechLLM.from_pretrained("…/model")`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from speechllm.config import SpeechLLMConfig, apply_overrides, from_dict, to_dict
+from speechllm.data.feature_cache import FeatureCache
+from speechllm.data.manifest import read_manifest
+from speechllm.eval.metrics import agreement_rate, wer
+from speechllm.inference.generation import GenerationConfig, decode_stream, stream_generate
+from speechllm.model.builders import build_speech_llm
+from speechllm.model.speech_llm import SpeechLLM
+from speechllm.training.dataset import SpeechDataset
+from speechllm.training.distributed import cleanup_distributed, setup_distributed, unwrap
+from speechllm.training.loop import Batches, LoopConfig, ResumableSampler, fit
+from speechllm.training.stages import STAGES, StageModel, ctc_greedy
+from speechllm.weights.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    train_manifest: str = ""
+    """JSONL manifest of training samples (see README, Data)."""
+    dev_manifest: str | None = None
+    """Held-out samples (other voices) for periodic evaluation."""
+    feature_cache: str | None = None
+    """Feature cache of both manifests' audio (`speechllm data encode`); None encodes on the fly."""
+    eval_samples: int = 40
+    """How many dev samples each evaluation uses."""
+    bucket_by_length: bool = True
+    """Batch utterances of similar length together (less padding)."""
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "asr"
+    """One of ctc_embed, ctc_head, asr, instruct, distill (see speechllm.training.stages)."""
+    model: SpeechLLMConfig = field(default_factory=SpeechLLMConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(out_dir="runs/train"))
+    batch_size: int = 8
+    """Samples per micro-batch (over all ranks)."""
+    init_from: str | None = None
+    """A speechllm checkpoint whose weights start this stage (e.g. the previous stage's model/)."""
+    adaptor_lr_scale: float = 1.0
+    """The adaptor's learning rate relative to loop.lr."""
+    ce_weight: float = 0.0
+    """distill: weight of an added cross-entropy on the answer."""
+    eval_max_new_tokens: int = 48
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {sorted(STAGES)}, got {self.stage!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.model.encoder.layer == "weighted" and self.data.feature_cache:
+            raise ValueError("encoder.layer 'weighted' needs every layer; a feature cache holds one: drop one of them")
+
+
+def load_train_config(path: str | Path | None, overrides: list[str]) -> TrainConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+    apply_overrides(data, overrides)
+    if "loop" in data and isinstance(data["loop"], dict) and isinstance(data["loop"].get("betas"), list):
+        data["loop"]["betas"] = tuple(data["loop"]["betas"])
+    return from_dict(TrainConfig, data)
+
+
+def init_weights(model: SpeechLLM, directory: str | Path) -> list[str]:
+    """Copy the tensors of a speechllm checkpoint into `model` (parts it lacks keep their init)."""
+    path = Path(directory) / "model.safetensors"
+    if not path.is_file():
+        raise WeightsError(f"init_from {directory}: no model.safetensors there")
+    tensors = load_file(str(path))
+    params = dict(model.named_parameters())
+    unknown = sorted(set(tensors) - set(params))
+    if unknown:
+        raise WeightsError(f"init_from {directory}: {unknown[:5]} do not exist in this model")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            if params[name].shape != value.shape:
+                raise WeightsError(
+                    f"init_from {directory}: {name} is {tuple(value.shape)}, model has {tuple(params[name].shape)}"
+                )
+            params[name].copy_(value)
+    return sorted(tensors)
+
+
+def setup(config: TrainConfig) -> tuple[StageModel, SpeechDataset, SpeechDataset | None]:
+    model = build_speech_llm(config.model)
+    if config.init_from:
+        loaded = init_weights(model, config.init_from)
+        log.info("initialised %d tensors from %s", len(loaded), config.init_from)
+    cache = None
+    if config.data.feature_cache:
+        cache = FeatureCache(config.data.feature_cache, model.encoder.fingerprint())
+    if not config.data.train_manifest:
+        raise ValueError("data.train_manifest is required")
+    train = SpeechDataset(read_manifest(config.data.train_manifest), cache, model)
+    dev = None
+    if config.data.dev_manifest:
+        dev_samples = read_manifest(config.data.dev_manifest)[: config.data.eval_samples]
+        dev = SpeechDataset(dev_samples, cache, model)
+    return StageModel(model, config.stage, ce_weight=config.ce_weight), train, dev
+
+
+def make_eval_fn(config: TrainConfig, dev: SpeechDataset) -> Any:
+    """WER (ASR data) or answer agreement (instructions) on the dev set, for the stage's model."""
+
+    def evaluate(stage_model: Any) -> dict[str, float]:
+        stage = unwrap(stage_model)
+        assert isinstance(stage, StageModel)
+        batch = dev.batch(list(range(len(dev))))
+        if stage.stage in ("ctc_embed", "ctc_head"):
+            scorer = stage.embed_logits if stage.stage == "ctc_embed" else stage.head_logits
+            log_probs, lengths = scorer(batch["frames"])
+            blank = log_probs.shape[-1] - 1 if stage.stage == "ctc_embed" else stage.head_blank()
+            ids = ctc_greedy(log_probs, lengths, blank=blank)
+            hyps = [stage.model.processor.decode(i) for i in ids]
+            return {"ctc_wer": wer(batch["transcripts"], hyps)}
+        model = stage.model
+        prepared = model.prepare(batch["conversations"], left_pad=True, frames=batch["frames"])
+        gen = GenerationConfig(max_new_tokens=config.eval_max_new_tokens)
+        hyps = decode_stream(model, stream_generate(model, prepared, gen), len(dev), [])
+        tasks = {s.task for s in dev.samples}
+        if tasks == {"asr"}:
+            return {"wer": wer(batch["answers"], hyps)}
+        return {"agreement": agreement_rate(list(zip(hyps, batch["answers"])))}
+
+    return evaluate
+
+
+def main(config: TrainConfig, *, resume: bool = False) -> dict[str, float]:
+    rank, world = 0, 1
+    if _launched_by_torchrun():
+        rank, world, _ = setup_distributed()
+    try:
+        stage_model, train, dev = setup(config)
+        sampler = ResumableSampler(
+            len(train),
+            config.batch_size,
+            seed=config.loop.seed,
+            bucket_by=train.lengths() if config.data.bucket_by_length else None,
+            rank=rank,
+            world_size=world,
+        )
+        groups = None
+        if config.adaptor_lr_scale != 1.0:
+            adaptor = [n for n, p in stage_model.named_parameters() if p.requires_grad and ".adaptor." in f".{n}"]
+            groups = [{"params": adaptor, "lr": config.loop.lr * config.adaptor_lr_scale}]
+        out = Path(config.loop.out_dir)
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "train_config.yaml").write_text(yaml.safe_dump(_plain(config), sort_keys=False))
+        metrics = fit(
+            stage_model,
+            lambda m, b: m(b),
+            Batches(sampler, train.batch),
+            config.loop,
+            eval_fn=make_eval_fn(config, dev) if dev is not None else None,
+            resume=resume,
+            param_groups=groups,
+        )
+        if rank == 0:
+            stage_model.model.save_pretrained(out / "model")
+            log.info("wrote %s", out / "model")
+        return metrics
+    finally:
+        cleanup_distributed()
+
+
+def _launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _plain(config: TrainConfig) -> dict[str, Any]:
+    data = to_dict(config)
+    data["loop"] = dataclasses.asdict(config.loop)
+    data["loop"]["betas"] = list(config.loop.betas)
+    return data
