@@ -135,3 +135,15 @@ def test_stage_errors(tiny_model):
         StageModel(tiny_model, "instruct")
     with pytest.raises(ValueError, match="stage must be one of"):
         load_train_config(None, ["stage=nope"])
+
+
+def test_export_writes_the_latest_checkpoint_as_a_model(tiny_data, tmp_path, tiny_llm_dir, tiny_whisper_dir):
+    from speechllm.training.train import export
+
+    config = stage_config("asr", tiny_data, tmp_path, tiny_llm_dir, tiny_whisper_dir, ["loop.max_steps=2"])
+    main(config)
+    trained = SpeechLLM.from_pretrained(tmp_path / "asr" / "model")
+    (tmp_path / "asr" / "model" / "model.safetensors").unlink()
+    exported = SpeechLLM.from_pretrained(export(config))
+    for (name, a), (_, b) in zip(trained.named_parameters(), exported.named_parameters()):
+        assert torch.equal(a, b), name

@@ -7,64 +7,6 @@ import logging
 import sys
 from collections.abc import Callable
 
-SAMPLE_QUESTION = "What is the capital of France?"
-
-
-def _conversation(audios: list, text: str | None) -> list[dict]:
-    parts: list[dict] = [{"type": "audio", "audio": a} for a in audios]
-    if text:
-        parts.append({"type": "text", "text": text})
-    return [{"role": "user", "content": parts}]
-
-
-def _sample_audio(text: str):
-    """Speak `text` with the bundled eSpeak NG voice, so the main job runs with no input at all."""
-    from speechllm.data.tts import EspeakEngine
-
-    return EspeakEngine().synthesize(text, voice="en-us", rate=1.0)
-
-
-def cmd_chat(args: argparse.Namespace) -> int:
-    import torch
-
-    from speechllm.data.audio import load_audio
-    from speechllm.defaults import load_model
-    from speechllm.inference.generation import GenerationConfig, text_only_context
-
-    audios = [load_audio(p) for p in args.audio]
-    text = args.text
-    if not audios and not text:
-        print(f"(no --audio or --text given: asking a spoken sample question: {SAMPLE_QUESTION!r})", file=sys.stderr)
-        audios = [_sample_audio(SAMPLE_QUESTION)]
-    model = load_model(args.model)
-    gen = GenerationConfig(max_new_tokens=args.max_new_tokens)
-    with torch.inference_mode():
-        batch = model.prepare([_conversation(audios, text)])
-        with text_only_context(model, batch):
-            _print_stream(model, batch, gen)
-    return 0
-
-
-def _print_stream(model, batch, gen) -> None:  # type: ignore[no-untyped-def]
-    """Write the answer to stdout as it is generated (whole words only: no broken UTF-8)."""
-    from speechllm.inference.generation import eos_token_ids, stream_generate
-
-    eos = eos_token_ids(model)
-    ids: list[int] = []
-    shown = ""
-    for step in stream_generate(model, batch, gen):
-        token = int(step[0])
-        if token in eos:
-            break
-        ids.append(token)
-        full = model.processor.decode(ids)
-        if full.endswith("\ufffd"):  # a multi-byte character split across tokens: wait for the rest
-            continue
-        sys.stdout.write(full[len(shown) :])
-        sys.stdout.flush()
-        shown = full
-    sys.stdout.write("\n")
-
 
 def cmd_info(args: argparse.Namespace) -> int:
     from speechllm.defaults import DEFAULT_CHECKPOINT
@@ -81,12 +23,15 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _add_chat(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("chat", help="answer one turn of speech and/or text (streams the answer)")
-    p.add_argument("--audio", action="append", default=[], metavar="FILE", help="audio file (repeatable)")
-    p.add_argument("--text", help="text of the turn, after the audio")
-    p.add_argument("--model", help="a speechllm checkpoint directory (default: the embedded model)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.set_defaults(func=cmd_chat)
+    from speechllm.inference.cli import add_chat
+
+    add_chat(sub)
+
+
+def _add_inference(sub: argparse._SubParsersAction) -> None:
+    from speechllm.inference.cli import register
+
+    register(sub)
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
@@ -95,9 +40,12 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from speechllm.training.train import load_train_config, main
+    from speechllm.training.train import export, load_train_config, main
 
     config = load_train_config(args.config, args.overrides)
+    if args.export:
+        print(export(config))
+        return 0
     metrics = main(config, resume=args.resume)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     return 0
@@ -107,6 +55,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="run one training stage (YAML config + key.path=value overrides)")
     p.add_argument("--config", help="a YAML TrainConfig (configs/*.yaml)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.add_argument("--export", action="store_true", help="only write <out_dir>/model from the latest checkpoint")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. loop.max_steps=300 stage=asr")
     p.set_defaults(func=cmd_train)
 
@@ -117,7 +66,13 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     register(sub)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_chat, _add_info, _add_train, _add_data]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_chat,
+    _add_inference,
+    _add_info,
+    _add_train,
+    _add_data,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

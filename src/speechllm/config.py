@@ -108,9 +108,15 @@ class AdaptorConfig:
     """Width of the hidden layer of `mlp` and `swiglu`."""
     output_scale: float = 1.0
     """Multiplies the adaptor's output; a lever to start near the LLM's embedding norms."""
+    select: str = "none"
+    """After the adaptor: `none` keeps every position; `blank_removal` / `frame_average` label each
+    output against the LLM's embedding table plus a learned blank row and keep only non-blank
+    positions (averaging runs of one label): Speech-LLaMA's CTC compression, done in the LLM's own
+    embedding space. The blank row is trained by the `ctc_embed` stage."""
 
     def __post_init__(self) -> None:
         _check_choice("adaptor.kind", self.kind, ADAPTORS)
+        _check_choice("adaptor.select", self.select, ("none", *CTC_MODES))
         _check_positive("adaptor.hidden_dim", self.hidden_dim)
 
 

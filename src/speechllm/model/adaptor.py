@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechllm.config import AdaptorConfig
+from speechllm.model.compressor import select_frames
 
 
 class LinearAdaptor(nn.Module):
@@ -60,6 +62,30 @@ class Adaptor(nn.Module):
             self.net = SwiGLUAdaptor(input_dim, config.hidden_dim, output_dim)
         else:
             raise ValueError(f"unknown adaptor kind {config.kind!r}; expected one of linear, mlp, swiglu")
+        # The blank row for CTC in the LLM's embedding space (see AdaptorConfig.select).
+        self.blank: nn.Parameter | None = None
+        self.blank_bias: nn.Parameter | None = None
+        if config.select != "none":
+            self.blank = nn.Parameter(torch.zeros(output_dim))
+            self.blank_bias = nn.Parameter(torch.zeros(()))
+
+    def ctc_logits(self, y: Tensor, table: Tensor) -> Tensor:
+        """Adaptor outputs (N, S, D) scored against the LLM's embedding table (V, D) and the blank: (N, S, V+1)."""
+        if self.blank is None or self.blank_bias is None:
+            raise ValueError("this adaptor has no blank row: set adaptor.select to blank_removal or frame_average")
+        return torch.cat([y @ table.T, (y @ self.blank + self.blank_bias)[..., None]], dim=-1)
+
+    def select(self, y: Tensor, lengths: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
+        """Keep the non-blank positions of each sample (N, S, D) -> (N, S', D), new lengths (N,)."""
+        logits = self.ctc_logits(y, table)  # N, S, V+1
+        labels = logits.argmax(-1)
+        blank = logits.shape[-1] - 1
+        seqs = [
+            select_frames(y[i, :n], labels[i, :n], logits[i, :n], blank, self.config.select)
+            for i, n in enumerate(lengths.tolist())
+        ]
+        out_lengths = torch.tensor([s.shape[0] for s in seqs], device=y.device)
+        return nn.utils.rnn.pad_sequence(seqs, batch_first=True), out_lengths
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.input_dim:

@@ -30,9 +30,13 @@ def save_pretrained(model: SpeechLLM, directory: str | Path) -> Path:
     keep = model.saved_parameter_names()
     tensors = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if n in keep}
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is an ordinary directory
     try:
         save_config(model.config, tmp / CONFIG_FILE)
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "speechllm": "1"})
+        (tmp / WEIGHTS_FILE).chmod(0o666 & ~umask)
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
             os.replace(directory, old)
@@ -45,8 +49,12 @@ def save_pretrained(model: SpeechLLM, directory: str | Path) -> Path:
     return directory
 
 
-def load_weights(model: SpeechLLM, path: Path) -> None:
-    """Load a checkpoint's tensors into `model`; every owned parameter must be covered."""
+def load_weights(model: SpeechLLM, path: Path, *, require_owned: bool = True) -> list[str]:
+    """Load a checkpoint's tensors into `model` and return their names.
+
+    With `require_owned`, every owned or trainable parameter must be covered (a full checkpoint);
+    without, parts the file lacks keep their current values (a previous stage's weights).
+    """
     try:
         tensors = load_file(str(path))
     except Exception as e:  # safetensors raises several types on corrupt files
@@ -56,7 +64,7 @@ def load_weights(model: SpeechLLM, path: Path) -> None:
     if unknown:
         raise WeightsError(f"{path}: weights {unknown[:5]} do not exist in the model built from its config")
     missing = sorted(n for n in model.saved_parameter_names() if n not in tensors)
-    if missing:
+    if require_owned and missing:
         raise WeightsError(f"{path}: lacks weights for {missing[:5]} (parts {sorted({part_of(n) for n in missing})})")
     with torch.no_grad():
         for name, value in tensors.items():
@@ -65,6 +73,7 @@ def load_weights(model: SpeechLLM, path: Path) -> None:
                     f"{path}: {name} has shape {tuple(value.shape)}, model expects {tuple(params[name].shape)}"
                 )
             params[name].copy_(value)
+    return sorted(tensors)
 
 
 def from_pretrained(directory: str | Path, overrides: list[str] | None = None) -> SpeechLLM:

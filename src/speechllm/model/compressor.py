@@ -132,23 +132,31 @@ class CTCCompressor(Compressor):
         return Compressed(nn.utils.rnn.pad_sequence(seqs, batch_first=True), out_lengths, logits)
 
     def _select(self, x: Tensor, labels: Tensor, logits: Tensor) -> Tensor:
-        """x: (T, D) one sample's frames; returns (T', D)."""
-        keep = labels != self.blank_id
-        if not bool(keep.any()):
-            blank_logprob = logits.log_softmax(-1)[:, self.blank_id]
-            return x[blank_logprob.argmin()][None]
-        if self.mode == "blank_removal":
-            return x[keep]
-        # A run starts where the label changes; blank frames split runs and are then dropped.
-        starts = torch.ones_like(labels, dtype=torch.bool)
-        starts[1:] = labels[1:] != labels[:-1]
-        run_id = torch.cumsum(starts.long(), 0) - 1  # T: index of each frame's run
-        n_runs = int(run_id[-1]) + 1
-        sums = torch.zeros(n_runs, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, run_id, x)
-        counts = torch.bincount(run_id, minlength=n_runs).to(x.dtype)
-        run_label = torch.zeros(n_runs, dtype=labels.dtype, device=x.device).scatter_(0, run_id, labels)
-        means = sums / counts[:, None]
-        return means[run_label != self.blank_id]
+        return select_frames(x, labels, logits, self.blank_id, self.mode)
+
+
+def select_frames(x: Tensor, labels: Tensor, logits: Tensor, blank_id: int, mode: str) -> Tensor:
+    """One sample's frames x (T, D) with CTC labels (T,) and logits (T, V) -> the kept frames (T', D).
+
+    `blank_removal` keeps non-blank frames; `frame_average` also merges each run of one non-blank
+    label into its mean. All-blank input keeps its single least-blank frame.
+    """
+    keep = labels != blank_id
+    if not bool(keep.any()):
+        blank_logprob = logits.log_softmax(-1)[:, blank_id]
+        return x[blank_logprob.argmin()][None]
+    if mode == "blank_removal":
+        return x[keep]
+    # A run starts where the label changes; blank frames split runs and are then dropped.
+    starts = torch.ones_like(labels, dtype=torch.bool)
+    starts[1:] = labels[1:] != labels[:-1]
+    run_id = torch.cumsum(starts.long(), 0) - 1  # T: index of each frame's run
+    n_runs = int(run_id[-1]) + 1
+    sums = torch.zeros(n_runs, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, run_id, x)
+    counts = torch.bincount(run_id, minlength=n_runs).to(x.dtype)
+    run_label = torch.zeros(n_runs, dtype=labels.dtype, device=x.device).scatter_(0, run_id, labels)
+    means = sums / counts[:, None]
+    return means[run_label != blank_id]
 
 
 def build_compressor(config: CompressorConfig, input_dim: int, llm_vocab_size: int = 0) -> Compressor:

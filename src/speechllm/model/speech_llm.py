@@ -129,7 +129,17 @@ class SpeechLLM(nn.Module):
     def embed_frames(self, frames: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Encoder frames (N, T, D_enc) -> adaptor output (N, S, D_llm); also the entry point for cached features."""
         c = self.compressor(frames, lengths)  # N, S, D_c
-        return self.adaptor(c.x), c.lengths, c.ctc_logits
+        y = self.adaptor(c.x)  # N, S, D_llm
+        if self.adaptor.config.select == "none":
+            return y, c.lengths, c.ctc_logits
+        y, out_lengths = self.adaptor.select(y, c.lengths, self.embedding_table())  # N, S', D_llm
+        return y, out_lengths, c.ctc_logits
+
+    def embedding_table(self) -> Tensor:
+        """The LLM's input embedding matrix (V, D_llm)."""
+        weight = self.llm.get_input_embeddings().weight
+        assert isinstance(weight, Tensor)
+        return weight
 
     def speech_embeddings(self, audios: list[np.ndarray]) -> tuple[Tensor, Tensor]:
         features, feature_lengths = self.processor.log_mel(audios)

@@ -74,16 +74,11 @@ class StageModel(nn.Module):
         self.ce_weight = ce_weight
         parts = [p for p in STAGES[stage] if p != "lora" or model.config.lora.enabled]
         model.set_trainable(parts)
-        if stage == "ctc_embed":
-            dim = int(self.embedding_table().shape[1])
-            self.blank = nn.Parameter(torch.zeros(dim))  # the blank's "embedding" row: only this stage has it
+        if stage == "ctc_embed" and model.adaptor.blank is None:
+            # An adaptor without selection has no blank row: this stage keeps its own, not saved.
+            dim = int(model.embedding_table().shape[1])
+            self.blank = nn.Parameter(torch.zeros(dim))
             self.blank_bias = nn.Parameter(torch.zeros(()))
-
-    def embedding_table(self) -> Tensor:
-        """The LLM's input embedding matrix (V, D_llm)."""
-        weight = self.model.llm.get_input_embeddings().weight
-        assert isinstance(weight, Tensor)
-        return weight
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         tok = self.model.processor.tokenizer
@@ -104,10 +99,14 @@ class StageModel(nn.Module):
     def embed_logits(self, frames: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Log-probabilities (N, S, V+1) of each adaptor output over LLM tokens + blank (last)."""
         x, lengths = pad_frames(frames)
-        embeds, out_lengths, _ = self.model.embed_frames(x, lengths)  # N, S, D_llm
-        table = self.embedding_table()  # V, D_llm (frozen)
-        logits = torch.cat([embeds @ table.T, (embeds @ self.blank + self.blank_bias)[..., None]], dim=-1)
-        return logits.float().log_softmax(-1), out_lengths
+        c = self.model.compressor(x, lengths)
+        embeds = self.model.adaptor(c.x)  # N, S, D_llm: every position, before any selection
+        table = self.model.embedding_table()  # V, D_llm (frozen)
+        if self.model.adaptor.blank is not None:
+            logits = self.model.adaptor.ctc_logits(embeds, table)
+        else:
+            logits = torch.cat([embeds @ table.T, (embeds @ self.blank + self.blank_bias)[..., None]], dim=-1)
+        return logits.float().log_softmax(-1), c.lengths
 
     def _ctc(self, log_probs: Tensor, lengths: Tensor, texts: list[str], blank: int) -> dict[str, Tensor]:
         targets = self.token_ids(texts)

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from speechllm.config import SpeechLLMConfig, apply_overrides, from_dict, to_dict
 from speechllm.data.feature_cache import FeatureCache
@@ -26,7 +25,9 @@ from speechllm.data.manifest import read_manifest
 from speechllm.eval.metrics import agreement_rate, wer
 from speechllm.inference.generation import GenerationConfig, decode_stream, stream_generate
 from speechllm.model.builders import build_speech_llm
+from speechllm.model.checkpoint import WEIGHTS_FILE, load_weights
 from speechllm.model.speech_llm import SpeechLLM
+from speechllm.training.checkpoint import latest_checkpoint, load_checkpoint
 from speechllm.training.dataset import SpeechDataset
 from speechllm.training.distributed import cleanup_distributed, setup_distributed, unwrap
 from speechllm.training.loop import Batches, LoopConfig, ResumableSampler, fit
@@ -90,22 +91,10 @@ def load_train_config(path: str | Path | None, overrides: list[str]) -> TrainCon
 
 def init_weights(model: SpeechLLM, directory: str | Path) -> list[str]:
     """Copy the tensors of a speechllm checkpoint into `model` (parts it lacks keep their init)."""
-    path = Path(directory) / "model.safetensors"
+    path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
-        raise WeightsError(f"init_from {directory}: no model.safetensors there")
-    tensors = load_file(str(path))
-    params = dict(model.named_parameters())
-    unknown = sorted(set(tensors) - set(params))
-    if unknown:
-        raise WeightsError(f"init_from {directory}: {unknown[:5]} do not exist in this model")
-    with torch.no_grad():
-        for name, value in tensors.items():
-            if params[name].shape != value.shape:
-                raise WeightsError(
-                    f"init_from {directory}: {name} is {tuple(value.shape)}, model has {tuple(params[name].shape)}"
-                )
-            params[name].copy_(value)
-    return sorted(tensors)
+        raise WeightsError(f"init_from {directory}: no {WEIGHTS_FILE} there")
+    return load_weights(model, path, require_owned=False)
 
 
 def setup(config: TrainConfig) -> tuple[StageModel, SpeechDataset, SpeechDataset | None]:
@@ -189,6 +178,26 @@ def main(config: TrainConfig, *, resume: bool = False) -> dict[str, float]:
         return metrics
     finally:
         cleanup_distributed()
+
+
+def export(config: TrainConfig) -> Path:
+    """Write `out_dir/model` from the run's latest checkpoint (e.g. of a run stopped early)."""
+    path = latest_checkpoint(config.loop.out_dir)
+    if path is None:
+        raise ValueError(f"{config.loop.out_dir} has no complete checkpoint to export")
+    stage_model, _, _ = setup(config)
+    weights, state = load_checkpoint(path)
+    params = dict(stage_model.named_parameters())
+    unknown = sorted(set(weights) - set(params))
+    if unknown:
+        raise WeightsError(f"{path}: {unknown[:5]} are not parameters of this stage's model")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    out = Path(config.loop.out_dir) / "model"
+    stage_model.model.save_pretrained(out)
+    log.info("exported %s (step %s) to %s", path.name, state.get("step"), out)
+    return out
 
 
 def _launched_by_torchrun() -> bool:

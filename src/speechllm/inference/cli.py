@@ -1,0 +1,266 @@
+"""`speechllm chat`, `transcribe` and `serve`: the subcommands that run a model for a user.
+
+`register(subparsers)` adds `transcribe` and `serve`; `add_chat(subparsers)` adds `chat`.
+`python -m speechllm.inference.cli ...` runs the three without the main CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+SAMPLE_QUESTION = "What is the capital of France?"
+TRANSCRIBE_CHUNK = 32
+"""Files loaded and transcribed at a time (the engine batches them); bounds memory for big manifests."""
+
+
+# ---------------------------------------------------------------------- chat
+
+
+def add_chat(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="answer speech and/or text, streaming; multi-turn when interactive")
+    p.add_argument("--audio", action="append", default=[], metavar="FILE", help="audio file (repeatable)")
+    p.add_argument("--text", help="text of the turn, after the audio")
+    p.add_argument("--model", help="a speechllm checkpoint directory (default: the embedded model)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.set_defaults(func=cmd_chat)
+
+
+def _turn(audios: list[Any], text: str | None) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = [{"type": "audio", "audio": a} for a in audios]
+    if text:
+        parts.append({"type": "text", "text": text})
+    return {"role": "user", "content": parts}
+
+
+def _answer(engine: Any, conversation: list[dict[str, Any]], max_new_tokens: int, out: TextIO) -> str:
+    """Stream one answer to `out` and return it."""
+    from speechllm.inference.engine import Delta, Done
+    from speechllm.inference.generation import GenerationConfig
+
+    request = engine.submit(conversation, GenerationConfig(max_new_tokens=max_new_tokens))
+    for event in request.events():
+        if isinstance(event, Delta):
+            out.write(event.text)
+            out.flush()
+        elif isinstance(event, Done):
+            out.write("\n")
+            out.flush()
+            return event.text
+    raise AssertionError("the engine ended a request without Done")
+
+
+def _next_turn(prompt: str = "> ") -> dict[str, Any] | None:
+    """Read the next user turn from the terminal: text, or `/audio FILE [text]`; None to stop."""
+    from speechllm.data.audio import AudioError, load_audio
+
+    while True:
+        try:
+            line = input(prompt).strip()
+        except EOFError:
+            return None
+        if line in ("/quit", "/exit"):
+            return None
+        if not line:
+            continue
+        if not line.startswith("/audio "):
+            return _turn([], line)
+        path, _, text = line[len("/audio ") :].strip().partition(" ")
+        try:
+            return _turn([load_audio(path)], text or None)
+        except AudioError as e:
+            print(f"(cannot use {path}: {e})", file=sys.stderr)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """The first turn comes from the arguments (or a spoken sample question); when stdin and stdout
+    are both terminals, more turns follow. Only answers go to stdout; everything else to stderr."""
+    from speechllm.data.audio import load_audio
+    from speechllm.defaults import load_model
+    from speechllm.inference.engine import Engine
+
+    audios = [load_audio(p) for p in args.audio]
+    text = args.text
+    if not audios and not text:
+        print(f"(no --audio or --text given: asking a spoken sample question: {SAMPLE_QUESTION!r})", file=sys.stderr)
+        from speechllm.data.tts import EspeakEngine
+
+        audios = [EspeakEngine().synthesize(SAMPLE_QUESTION, voice="en-us", rate=1.0)]
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    conversation = [_turn(audios, text)]
+    with Engine(load_model(args.model), max_batch=1, max_queue=1) as engine:
+        while True:
+            answer = _answer(engine, conversation, args.max_new_tokens, sys.stdout)
+            conversation.append({"role": "assistant", "content": answer})
+            if not interactive:
+                return 0
+            if len(conversation) == 2:
+                print("(next turn: type text, or '/audio FILE [text]'; Ctrl-D or /quit ends)", file=sys.stderr)
+            turn = _next_turn()
+            if turn is None:
+                return 0
+            conversation.append(turn)
+
+
+# ---------------------------------------------------------------------- transcribe
+
+
+def _inputs(paths: list[str]) -> Iterator[tuple[str, str, str | None]]:
+    """(label, path to read, manifest id) per audio: files as given, manifests expanded to their audio."""
+    from speechllm.data.manifest import read_manifest
+
+    for given in paths:
+        if not given.endswith(".jsonl"):
+            yield given, given, None
+            continue
+        written = read_manifest(given, resolve_paths=False)
+        resolved = read_manifest(given)
+        for raw, sample in zip(written, resolved):
+            for label, path in zip(raw.audio, sample.audio):
+                yield label, path, sample.id
+
+
+def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    """Transcripts through the speech LLM. A file that cannot be read gets an `error` (and exit
+    status 1) instead of stopping the job; `--output` is written whole or not at all."""
+    from speechllm.data.audio import AudioError, load_audio
+    from speechllm.defaults import load_model
+    from speechllm.inference.engine import Engine
+
+    failed = 0
+    records: list[dict[str, Any]] = []
+    with Engine(load_model(args.model), max_batch=args.batch_size, max_queue=TRANSCRIBE_CHUNK) as engine:
+        for chunk in _chunks(_inputs(args.files), TRANSCRIBE_CHUNK):
+            audios, ok = [], []
+            for label, path, sample_id in chunk:
+                record: dict[str, Any] = {"audio": label, "text": None}
+                if sample_id is not None:
+                    record["id"] = sample_id
+                try:
+                    audios.append(load_audio(path))
+                    ok.append(record)
+                except AudioError as e:
+                    record["error"] = str(e)
+                    failed += 1
+                    print(f"speechllm transcribe: {e}", file=sys.stderr)
+                records.append(record)
+            for record, text in zip(ok, engine.transcribe(audios, max_new_tokens=args.max_new_tokens)):
+                record["text"] = text
+            if args.output is None:
+                for record in records[-len(chunk) :]:
+                    if record["text"] is not None:
+                        print(f"{record['audio']}\t{record['text']}", flush=True)
+    if args.output is not None:
+        _write_jsonl(Path(args.output), records)
+    return 1 if failed else 0
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from speechllm.serve.app import create_app
+        from speechllm.serve.settings import ServeSettings
+    except ImportError as e:
+        raise ValueError(f"serving needs the serve extra: pip install 'speechllm[serve]' ({e})") from None
+    from speechllm.defaults import load_model
+    from speechllm.inference.engine import Engine
+
+    settings = ServeSettings(
+        host=args.host,
+        port=args.port,
+        model_name=Path(args.model).name if args.model else "speechllm-default",
+        api_key=args.api_key or os.environ.get("SPEECHLLM_API_KEY") or None,
+        cors_origins=args.cors_origin,
+        max_queue=args.max_queue,
+        max_batch=args.max_batch,
+        timeout=args.timeout,
+        max_request_mb=args.max_request_mb,
+        max_audio_seconds=args.max_audio_seconds,
+    )
+    engine = Engine(load_model(args.model), max_batch=settings.max_batch, max_queue=settings.max_queue)
+    try:
+        print(f"serving {settings.model_name} on http://{settings.host}:{settings.port}/", file=sys.stderr)
+        uvicorn.run(create_app(engine, settings), host=settings.host, port=settings.port, log_level="warning")
+    finally:
+        engine.close()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `transcribe` and `serve` to the main CLI's subcommands."""
+    p = sub.add_parser("transcribe", help="transcribe audio files or a manifest through the speech LLM")
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files, or .jsonl manifests")
+    p.add_argument("--model", help="a speechllm checkpoint directory (default: the embedded model)")
+    p.add_argument("--output", metavar="OUT.jsonl", help='write {"audio", "text"} per file here instead of stdout')
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=cmd_transcribe)
+
+    d = _serve_defaults()
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP API and web page (needs the serve extra)")
+    p.add_argument("--host", default=d.host, help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument("--model", help="a speechllm checkpoint directory (default: the embedded model)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (or set SPEECHLLM_API_KEY)")
+    p.add_argument("--cors-origin", nargs="*", default=[], metavar="ORIGIN", help="allow browsers from ORIGIN")
+    p.add_argument("--max-queue", type=int, default=d.max_queue, help="waiting requests before 429")
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help="requests generated together")
+    p.add_argument("--timeout", type=float, default=d.timeout, help="seconds per request before 504")
+    p.add_argument("--max-request-mb", type=float, default=d.max_request_mb, help="body size before 413")
+    p.add_argument("--max-audio-seconds", type=float, default=d.max_audio_seconds, help="audio per request")
+    p.set_defaults(func=cmd_serve)
+
+
+def _serve_defaults() -> Any:
+    """ServeSettings' defaults, without importing FastAPI (settings.py imports nothing heavy)."""
+    from speechllm.serve.settings import ServeSettings
+
+    return ServeSettings()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m speechllm.inference.cli", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_chat(sub)
+    register(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"speechllm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The FastAPI app: OpenAI-compatible chat and transcription endpoints over an `Engine`, and the page.
+
+Routes: `POST /v1/chat/completions` (JSON or server-sent events), `POST /v1/audio/transcriptions`
+(multipart), `GET /v1/models`, `GET /health`, `GET /` (the web page). Limits come from
+`ServeSettings`: body size 413 (GuardMiddleware), audio duration 400, queue full 429, engine not
+ready or shutting down 503, deadline passed 504, missing or wrong API key 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from speechllm.inference.engine import ASR_INSTRUCTION, Delta, Done, Engine, EngineClosed, QueueFull, RequestTimeout
+from speechllm.inference.engine import Request as EngineRequest
+from speechllm.inference.generation import GenerationConfig
+from speechllm.serve import openai_api as oa
+from speechllm.serve.errors import ApiError, GuardMiddleware, api_error_body, error_body
+from speechllm.serve.settings import ServeSettings
+
+log = logging.getLogger("speechllm.serve")
+
+
+def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI:
+    """An app serving `engine`; the caller owns the engine (starts and closes it)."""
+    settings = settings or ServeSettings()
+    app = FastAPI(title="speechllm", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+    app.state.settings = settings
+    _add_error_handlers(app)
+    app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_request_bytes)
+    if settings.cors_origins:  # outermost, so even errors carry the CORS headers
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    auth = Depends(_auth_check(settings))
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        html = resources.files("speechllm.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+        return HTMLResponse(html)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ok = engine.ready
+        body = {"status": "ok" if ok else "unavailable", "model": settings.model_name, "queued": engine.queued}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/v1/models", dependencies=[auth])
+    async def models() -> dict[str, Any]:
+        card = {"object": "model", "created": 0, "owned_by": "speechllm"}
+        return {"object": "list", "data": [{"id": settings.model_name, **card}, {"id": "default", **card}]}
+
+    @app.post("/v1/chat/completions", dependencies=[auth])
+    async def chat(request: Request) -> Response:
+        parsed = oa.parse_chat(oa.parse_json(await request.body()), settings)
+        await run_in_threadpool(oa.decode_messages, parsed.messages, settings.max_audio_seconds)
+        handle = _submit(engine, parsed.messages, parsed.gen, settings)
+        cid = oa.completion_id()
+        if not parsed.stream:
+            done = await _collect(handle)
+            return JSONResponse(
+                oa.completion(
+                    cid, settings.model_name, done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens
+                )
+            )
+        events = handle.aevents()
+        # Wait for the first event before answering 200, so errors before the first token (bad
+        # audio, timeout in the queue) still get their proper status code.
+        first = await _first(handle, events)
+        return StreamingResponse(
+            _sse(handle, events, first, cid, settings.model_name, parsed.include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.post("/v1/audio/transcriptions", dependencies=[auth])
+    async def transcriptions(request: Request) -> Response:
+        form = await request.form(max_files=1, max_fields=16)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(400, "a multipart field 'file' holding the audio is required", param="file")
+        oa.check_model(form.get("model"), settings)
+        fmt = form.get("response_format") or "json"
+        if fmt not in ("json", "text"):
+            raise ApiError(400, f"response_format must be 'json' or 'text', got {fmt!r}", param="response_format")
+        data = await upload.read()
+        name = upload.filename or "file"
+        limit = settings.max_audio_seconds
+        audio = await run_in_threadpool(oa.decode_audio, data, name, limit, limit)
+        conversation = [
+            {"role": "user", "content": [{"type": "text", "text": ASR_INSTRUCTION}, {"type": "audio", "audio": audio}]}
+        ]
+        gen = GenerationConfig(max_new_tokens=settings.default_max_tokens)
+        text = (await _collect(_submit(engine, conversation, gen, settings))).text.strip()
+        return PlainTextResponse(text) if fmt == "text" else JSONResponse({"text": text})
+
+    return app
+
+
+def _auth_check(settings: ServeSettings) -> Any:
+    expected = f"Bearer {settings.api_key}".encode() if settings.api_key else None
+
+    async def check(request: Request) -> None:
+        if expected is None:
+            return
+        given = request.headers.get("authorization", "").encode()
+        if not secrets.compare_digest(given, expected):
+            raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer <key>')", code="invalid_api_key")
+
+    return check
+
+
+def _submit(engine: Engine, messages: list[dict[str, Any]], gen: GenerationConfig, s: ServeSettings) -> EngineRequest:
+    try:
+        return engine.submit(messages, gen, timeout=s.timeout, loop=asyncio.get_running_loop())
+    except QueueFull:
+        raise ApiError(
+            429, "the server is busy: too many requests are waiting; retry later", code="queue_full"
+        ) from None
+    except EngineClosed:
+        raise ApiError(503, "the server is not ready or is shutting down", code="unavailable") from None
+
+
+def _engine_error(e: BaseException) -> ApiError:
+    if isinstance(e, ApiError):
+        return e
+    if isinstance(e, RequestTimeout):
+        return ApiError(504, "the request did not finish in time", code="timeout")
+    if isinstance(e, EngineClosed):
+        return ApiError(503, "the server is shutting down", code="unavailable")
+    if isinstance(e, ValueError):  # the model refused the conversation (e.g. too long for it)
+        return ApiError(400, str(e), code="invalid_request")
+    log.error("generation failed", exc_info=e)
+    return ApiError(500, "internal server error", code="internal_error")
+
+
+async def _collect(handle: EngineRequest) -> Done:
+    try:
+        async for event in handle.aevents():
+            if isinstance(event, Done):
+                return event
+    except Exception as e:
+        raise _engine_error(e) from None
+    finally:
+        handle.cancel()  # no-op once done; stops the row if the client went away
+    raise AssertionError("the engine ended a request without Done")
+
+
+async def _first(handle: EngineRequest, events: AsyncIterator[Delta | Done]) -> Delta | Done:
+    try:
+        return await anext(events)
+    except Exception as e:
+        handle.cancel()
+        raise _engine_error(e) from None
+
+
+async def _sse(
+    handle: EngineRequest,
+    events: AsyncIterator[Delta | Done],
+    first: Delta | Done,
+    cid: str,
+    model: str,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    try:
+        yield oa.chunk(cid, model, {"role": "assistant", "content": ""})
+        event = first
+        while True:
+            if isinstance(event, Delta):
+                yield oa.chunk(cid, model, {"content": event.text})
+            else:
+                yield oa.chunk(cid, model, {}, event.finish_reason)
+                if include_usage:
+                    yield oa.chunk(cid, model, None, usage=oa.usage(event.prompt_tokens, event.completion_tokens))
+                break
+            event = await anext(events)
+    except Exception as e:  # after the 200 is sent, an error can only be reported in the stream
+        yield oa.sse(api_error_body(_engine_error(e)))
+    finally:
+        handle.cancel()
+    yield oa.sse("[DONE]")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError) -> JSONResponse:
+        return JSONResponse(api_error_body(e), status_code=e.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        message = e.detail if isinstance(e.detail, str) else "request failed"
+        return JSONResponse(error_body(e.status_code, message), status_code=e.status_code, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_body(400, "invalid request"), status_code=400)

@@ -1,0 +1,46 @@
+"""speechllm bench: figures and ratios, and a smoke run on tiny random models."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from speechllm.eval.bench import METRICS, ratio, system_figures
+from speechllm.eval.cli import main
+
+
+def test_system_figures_and_ratio_on_known_rows():
+    rows = [
+        {"ttft_s": 0.5, "latency_s": 1.5, "steps": 11, "audio_s": 4.0},
+        {"ttft_s": 1.5, "latency_s": 2.5, "steps": 6, "audio_s": 4.0},
+    ]
+    f = system_figures(rows, peak_rss_mb=100.0)
+    assert f == {"ttft_s": 1.0, "latency_s": 2.0, "tokens_per_s": 15 / 2.0, "rtf": 0.5, "peak_rss_mb": 100.0}
+    assert system_figures([{**rows[0], "steps": 1}], 1.0)["tokens_per_s"] is None  # one step: no decode rate
+    assert ratio(1.0, 4.0) == 0.25 and ratio(None, 4.0) is None and ratio(1.0, 0.0) is None
+
+
+@pytest.mark.slow
+def test_bench_smoke_on_tiny_models(tmp_path, capsys):
+    pytest.importorskip("espeakng_loader")
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--tiny", "--n", "1", "--max-new-tokens", "3", "--train-steps", "1",
+               "--train-batch-size", "1", "--json", str(out), "--plots", str(tmp_path / "plots")])  # fmt: skip
+    assert rc == 0
+    figures = json.loads(out.read_text())
+    assert figures["inputs"] == 1 and figures["e2e_ttft_s"] > 0 and figures["e2e_peak_rss_mb"] > 0
+    assert {"e2e_ttft_s", "cascade_ttft_s", "ttft_ratio", "e2e_peak_rss_mb", "cascade_peak_rss_mb"} <= set(figures)
+    assert {"train_asr_samples_per_s", "train_instruct_samples_per_s", "train_ctc_head_samples_per_s"} <= set(figures)
+    assert (tmp_path / "plots" / "e2e_vs_cascade.png").stat().st_size > 0
+    assert (tmp_path / "plots" / "training_throughput.png").stat().st_size > 0
+    if importlib.util.find_spec("faster_whisper") is None:
+        assert figures["cascade_ttft_s"] is None and figures["ttft_ratio"] is None
+        assert any("faster-whisper" in n for n in figures["notes"])
+        return
+    for metric, ratio_key in METRICS.items():
+        e2e, cascade = figures[f"e2e_{metric}"], figures[f"cascade_{metric}"]
+        if e2e is not None and cascade:
+            assert figures[ratio_key] == pytest.approx(e2e / cascade)
+    assert figures["cascade_ttft_s"] >= figures["cascade_asr_s"] > 0
