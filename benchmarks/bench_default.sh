@@ -10,7 +10,7 @@ set -euo pipefail
 out="${1:-runs/bench/default}"
 shift || true
 mkdir -p "$out"
-python -m speechllm.eval.cli bench --n 5 --max-new-tokens 64 --train-steps 3 --train-batch-size 4 \
+speechllm bench --n 5 --max-new-tokens 64 --train-steps 3 --train-batch-size 4 \
   --json "$out/bench.json" --plots "$out" "$@" > "$out/bench.log"
 python - "$out/bench.json" <<'PY'
 import json, sys

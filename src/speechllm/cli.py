@@ -60,6 +60,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from speechllm.eval.cli import register
+
+    register(sub)  # eval and bench
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
     from speechllm.data.cli import register
 
@@ -72,6 +78,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
     _add_train,
     _add_data,
+    _add_eval,
 ]
 
 
