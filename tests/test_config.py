@@ -53,7 +53,7 @@ def test_saved_yaml_is_readable_nested_sections(tmp_path):
     data = yaml.safe_load((tmp_path / "c.yaml").read_text())
     assert list(data)[:5] == ["encoder", "compressor", "adaptor", "llm", "lora"]  # declaration order
     assert data["encoder"]["layer"] == "weighted"
-    assert data["adaptor"] == {"kind": "swiglu", "hidden_dim": 96, "output_scale": 0.125}
+    assert data["adaptor"] == {"kind": "swiglu", "hidden_dim": 96, "output_scale": 0.125, "select": "none"}
     assert data["system_prompt"] == "Answer briefly."
 
 

@@ -259,3 +259,34 @@ def test_text_only_prompts_bypass_lora_unless_configured(tiny_config, tone):
     assert model.generate(text, max_new_tokens=8) == plain
     model.config.lora_on_text = True
     assert model.generate(text, max_new_tokens=8) != plain
+
+
+def test_adaptor_selection_keeps_non_blank_positions(tiny_config, tone):
+    tiny_config.adaptor.select = "blank_removal"
+    model = build_speech_llm(tiny_config).eval()
+    assert model.adaptor.blank is not None and model.adaptor.blank_bias is not None
+    audio = tone(1.3)  # 17 positions before selection
+    with torch.no_grad():
+        model.adaptor.blank_bias.fill_(1e4)  # every position is blank: one (the least blank) is kept
+        _, lengths = model.speech_embeddings([audio])
+        assert lengths.tolist() == [1]
+        model.adaptor.blank_bias.fill_(-1e4)  # nothing is blank: blank_removal keeps all 17
+        kept, lengths = model.speech_embeddings([audio])
+        assert lengths.tolist() == [17]
+        model.adaptor.config.select = "frame_average"  # runs of one label become their mean
+        merged, merged_lengths = model.speech_embeddings([audio])
+        labels = model.adaptor.ctc_logits(kept, model.embedding_table())[0].argmax(-1)
+        runs = 1 + int((labels[1:] != labels[:-1]).sum())
+        assert merged_lengths.tolist() == [runs]
+        first_run = 1
+        while first_run < len(labels) and labels[first_run] == labels[0]:
+            first_run += 1
+        torch.testing.assert_close(merged[0, 0], kept[0, :first_run].mean(0), atol=1e-5, rtol=1e-5)
+        batch = model.prepare([speech_msg(audio)])
+    assert int((batch.input_ids == model.processor.speech_token_id).sum()) == runs
+
+
+def test_adaptor_without_selection_has_no_blank_row(tiny_model):
+    assert tiny_model.adaptor.blank is None
+    with pytest.raises(ValueError, match="no blank row"):
+        tiny_model.adaptor.ctc_logits(torch.zeros(1, 2, 64), tiny_model.embedding_table())
