@@ -90,7 +90,7 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
         cmd = [sys.executable, __file__, "--serve-tiny", str(port), "--max-queue", str(args.max_queue),
                "--max-batch", str(args.max_batch)]  # fmt: skip
     else:
-        cmd = [sys.executable, "-m", "speechllm.inference.cli", "serve", "--host", HOST, "--port", str(port),
+        cmd = [sys.executable, "-m", "speechllm.cli", "serve", "--host", HOST, "--port", str(port),
                "--max-queue", str(args.max_queue), "--max-batch", str(args.max_batch), "--timeout", "300"]  # fmt: skip
         if args.model:
             cmd += ["--model", args.model]

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from speechllm.cli import main
 from speechllm.data.audio import save_wav
 from speechllm.data.manifest import Sample, write_manifest
-from speechllm.eval.cli import main
 from speechllm.eval.runner import EvalConfig, evaluate, instruct_reference, write_results
 
 

@@ -4,13 +4,12 @@ speechllm data voices                       list TTS voices
 speechllm data asr --out DIR [--text F]     sentences -> spoken ASR pairs
 speechllm data instruct --out DIR [...]     questions -> spoken questions with text answers
 speechllm data split --manifest M --heldout-voices 'espeak:en-029*'
+speechllm data encode --manifest M --cache DIR   frozen-encoder features, once
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from pathlib import Path
 
 from speechllm.data.augment import AugmentConfig
@@ -135,16 +134,3 @@ def _split(args: argparse.Namespace) -> None:
     write_manifest(train_path, train)
     write_manifest(test_path, test)
     print(f"train: {len(train)} samples -> {train_path}\ntest: {len(test)} samples -> {test_path}")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Run the `data` commands alone (`python -m speechllm.data.cli asr ...`)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="speechllm")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["data", *(argv if argv is not None else sys.argv[1:])])
-    args.func(args)
-
-
-if __name__ == "__main__":
-    main()

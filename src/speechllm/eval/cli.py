@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -90,21 +89,3 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"wrote {path}", file=sys.stderr)
     print(text)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run `eval`/`bench` alone: `python -m speechllm.eval.cli eval --manifest M`."""
-    parser = argparse.ArgumentParser(prog="speechllm", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"speechllm {args.command}: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

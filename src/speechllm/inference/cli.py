@@ -1,14 +1,12 @@
 """`speechllm chat`, `transcribe` and `serve`: the subcommands that run a model for a user.
 
 `register(subparsers)` adds `transcribe` and `serve`; `add_chat(subparsers)` adds `chat`.
-`python -m speechllm.inference.cli ...` runs the three without the main CLI.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -246,21 +244,3 @@ def _serve_defaults() -> Any:
     from speechllm.serve.settings import ServeSettings
 
     return ServeSettings()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m speechllm.inference.cli", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_chat(sub)
-    register(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"speechllm {args.command}: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
