@@ -32,6 +32,7 @@ def main() -> None:
     tmp.mkdir(parents=True)
     shutil.copy(args.checkpoint / "config.yaml", tmp / "config.yaml")
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "speechllm": "1"})
+    (tmp / "model.safetensors").chmod(0o644)
     shutil.rmtree(DEFAULT_CHECKPOINT, ignore_errors=True)
     tmp.rename(DEFAULT_CHECKPOINT)
     size = (DEFAULT_CHECKPOINT / "model.safetensors").stat().st_size / 2**20
