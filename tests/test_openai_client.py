@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -70,3 +71,45 @@ def test_transcription_models_and_errors(client, tone):
     assert e.value.body["param"] == "messages"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=str(client.base_url), api_key="wrong", max_retries=0).models.list()
+
+
+def test_spoken_answers_parse_as_openai_types(tiny_model):
+    from speechllm.data.audio import decode_audio_bytes
+    from test_speech_serving import make_speech_output
+
+    settings = ServeSettings(model_name="tiny")
+    engine = Engine(tiny_model, speech=make_speech_output(tiny_model), max_batch=2)
+    with engine, serve_in_thread(create_app(engine, settings)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        messages = [{"role": "user", "content": "Say something."}]
+        spoken = dict(model="default", messages=messages, max_tokens=10, modalities=["text", "audio"])
+        full = client.chat.completions.create(**spoken, audio={"voice": "default", "format": "wav"})
+        message = full.choices[0].message
+        assert isinstance(message.audio, openai.types.chat.ChatCompletionAudio) and message.content is None
+        wav = decode_audio_bytes(base64.b64decode(message.audio.data))
+        assert wav.dtype == np.float32 and wav.size > 0
+        text = client.chat.completions.create(model="default", messages=messages, max_tokens=10)
+        assert message.audio.transcript == text.choices[0].message.content
+
+        stream = client.chat.completions.create(**spoken, audio={"voice": "default", "format": "pcm16"}, stream=True)
+        transcript, pcm, ids = "", b"", set()
+        for chunk in stream:
+            for choice in chunk.choices:
+                audio = choice.delta.audio
+                if audio is None:
+                    continue
+                if audio.id:
+                    ids.add(audio.id)
+                transcript += audio.transcript or ""
+                pcm += base64.b64decode(audio.data) if audio.data else b""
+        assert transcript == message.audio.transcript and len(pcm) == 2 * wav.size and len(ids) == 1
+
+        follow_up = [
+            *messages,
+            {"role": "assistant", "audio": {"id": message.audio.id}},
+            {"role": "user", "content": "And?"},
+        ]
+        assert client.chat.completions.create(model="default", messages=follow_up, max_tokens=4).choices
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(**spoken, audio={"voice": "alloy", "format": "wav"})
+        assert e.value.body["param"] == "audio.voice"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -80,3 +81,41 @@ def test_record_send_and_see_the_answer(tiny_model, tone, tmp_path):
     assert request.finished and shown, "an answer should appear (the tiny model may answer whitespace)"
     assert shown == tiny_model.generate([conversation], max_new_tokens=12)[0]  # the whole answer, streamed in
     assert "What did I say?" in user
+
+
+def test_speak_toggle_plays_the_answer(tiny_model, tmp_path):
+    from speechllm.inference.generation import GenerationConfig
+    from test_speech_serving import make_speech_output, offline_speech
+
+    speech = make_speech_output(tiny_model)
+    mic = tmp_path / "mic.wav"
+    sf.write(mic, np.zeros(1600, np.float32), 16000, subtype="PCM_16")
+    engine = Engine(tiny_model, speech=speech, max_batch=2, max_queue=4)
+    settings = ServeSettings(model_name="tiny")
+    with engine, serve_in_thread(create_app(engine, settings)) as url, sync_playwright() as p:
+        args = [*chromium_args(mic), "--autoplay-policy=no-user-gesture-required"]
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/")
+            page.wait_for_selector("#speak:not([disabled])", timeout=10_000)  # the server said it can speak
+            page.check("#speak")
+            page.click("details summary")
+            page.fill("#maxtokens", "12")
+            page.fill("#text", "Say something.")
+            page.click("#send")
+            shown = page.wait_for_selector('.msg.assistant[data-state="done"]', timeout=60_000).text_content()
+            played = page.evaluate(
+                "({scheduled: speechllmAudio.scheduled, samples: speechllmAudio.samples,"
+                " state: speechllmAudio.ctx.state, end: speechllmAudio.next})"
+            )
+            assert not errors, errors
+        finally:
+            browser.close()
+    conversation = [{"role": "user", "content": [{"type": "text", "text": "Say something."}]}]
+    _, expected = offline_speech(tiny_model, speech, conversation, GenerationConfig(max_new_tokens=12))
+    assert shown == tiny_model.generate([conversation], max_new_tokens=12)[0]  # the transcript, streamed in
+    assert played["scheduled"] >= 2 and played["samples"] == expected.size  # every piece handed to Web Audio
+    assert played["state"] == "running" and played["end"] >= expected.size / 16000  # queued one after another

@@ -72,6 +72,12 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     register(sub)
 
 
+def _add_speech(sub: argparse._SubParsersAction) -> None:
+    from speechllm.speech_out.cli import register
+
+    register(sub)  # units, vocoder and speech
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_chat,
     _add_inference,
@@ -79,6 +85,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_data,
     _add_eval,
+    _add_speech,
 ]
 
 

@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
+
+import numpy as np
+
+log = logging.getLogger(__name__)
 
 SAMPLE_QUESTION = "What is the capital of France?"
 TRANSCRIBE_CHUNK = 32
@@ -27,6 +34,12 @@ def add_chat(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text", help="text of the turn, after the audio")
     p.add_argument("--model", help="a speechllm checkpoint directory (default: the embedded model)")
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument(
+        "--speak",
+        metavar="OUT.wav",
+        help="also speak the answer: write it to OUT.wav (16 kHz mono; each turn overwrites it) and play it",
+    )
+    p.add_argument("--speech", metavar="DIR", help="the speech output to speak with (default: the embedded one)")
     p.set_defaults(func=cmd_chat)
 
 
@@ -37,21 +50,78 @@ def _turn(audios: list[Any], text: str | None) -> dict[str, Any]:
     return {"role": "user", "content": parts}
 
 
-def _answer(engine: Any, conversation: list[dict[str, Any]], max_new_tokens: int, out: TextIO) -> str:
-    """Stream one answer to `out` and return it."""
-    from speechllm.inference.engine import Delta, Done
+def _answer(
+    engine: Any, conversation: list[dict[str, Any]], max_new_tokens: int, out: TextIO, speak: Path | None = None
+) -> str:
+    """Stream one answer to `out` and return it; with `speak`, also write its speech there and play it."""
+    from speechllm.inference.engine import Audio, Delta, Done
     from speechllm.inference.generation import GenerationConfig
 
-    request = engine.submit(conversation, GenerationConfig(max_new_tokens=max_new_tokens))
+    request = engine.submit(conversation, GenerationConfig(max_new_tokens=max_new_tokens), speak=speak is not None)
+    chunks: list[np.ndarray] = []
     for event in request.events():
         if isinstance(event, Delta):
             out.write(event.text)
             out.flush()
+        elif isinstance(event, Audio):
+            chunks.append(event.samples)
         elif isinstance(event, Done):
             out.write("\n")
             out.flush()
+            if speak is not None:
+                _speak(speak, np.concatenate(chunks) if chunks else np.zeros(0, np.float32), engine.speech.sample_rate)
             return event.text
     raise AssertionError("the engine ended a request without Done")
+
+
+def _speak(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    from speechllm.data.audio import save_wav
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_wav(path, audio, sample_rate)
+    print(f"(spoken answer: {path}, {audio.shape[0] / sample_rate:.2f} s)", file=sys.stderr)
+    if audio.size:
+        play(path, audio, sample_rate)
+
+
+def play(path: Path, audio: np.ndarray, sample_rate: int) -> bool:
+    """Play through `sounddevice` (if installed) or `aplay` (if on PATH); False, with a log line, when
+    neither can reach a sound device (a server, a container): the WAV file is the answer then."""
+    try:
+        import sounddevice  # type: ignore[import-not-found]
+    except ImportError:
+        sounddevice = None
+    if sounddevice is not None:
+        try:
+            sounddevice.play(audio, sample_rate)
+            sounddevice.wait()
+            return True
+        except Exception as e:  # PortAudio raises its own error types when no device is there
+            log.info("sounddevice cannot play (%s)", e)
+    aplay = shutil.which("aplay")
+    if aplay is not None:
+        done = subprocess.run([aplay, "-q", str(path)], capture_output=True, check=False)
+        if done.returncode == 0:
+            return True
+        log.info("aplay cannot play: %s", done.stderr.decode(errors="replace").strip())
+    log.info("no sound device to play %s on (install sounddevice, or alsa-utils for aplay)", path)
+    return False
+
+
+def _speech_output(model: Any, directory: str | None) -> Any:
+    """The speech output in `directory`, or the embedded default; ValueError when there is none."""
+    from speechllm.defaults import load_default_speech_output
+    from speechllm.speech_out.streaming import load_speech_output
+
+    if directory is not None:
+        return load_speech_output(directory, model.llm)
+    speech = load_default_speech_output(model)
+    if speech is None:
+        raise ValueError(
+            "no speech output to speak with: none is embedded in this build; pass --speech DIR "
+            "(a folder written by `speechllm speech pack`)"
+        )
+    return speech
 
 
 def _next_turn(prompt: str = "> ") -> dict[str, Any] | None:
@@ -92,9 +162,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
         audios = [EspeakEngine().synthesize(SAMPLE_QUESTION, voice="en-us", rate=1.0)]
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     conversation = [_turn(audios, text)]
-    with Engine(load_model(args.model), max_batch=1, max_queue=1) as engine:
+    if args.speech and not args.speak:
+        raise ValueError("--speech only chooses the voice of --speak OUT.wav; add --speak")
+    model = load_model(args.model)
+    speak = Path(args.speak) if args.speak else None
+    speech = _speech_output(model, args.speech) if speak is not None else None
+    with Engine(model, speech=speech, max_batch=1, max_queue=1) as engine:
         while True:
-            answer = _answer(engine, conversation, args.max_new_tokens, sys.stdout)
+            answer = _answer(engine, conversation, args.max_new_tokens, sys.stdout, speak)
             conversation.append({"role": "assistant", "content": answer})
             if not interactive:
                 return 0
@@ -205,13 +280,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_request_mb=args.max_request_mb,
         max_audio_seconds=args.max_audio_seconds,
     )
-    engine = Engine(load_model(args.model), max_batch=settings.max_batch, max_queue=settings.max_queue)
+    model = load_model(args.model)
+    speech = _serve_speech(model, args.speech)
+    engine = Engine(model, speech=speech, max_batch=settings.max_batch, max_queue=settings.max_queue)
     try:
-        print(f"serving {settings.model_name} on http://{settings.host}:{settings.port}/", file=sys.stderr)
+        spoken = "text and spoken answers" if speech is not None else "text answers only"
+        print(f"serving {settings.model_name} ({spoken}) on http://{settings.host}:{settings.port}/", file=sys.stderr)
         uvicorn.run(create_app(engine, settings), host=settings.host, port=settings.port, log_level="warning")
     finally:
         engine.close()
     return 0
+
+
+def _serve_speech(model: Any, directory: str | None) -> Any:
+    """`--speech DIR` (must load), else the embedded speech output, else None: the server then
+    answers in text only and refuses requests for audio with a 400."""
+    if directory is not None:
+        return _speech_output(model, directory)
+    from speechllm.defaults import load_default_speech_output
+    from speechllm.inference.engine import check_speech_output
+
+    speech = load_default_speech_output(model)
+    try:
+        check_speech_output(model, speech)
+    except ValueError as e:  # the embedded voice belongs to the embedded LLM; --model may be another
+        log.warning("not speaking with the embedded speech output: %s", e)
+        return None
+    return speech
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -236,6 +331,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds per request before 504")
     p.add_argument("--max-request-mb", type=float, default=d.max_request_mb, help="body size before 413")
     p.add_argument("--max-audio-seconds", type=float, default=d.max_audio_seconds, help="audio per request")
+    p.add_argument(
+        "--speech", metavar="DIR", help="speech output for spoken answers (default: the embedded one, if shipped)"
+    )
     p.set_defaults(func=cmd_serve)
 
 

@@ -1,15 +1,27 @@
 """A serving engine around a SpeechLLM: a bounded queue, one worker thread, dynamic batching.
 
 Callers (HTTP handlers, the CLI) `submit` a conversation and get a `Request` back; they read its
-events (`Delta` text pieces, then one `Done` or `Failed`) from their own thread or event loop. One
-worker thread owns the model: it takes the oldest waiting request plus up to `max_batch - 1`
-others that can share its sampling settings, prepares them as one left-padded batch (the speech
-prefix is encoded once), and runs `stream_generate` with the KV cache, routing each row's tokens
-to its request. The model is touched by that thread only, so nothing else needs a lock.
+events (`Delta` text pieces, `Audio` chunks when it speaks, then one `Done` or `Failed`) from their
+own thread or event loop. One worker thread owns the model: it takes the oldest waiting request
+plus up to `max_batch - 1` others that can share its sampling settings, prepares them as one
+left-padded batch (the speech prefix is encoded once), and runs `stream_generate` with the KV
+cache, routing each row's tokens to its request. The model is touched by that thread only, so
+nothing else needs a lock.
 
 Text is detokenized incrementally: a delta is only emitted once the tokens decode to complete
 characters, and text that could be the start of a stop string is held back until it is known not
 to be one. Joining a request's deltas gives exactly its final answer.
+
+Speech (`submit(speak=True)`, an engine built with a `SpeechOutput`): the worker asks
+`stream_generate` for the hidden state that predicted each token (only when some row of the batch
+speaks) and pushes each answer token with it into the row's own `SpeechStream`; every piece of
+audio that stream declares final becomes an `Audio` event, and the rest comes out before `Done`.
+Joining a request's audio gives exactly `SpeechOutput.synthesize` of the voiced tokens. A token is
+voiced once its text has been shown: while text is held back (a possible start of a stop string,
+or an unfinished UTF-8 character) its tokens wait, and when a stop string is reached the waiting
+tokens are dropped with it. So the audio never says the stop string; the price at the boundary is
+that text sharing a token with the start of the stop string (e.g. "Paris" of a token "Paris."
+with stop ".") is in the transcript but not spoken.
 """
 
 from __future__ import annotations
@@ -24,14 +36,18 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from speechllm.inference.generation import GenerationConfig, eos_token_ids, stream_generate
 from speechllm.model.processor import Message
 from speechllm.model.speech_llm import SpeechLLM
+
+if TYPE_CHECKING:
+    from speechllm.speech_out.streaming import SpeechOutput, SpeechStream
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +86,21 @@ class Done:
     completion_tokens: int
 
 
+@dataclass(frozen=True, eq=False)
+class Audio:
+    """A piece of a spoken answer that is final: play or append it as it comes."""
+
+    samples: np.ndarray
+    """float32 mono, (N,) with N > 0."""
+    sample_rate: int
+
+
 @dataclass(frozen=True)
 class Failed:
     error: BaseException
 
 
-Event = Delta | Done | Failed
+Event = Delta | Audio | Done | Failed
 
 
 class IncrementalDecoder:
@@ -100,6 +125,11 @@ class IncrementalDecoder:
             return ""
         self._prefix, self._read = self._read, len(self.ids)
         return text[len(shown) :]
+
+    @property
+    def holding(self) -> bool:
+        """Whether some pushed tokens have not been shown as text yet."""
+        return self._read < len(self.ids)
 
     def flush(self) -> str:
         """Whatever is still held (e.g. an unfinished UTF-8 sequence at the very end), as decoded."""
@@ -131,6 +161,11 @@ class StopMatcher:
         held, self._held = self._held, ""
         return held
 
+    @property
+    def holding(self) -> bool:
+        """Whether text is held back as a possible start of a stop string."""
+        return bool(self._held)
+
 
 _ids = itertools.count()
 
@@ -144,6 +179,8 @@ class Request:
     deadline: float | None = None
     """time.monotonic() after which the request fails with RequestTimeout."""
     id: int = field(default_factory=lambda: next(_ids))
+    speak: bool = False
+    """Also produce the answer as speech (`Audio` events before `Done`)."""
     loop: asyncio.AbstractEventLoop | None = None
     _sync: queue.SimpleQueue[Event] = field(default_factory=queue.SimpleQueue, repr=False)
     _async: asyncio.Queue[Event] | None = field(default=None, repr=False)
@@ -203,8 +240,8 @@ class Request:
             self.cancel()
             return Failed(RequestTimeout(f"request {self.id} did not finish before its deadline"))
 
-    def events(self) -> Iterator[Delta | Done]:
-        """Deltas, then the Done; raises the error of a Failed."""
+    def events(self) -> Iterator[Delta | Audio | Done]:
+        """Deltas (and Audio when speaking), then the Done; raises the error of a Failed."""
         while True:
             event = self.next_event()
             if isinstance(event, Failed):
@@ -213,7 +250,7 @@ class Request:
             if isinstance(event, Done):
                 return
 
-    async def aevents(self) -> AsyncIterator[Delta | Done]:
+    async def aevents(self) -> AsyncIterator[Delta | Audio | Done]:
         while True:
             event = await self.anext_event()
             if isinstance(event, Failed):
@@ -240,14 +277,53 @@ def _batch_key(gen: GenerationConfig, request_id: int) -> tuple[Any, ...]:
     return ("sample", gen.temperature, gen.top_p)
 
 
+class _Voice:
+    """A speaking row's SpeechStream, fed the tokens whose text has been shown (see the module doc)."""
+
+    def __init__(self, speech: SpeechOutput, request: Request) -> None:
+        self.stream: SpeechStream = speech.stream()
+        self.sample_rate = int(speech.sample_rate)
+        self.request = request
+        self.waiting: list[tuple[Tensor, int]] = []
+        """Tokens (with their hidden states (D,)) whose text is still held back."""
+
+    def add(self, hidden: Tensor, token: int, shown: bool) -> None:
+        """hidden (D,): the LLM state that predicted `token`; `shown`: all text so far has been emitted."""
+        if not shown:
+            # A copy: a view would keep the step's whole hidden-state tensor alive while the token waits.
+            self.waiting.append((hidden.clone(), token))
+            return
+        for h, t in [*self.waiting, (hidden, token)]:
+            self._emit(self.stream.push(h, t))
+        self.waiting = []
+
+    def finish(self, voice_waiting: bool) -> None:
+        """End the speech; the waiting tokens are voiced unless the answer ended on a stop string."""
+        if voice_waiting:
+            for h, t in self.waiting:
+                self._emit(self.stream.push(h, t))
+        self.waiting = []
+        self._emit(self.stream.finish())
+
+    def _emit(self, samples: np.ndarray) -> None:
+        if samples.size:
+            self.request.emit(Audio(samples, self.sample_rate))
+
+
 @dataclass
 class _Row:
     request: Request
     decoder: IncrementalDecoder
     stops: StopMatcher
     prompt_tokens: int
+    voice: _Voice | None = None
     text: list[str] = field(default_factory=list)
     done: bool = False
+
+    @property
+    def shown(self) -> bool:
+        """Whether every pushed token's text has been emitted (nothing held back)."""
+        return not (self.decoder.holding or self.stops.holding)
 
     def send(self, piece: str) -> bool:
         """Emit what of `piece` is safe; True once a stop string was reached."""
@@ -265,6 +341,8 @@ class _Row:
                 if tail:
                     self.text.append(tail)
                     self.request.emit(Delta(tail))
+            if self.voice is not None:
+                self.voice.finish(voice_waiting=reason != "stop-string")
             n = len(self.decoder.ids)
             self.request.emit(
                 Done("".join(self.text), "length" if reason == "length" else "stop", self.prompt_tokens, n)
@@ -272,15 +350,36 @@ class _Row:
         self.done = True
 
 
+def check_speech_output(model: SpeechLLM, speech: SpeechOutput | None) -> None:
+    """ValueError when `speech` reads LLM states of another width than `model`'s LLM gives."""
+    width = getattr(model.llm.config, "hidden_size", None)
+    if speech is not None and width is not None and speech.decoder.config.llm_dim != width:
+        raise ValueError(
+            f"the speech output reads LLM states of width {speech.decoder.config.llm_dim}, but this model's "
+            f"LLM gives {width}: it was trained for another LLM"
+        )
+
+
 class Engine:
     """Thread-safe front of a SpeechLLM: `submit` from any thread, one worker generates in batches."""
 
-    def __init__(self, model: SpeechLLM, *, max_batch: int = 8, max_queue: int = 64, start: bool = True) -> None:
+    def __init__(
+        self,
+        model: SpeechLLM,
+        *,
+        speech: SpeechOutput | None = None,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        start: bool = True,
+    ) -> None:
+        """`speech`: what voices answers of requests submitted with speak=True (none: text only)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        check_speech_output(model, speech)
         self.model = model.eval()
+        self.speech = speech.eval() if speech is not None else None
         self.max_batch = max_batch
         self.max_queue = max_queue
         self._eos = eos_token_ids(model)
@@ -335,12 +434,16 @@ class Engine:
         timeout: float | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         block: bool = False,
+        speak: bool = False,
     ) -> Request:
         """Queue one conversation. `timeout` (seconds) bounds queueing plus generation; with `loop`,
-        events are delivered to that event loop (read them with `aevents`). Raises QueueFull when
-        `max_queue` requests wait already (unless `block`, which waits for room), EngineClosed when closing."""
+        events are delivered to that event loop (read them with `aevents`); `speak` adds `Audio` events.
+        Raises QueueFull when `max_queue` requests wait already (unless `block`, which waits for room),
+        EngineClosed when closing, ValueError for speak=True on an engine without a speech output."""
+        if speak and self.speech is None:
+            raise ValueError("speak=True needs a speech output, but this engine has none (Engine(model, speech=...))")
         deadline = None if timeout is None else time.monotonic() + timeout
-        request = Request(conversation, gen or GenerationConfig(), deadline=deadline, loop=loop)
+        request = Request(conversation, gen or GenerationConfig(), deadline=deadline, speak=speak, loop=loop)
         with self._cond:
             while True:
                 if self._closing:
@@ -426,16 +529,23 @@ class Engine:
         prompt_tokens = batch.attention_mask.sum(1).tolist()
         decode = self.model.processor.decode
         rows = [
-            _Row(r, IncrementalDecoder(decode), StopMatcher(r.gen.stop), int(n))
+            _Row(r, IncrementalDecoder(decode), StopMatcher(r.gen.stop), int(n), self._voice(r))
             for r, n in zip(requests, prompt_tokens)
         ]
-        steps = stream_generate(self.model, batch, gen)
+        hidden: list[Tensor] = []  # the current step's hidden states (B, D), when some row speaks
+
+        def keep_hidden(h: Tensor) -> None:
+            hidden[:] = [h.to(self._speech_device)]
+
+        speaking = any(row.voice is not None for row in rows)
+        # Rows that do not speak cost nothing extra: hidden states are only asked for when one does.
+        steps = stream_generate(self.model, batch, gen, on_hidden=keep_hidden if speaking else None)
         try:
             for step in steps:
                 now = time.monotonic()
-                for row, token in zip(rows, step.tolist()):
+                for i, (row, token) in enumerate(zip(rows, step.tolist())):
                     if not row.done:
-                        self._advance(row, token, now)
+                        self._advance(row, token, now, hidden[0][i] if row.voice is not None else None)
                 if all(row.done for row in rows):
                     break
         finally:
@@ -444,7 +554,16 @@ class Engine:
         for row in rows:
             row.finish("length")
 
-    def _advance(self, row: _Row, token: int, now: float) -> None:
+    def _voice(self, request: Request) -> _Voice | None:
+        return _Voice(self.speech, request) if request.speak and self.speech is not None else None
+
+    @property
+    def _speech_device(self) -> torch.device:
+        assert self.speech is not None
+        return next(self.speech.decoder.parameters()).device
+
+    def _advance(self, row: _Row, token: int, now: float, hidden: Tensor | None) -> None:
+        """One new token of a row; `hidden` (D,) predicted it (given for speaking rows only)."""
         r = row.request
         if r.cancelled:
             row.done = True
@@ -457,6 +576,10 @@ class Engine:
             row.finish("stop")
             return
         if row.send(row.decoder.push(token)):
-            row.finish("stop-string")
-        elif len(row.decoder.ids) >= r.gen.max_new_tokens:
+            row.finish("stop-string")  # this token carries (the end of) the stop string: not voiced
+            return
+        if row.voice is not None:
+            assert hidden is not None
+            row.voice.add(hidden, token, shown=row.shown)
+        if len(row.decoder.ids) >= r.gen.max_new_tokens:
             row.finish("length")

@@ -8,7 +8,7 @@ attention over the cache. Prompts are left-padded so every row's next token sits
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -62,10 +62,17 @@ def _pick(logits: Tensor, gen: GenerationConfig, generator: torch.Generator | No
 
 
 @torch.no_grad()
-def stream_generate(model: SpeechLLM, batch: Batch, gen: GenerationConfig) -> Iterator[Tensor]:
+def stream_generate(
+    model: SpeechLLM,
+    batch: Batch,
+    gen: GenerationConfig,
+    on_hidden: Callable[[Tensor], None] | None = None,
+) -> Iterator[Tensor]:
     """Yields the next token of every row (B,) at each step; rows that finished yield the pad id.
 
     Stops when every row has produced an end-of-sequence token or max_new_tokens is reached.
+    `on_hidden(h)`, when given, receives before each yield the LLM's last-layer hidden state that
+    predicted the token (B, D): what the speech decoder reads (speechllm.speech_out).
     """
     llm = model.llm
     eos = torch.tensor(sorted(eos_token_ids(model)), device=batch.input_ids.device)
@@ -75,18 +82,22 @@ def stream_generate(model: SpeechLLM, batch: Batch, gen: GenerationConfig) -> It
         generator = torch.Generator(device=batch.input_ids.device).manual_seed(gen.seed)
     cache = DynamicCache()
     mask = batch.attention_mask
+    want_hidden = on_hidden is not None
     out = llm(
         inputs_embeds=batch.inputs_embeds,
         attention_mask=model.attention_mask_for(mask, batch.prefix_lengths),
         position_ids=position_ids(mask),
         past_key_values=cache,
         use_cache=True,
+        output_hidden_states=want_hidden,
     )
     done = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
     next_pos = position_ids(mask)[:, -1:] + 1
     for _ in range(gen.max_new_tokens):
         token = _pick(out.logits[:, -1, :], gen, generator)
         token = token.masked_fill(done, pad_id)
+        if on_hidden is not None:
+            on_hidden(out.hidden_states[-1][:, -1, :])
         yield token
         done |= torch.isin(token, eos)
         if bool(done.all()):
@@ -98,6 +109,7 @@ def stream_generate(model: SpeechLLM, batch: Batch, gen: GenerationConfig) -> It
             position_ids=next_pos,
             past_key_values=cache,
             use_cache=True,
+            output_hidden_states=want_hidden,
         )
         next_pos = next_pos + 1
 

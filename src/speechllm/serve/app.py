@@ -1,7 +1,8 @@
 """The FastAPI app: OpenAI-compatible chat and transcription endpoints over an `Engine`, and the page.
 
-Routes: `POST /v1/chat/completions` (JSON or server-sent events), `POST /v1/audio/transcriptions`
-(multipart), `GET /v1/models`, `GET /health`, `GET /` (the web page). Limits come from
+Routes: `POST /v1/chat/completions` (JSON or server-sent events; spoken answers when the engine
+has a speech output, see speechllm.serve.speech), `POST /v1/audio/transcriptions` (multipart),
+`GET /v1/models`, `GET /health`, `GET /` (the web page). Limits come from
 `ServeSettings`: body size 413 (GuardMiddleware), audio duration 400, queue full 429, engine not
 ready or shutting down 503, deadline passed 504, missing or wrong API key 401.
 """
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
+import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -23,10 +25,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from speechllm.inference.engine import ASR_INSTRUCTION, Delta, Done, Engine, EngineClosed, QueueFull, RequestTimeout
+from speechllm.inference.engine import (
+    ASR_INSTRUCTION,
+    Audio,
+    Delta,
+    Done,
+    Engine,
+    EngineClosed,
+    QueueFull,
+    RequestTimeout,
+)
 from speechllm.inference.engine import Request as EngineRequest
 from speechllm.inference.generation import GenerationConfig
 from speechllm.serve import openai_api as oa
+from speechllm.serve import speech as sp
 from speechllm.serve.errors import ApiError, GuardMiddleware, api_error_body, error_body
 from speechllm.serve.settings import ServeSettings
 
@@ -49,6 +61,9 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
             allow_headers=["Authorization", "Content-Type"],
         )
     auth = Depends(_auth_check(settings))
+    speaks = engine.speech is not None
+    sample_rate = int(engine.speech.sample_rate) if engine.speech is not None else 0
+    transcripts = sp.Transcripts(settings.audio_ttl_seconds)
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -58,33 +73,60 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
     @app.get("/health")
     async def health() -> JSONResponse:
         ok = engine.ready
-        body = {"status": "ok" if ok else "unavailable", "model": settings.model_name, "queued": engine.queued}
+        body = {
+            "status": "ok" if ok else "unavailable",
+            "model": settings.model_name,
+            "queued": engine.queued,
+            "speech": speaks,  # the web page offers spoken answers only when the server can give them
+        }
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/v1/models", dependencies=[auth])
     async def models() -> dict[str, Any]:
-        card = {"object": "model", "created": 0, "owned_by": "speechllm"}
+        output = ["text", "audio"] if speaks else ["text"]
+        card = {
+            "object": "model",
+            "created": 0,
+            "owned_by": "speechllm",
+            "modalities": {"input": ["text", "audio"], "output": output},
+        }
         return {"object": "list", "data": [{"id": settings.model_name, **card}, {"id": "default", **card}]}
 
     @app.post("/v1/chat/completions", dependencies=[auth])
     async def chat(request: Request) -> Response:
-        parsed = oa.parse_chat(oa.parse_json(await request.body()), settings)
+        body = oa.parse_json(await request.body())
+        parsed = oa.parse_chat(body, settings, speech=speaks, transcript=transcripts.get)
         await run_in_threadpool(oa.decode_messages, parsed.messages, settings.max_audio_seconds)
-        handle = _submit(engine, parsed.messages, parsed.gen, settings)
+        handle = _submit(engine, parsed.messages, parsed.gen, settings, speak=parsed.audio is not None)
         cid = oa.completion_id()
         if not parsed.stream:
-            done = await _collect(handle)
+            done, chunks = await _collect(handle)
+            audio = None
+            if parsed.audio is not None:
+                aid = sp.audio_id()
+                samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+                expires = transcripts.remember(aid, done.text)
+                audio = sp.message_audio(aid, samples, sample_rate, parsed.audio.format, done.text, expires)
             return JSONResponse(
                 oa.completion(
-                    cid, settings.model_name, done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens
+                    cid,
+                    settings.model_name,
+                    done.text,
+                    done.finish_reason,
+                    done.prompt_tokens,
+                    done.completion_tokens,
+                    audio,
                 )
             )
         events = handle.aevents()
         # Wait for the first event before answering 200, so errors before the first token (bad
         # audio, timeout in the queue) still get their proper status code.
         first = await _first(handle, events)
+        voice = None
+        if parsed.audio is not None:
+            voice = sp.AudioDeltas(sp.audio_id(), sample_rate, transcripts.remember)
         return StreamingResponse(
-            _sse(handle, events, first, cid, settings.model_name, parsed.include_usage),
+            _sse(handle, events, first, cid, settings.model_name, parsed.include_usage, voice),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -107,7 +149,7 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
             {"role": "user", "content": [{"type": "text", "text": ASR_INSTRUCTION}, {"type": "audio", "audio": audio}]}
         ]
         gen = GenerationConfig(max_new_tokens=settings.default_max_tokens)
-        text = (await _collect(_submit(engine, conversation, gen, settings))).text.strip()
+        text = (await _collect(_submit(engine, conversation, gen, settings)))[0].text.strip()
         return PlainTextResponse(text) if fmt == "text" else JSONResponse({"text": text})
 
     return app
@@ -126,9 +168,11 @@ def _auth_check(settings: ServeSettings) -> Any:
     return check
 
 
-def _submit(engine: Engine, messages: list[dict[str, Any]], gen: GenerationConfig, s: ServeSettings) -> EngineRequest:
+def _submit(
+    engine: Engine, messages: list[dict[str, Any]], gen: GenerationConfig, s: ServeSettings, speak: bool = False
+) -> EngineRequest:
     try:
-        return engine.submit(messages, gen, timeout=s.timeout, loop=asyncio.get_running_loop())
+        return engine.submit(messages, gen, timeout=s.timeout, loop=asyncio.get_running_loop(), speak=speak)
     except QueueFull:
         raise ApiError(
             429, "the server is busy: too many requests are waiting; retry later", code="queue_full"
@@ -150,11 +194,15 @@ def _engine_error(e: BaseException) -> ApiError:
     return ApiError(500, "internal server error", code="internal_error")
 
 
-async def _collect(handle: EngineRequest) -> Done:
+async def _collect(handle: EngineRequest) -> tuple[Done, list[np.ndarray]]:
+    """The Done of a request and its audio chunks (none unless it speaks)."""
+    chunks: list[np.ndarray] = []
     try:
         async for event in handle.aevents():
-            if isinstance(event, Done):
-                return event
+            if isinstance(event, Audio):
+                chunks.append(event.samples)
+            elif isinstance(event, Done):
+                return event, chunks
     except Exception as e:
         raise _engine_error(e) from None
     finally:
@@ -162,7 +210,7 @@ async def _collect(handle: EngineRequest) -> Done:
     raise AssertionError("the engine ended a request without Done")
 
 
-async def _first(handle: EngineRequest, events: AsyncIterator[Delta | Done]) -> Delta | Done:
+async def _first(handle: EngineRequest, events: AsyncIterator[Delta | Audio | Done]) -> Delta | Audio | Done:
     try:
         return await anext(events)
     except Exception as e:
@@ -172,19 +220,26 @@ async def _first(handle: EngineRequest, events: AsyncIterator[Delta | Done]) -> 
 
 async def _sse(
     handle: EngineRequest,
-    events: AsyncIterator[Delta | Done],
-    first: Delta | Done,
+    events: AsyncIterator[Delta | Audio | Done],
+    first: Delta | Audio | Done,
     cid: str,
     model: str,
     include_usage: bool,
+    voice: sp.AudioDeltas | None = None,
 ) -> AsyncIterator[str]:
+    """The chunks of one answer; spoken (`voice`), its text goes in `delta.audio.transcript` pieces."""
     try:
-        yield oa.chunk(cid, model, {"role": "assistant", "content": ""})
+        yield oa.chunk(cid, model, voice.first() if voice else {"role": "assistant", "content": ""})
         event = first
         while True:
             if isinstance(event, Delta):
-                yield oa.chunk(cid, model, {"content": event.text})
+                yield oa.chunk(cid, model, voice.transcript(event.text) if voice else {"content": event.text})
+            elif isinstance(event, Audio):
+                assert voice is not None, "audio for a request that did not ask to speak"
+                yield oa.chunk(cid, model, voice.data(event.samples))
             else:
+                if voice is not None:
+                    yield oa.chunk(cid, model, voice.end(event.text))
                 yield oa.chunk(cid, model, {}, event.finish_reason)
                 if include_usage:
                     yield oa.chunk(cid, model, None, usage=oa.usage(event.prompt_tokens, event.completion_tokens))

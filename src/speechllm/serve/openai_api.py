@@ -11,6 +11,7 @@ import binascii
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from speechllm.data.audio import AudioError, decode_audio_bytes
 from speechllm.inference.generation import GenerationConfig
 from speechllm.serve.errors import ApiError
 from speechllm.serve.settings import ServeSettings
+from speechllm.serve.speech import AudioOutput, parse_audio_output
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 AUDIO_FORMATS = ("wav", "mp3")
@@ -33,6 +35,8 @@ class ChatRequest:
     gen: GenerationConfig
     stream: bool
     include_usage: bool
+    audio: AudioOutput | None = None
+    """How to speak the answer; None: text only."""
 
 
 def check_model(value: Any, settings: ServeSettings) -> None:
@@ -60,15 +64,24 @@ def parse_json(body: bytes) -> dict[str, Any]:
     return data
 
 
-def parse_chat(data: dict[str, Any], settings: ServeSettings) -> ChatRequest:
+Transcript = Callable[[str], str | None]
+"""The text of an earlier spoken answer by its audio id (None when unknown or expired)."""
+
+
+def parse_chat(
+    data: dict[str, Any], settings: ServeSettings, *, speech: bool = False, transcript: Transcript | None = None
+) -> ChatRequest:
+    """`speech`: whether the server can speak answers; `transcript` resolves assistant messages
+    that cite an earlier spoken answer as {"audio": {"id": ...}}."""
     check_model(data.get("model"), settings)
-    messages = _messages(data.get("messages"))
+    messages = _messages(data.get("messages"), transcript)
     stream = _typed(data, "stream", bool, False)
     options = _typed(data, "stream_options", dict, None) or {}
     n = _typed(data, "n", int, 1)
     if n != 1:
         raise ApiError(400, f"only n=1 is supported, got {n}", param="n")
-    return ChatRequest(messages, _generation(data, settings), stream, bool(options.get("include_usage")))
+    audio = parse_audio_output(data, stream=stream, available=speech)
+    return ChatRequest(messages, _generation(data, settings), stream, bool(options.get("include_usage")), audio)
 
 
 def _typed(data: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
@@ -111,12 +124,12 @@ def _generation(data: dict[str, Any], settings: ServeSettings) -> GenerationConf
     )
 
 
-def _messages(value: Any) -> list[dict[str, Any]]:
+def _messages(value: Any, transcript: Transcript | None) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         raise ApiError(400, f"'messages' must be a list, got {type(value).__name__}", param="messages")
     if not value:
         raise ApiError(400, "'messages' must hold at least one message", param="messages")
-    out = []
+    out: list[dict[str, Any]] = []
     for i, m in enumerate(value):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
@@ -124,12 +137,31 @@ def _messages(value: Any) -> list[dict[str, Any]]:
         role = m.get("role")
         if role not in ROLES:
             raise ApiError(400, f"{where}.role must be one of {sorted(ROLES)}, got {role!r}", param=f"{where}.role")
+        if role == "assistant" and m.get("content") is None and "audio" in m:
+            out.append({"role": "assistant", "content": _cited_audio(m["audio"], where, transcript)})
+            continue
         out.append({"role": ROLES[role], "content": _content(m.get("content"), f"{where}.content")})
     if out[-1]["role"] == "assistant":
         raise ApiError(
             400, "the last message must not be the assistant's: there is nothing to answer", param="messages"
         )
     return out
+
+
+def _cited_audio(audio: Any, where: str, transcript: Transcript | None) -> str:
+    """An assistant turn given as an earlier spoken answer's id: its transcript."""
+    aid = audio.get("id") if isinstance(audio, dict) else None
+    if not isinstance(aid, str):
+        raise ApiError(400, f"{where}.audio must be an object with a string 'id'", param=f"{where}.audio.id")
+    text = transcript(aid) if transcript is not None else None
+    if text is None:
+        raise ApiError(
+            400,
+            f"{where}.audio.id {aid!r} is not a spoken answer of this server, or it has expired",
+            param=f"{where}.audio.id",
+            code="audio_not_found",
+        )
+    return text
 
 
 def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
@@ -205,15 +237,20 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
 
-def completion(cid: str, model: str, text: str, finish: str, prompt: int, generated: int) -> dict[str, Any]:
+def completion(
+    cid: str, model: str, text: str, finish: str, prompt: int, generated: int, audio: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A chat.completion; with `audio` (see speech.message_audio) the text is its transcript and
+    `content` is null, as OpenAI answers."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if audio is not None:
+        message = {"role": "assistant", "content": None, "refusal": None, "audio": audio}
     return {
         "id": cid,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
-        ],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
         "usage": usage(prompt, generated),
     }
 

@@ -28,12 +28,14 @@ class ServeSettings:
     default_max_tokens: int = 256
     max_tokens_limit: int = 2048
     """A request asking for more new tokens than this gets 400."""
+    audio_ttl_seconds: float = 3600.0
+    """How long a spoken answer's audio id may be cited in a later turn (its `expires_at`)."""
 
     def __post_init__(self) -> None:
         for name in ("max_queue", "max_batch", "default_max_tokens", "max_tokens_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("timeout", "max_request_mb", "max_audio_seconds"):
+        for name in ("timeout", "max_request_mb", "max_audio_seconds", "audio_ttl_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 < self.port < 65536:

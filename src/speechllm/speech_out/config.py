@@ -1,0 +1,88 @@
+"""Typed configuration of the speech output path: units, the CTC speech decoder, the vocoder.
+
+Plain dataclasses, no torch import, YAML through `speechllm.config.from_dict` / `to_dict`.
+Time bases: audio is 16 kHz; a unit frame is one Whisper encoder frame, 20 ms = 320 samples
+(50 frames a second). "Units" are k-means cluster ids of encoder frames; a *deduplicated* unit
+sequence drops consecutive repeats, and its durations count the frames each unit covered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from speechllm.config import _check_positive
+
+SAMPLE_RATE = 16000
+HOP_SAMPLES = 320
+"""Samples per unit frame: Whisper's 10 ms mel hop times its stride-2 convolution."""
+
+
+@dataclass
+class UnitsConfig:
+    """The unit extractor: k-means over one layer of the Whisper encoder."""
+
+    encoder: str = "bundled:whisper-tiny.en"
+    """Encoder weights (same sources as EncoderConfig.source)."""
+    layer: int = 2
+    """Which encoder layer's output is clustered (1-based; 0 = the convolution front end)."""
+    k: int = 100
+    """Number of clusters (units)."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_positive("units.k", self.k)
+        if self.layer < 0:
+            raise ValueError(f"units.layer must be >= 0, got {self.layer}")
+
+
+@dataclass
+class SpeechDecoderConfig:
+    """LLaMA-Omni's speech decoder: each LLM hidden state upsampled `upsample` times, a few causal
+    transformer layers, CTC over units + blank."""
+
+    llm_dim: int = 576
+    """Width of the LLM hidden states it reads."""
+    num_units: int = 100
+    """Unit vocabulary size K (the CTC blank is id K)."""
+    upsample: int = 8
+    """λ: positions per LLM token. Must exceed the units per token of the training data."""
+    layers: int = 2
+    dim: int = 256
+    heads: int = 4
+    ffn_dim: int = 1024
+    window: int = 128
+    """Each position attends to at most this many positions (itself included): per-step cost is
+    flat however long the answer grows, and streaming equals offline exactly."""
+    token_embedding: bool = True
+    """Also feed the embedding of the token itself (robust to sampled tokens); LLaMA-Omni reads
+    hidden states only."""
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("llm_dim", "num_units", "upsample", "layers", "dim", "heads", "ffn_dim", "window"):
+            _check_positive(f"speech_decoder.{name}", getattr(self, name))
+        if self.dim % self.heads:
+            raise ValueError(f"speech_decoder.dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"speech_decoder.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class VocoderConfig:
+    """Units -> 16 kHz waveform: a duration predictor, causal convolution blocks at the frame rate,
+    and an iSTFT head (magnitude + phase, Vocos' design) with hop HOP_SAMPLES."""
+
+    num_units: int = 100
+    dim: int = 256
+    blocks: int = 6
+    kernel: int = 7
+    n_fft: int = 1280
+    """iSTFT frame length in samples (a multiple of HOP_SAMPLES keeps overlap-add simple)."""
+    max_duration: int = 30
+    """Longest run, in frames, the duration predictor can emit."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_units", "dim", "blocks", "kernel", "n_fft", "max_duration"):
+            _check_positive(f"vocoder.{name}", getattr(self, name))
+        if self.n_fft % HOP_SAMPLES:
+            raise ValueError(f"vocoder.n_fft must be a multiple of {HOP_SAMPLES}, got {self.n_fft}")

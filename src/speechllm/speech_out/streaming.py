@@ -1,0 +1,164 @@
+"""Speech output while the text is being written: LLM states -> units -> audio chunks.
+
+`SpeechOutput` holds the speech decoder, the vocoder and the LLM's input embedding table (not
+ours; read only). `stream()` gives a `SpeechStream`; the generation loop pushes every answer
+token with the hidden state that predicted it (`stream_generate(on_hidden=...)`), the stream
+decodes that token's λ unit positions incrementally and hands units to the vocoder's stream in
+chunks: the first after `first_chunk_units` units (low latency), then every `chunk_units`.
+Neither part recomputes history, and the audio of a stream equals `synthesize` on the whole
+answer for any chunking: both parts are causal with bounded left context, and the vocoder
+holds back its overlap-add tail until the next frames arrive (see speechllm.speech_out.vocoder).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor, nn
+
+from speechllm.config import from_dict, save_config
+from speechllm.speech_out.config import SAMPLE_RATE
+from speechllm.speech_out.decoder import SpeechDecoder
+from speechllm.speech_out.vocoder import UnitVocoder
+
+CONFIG_FILE = "speech_output.yaml"
+
+
+@dataclass
+class StreamingConfig:
+    first_chunk_units: int = 10
+    """Units before the first audio chunk (~0.2-0.4 s of speech): the latency knob."""
+    chunk_units: int = 20
+    """Units per later chunk: fewer, larger vocoder calls."""
+
+    def __post_init__(self) -> None:
+        for name in ("first_chunk_units", "chunk_units"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"streaming.{name} must be >= 1, got {getattr(self, name)}")
+
+
+class SpeechOutput(nn.Module):
+    sample_rate = SAMPLE_RATE
+
+    def __init__(
+        self,
+        decoder: SpeechDecoder,
+        vocoder: UnitVocoder,
+        embed_tokens: nn.Embedding | None,
+        config: StreamingConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if decoder.config.num_units != vocoder.config.num_units:
+            raise ValueError(
+                f"speech decoder predicts {decoder.config.num_units} units, vocoder reads {vocoder.config.num_units}"
+            )
+        if decoder.config.token_embedding and embed_tokens is None:
+            raise ValueError("the speech decoder reads token embeddings: pass the LLM's input embedding table")
+        self.decoder = decoder.eval()
+        self.vocoder = vocoder.eval()
+        # A plain attribute, not a submodule: the table belongs to the LLM and is never saved here.
+        self.__dict__["embed_tokens"] = embed_tokens
+        self.config = config or StreamingConfig()
+
+    def embed(self, tokens: Tensor) -> Tensor | None:
+        """Token ids (N,) -> their LLM input embeddings (N, D_llm) in float32, or None if unused."""
+        if not self.decoder.config.token_embedding:
+            return None
+        table: nn.Embedding = self.__dict__["embed_tokens"]
+        with torch.no_grad():
+            return table(tokens.to(table.weight.device)).float()
+
+    def stream(self) -> SpeechStream:
+        return SpeechStream(self)
+
+    @torch.no_grad()
+    def units(self, hidden: Tensor, tokens: Tensor) -> list[int]:
+        """Offline units of one answer: hidden (N, D_llm) that predicted tokens (N,)."""
+        return self.decoder.decode(hidden.float(), self.embed(tokens))
+
+    @torch.no_grad()
+    def synthesize(self, hidden: Tensor, tokens: Tensor) -> np.ndarray:
+        """Offline speech of one answer, float32 at 16 kHz (empty when no unit was decoded)."""
+        units = self.units(hidden, tokens)
+        return self.vocoder.synthesize(units) if units else np.zeros(0, dtype=np.float32)
+
+    def save(self, directory: str | Path) -> None:
+        save_parts(directory, self.decoder, self.vocoder, self.config)
+
+    @classmethod
+    def load(cls, directory: str | Path, embed_tokens: nn.Embedding | None) -> SpeechOutput:
+        d = Path(directory)
+        if not (d / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{d} holds no speech output ({CONFIG_FILE} missing)")
+        config = from_dict(StreamingConfig, yaml.safe_load((d / CONFIG_FILE).read_text()))
+        return cls(SpeechDecoder.load(d / "decoder"), UnitVocoder.load(d / "vocoder"), embed_tokens, config)
+
+
+class SpeechStream:
+    """One answer's speech, pushed token by token. `push` and `finish` return float32 16 kHz audio
+    that is final (possibly empty); all of it joined equals `SpeechOutput.synthesize`."""
+
+    def __init__(self, speech: SpeechOutput) -> None:
+        self.speech = speech
+        self.decoder_state = speech.decoder.state()
+        self.vocoder_stream = speech.vocoder.streaming()
+        self.pending: list[int] = []
+        self.units: list[int] = []
+        self.samples = 0
+        self.chunks = 0
+        self.finished = False
+
+    @torch.no_grad()
+    def push(self, hidden: Tensor, token: int) -> np.ndarray:
+        """hidden (D_llm,): the LLM state that predicted `token`."""
+        if self.finished:
+            raise ValueError("push after finish: this speech stream is closed")
+        embed = self.speech.embed(torch.tensor([token]))
+        new = self.decoder_state.push(hidden.float().reshape(-1), None if embed is None else embed[0])
+        self.units += new
+        self.pending += new
+        need = self.speech.config.first_chunk_units if self.chunks == 0 else self.speech.config.chunk_units
+        if len(self.pending) < need:
+            return np.zeros(0, dtype=np.float32)
+        return self._vocode()
+
+    def _vocode(self) -> np.ndarray:
+        units, self.pending = self.pending, []
+        self.chunks += 1
+        audio = self.vocoder_stream.push(units)
+        self.samples += len(audio)
+        return audio
+
+    def finish(self) -> np.ndarray:
+        """The rest of the audio; the stream is closed afterwards."""
+        if self.finished:
+            return np.zeros(0, dtype=np.float32)
+        self.finished = True
+        parts = [self._vocode()] if self.pending else []
+        if self.units:
+            parts.append(self.vocoder_stream.flush())
+        audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        self.samples += len(audio)
+        return audio.astype(np.float32, copy=False)
+
+
+def save_parts(directory: str | Path, decoder: SpeechDecoder, vocoder: UnitVocoder, config: StreamingConfig) -> None:
+    """A speech-output folder: decoder/, vocoder/ and the streaming settings (no LLM weights)."""
+    if decoder.config.num_units != vocoder.config.num_units:
+        raise ValueError(
+            f"speech decoder predicts {decoder.config.num_units} units, vocoder reads {vocoder.config.num_units}"
+        )
+    d = Path(directory)
+    decoder.save(d / "decoder")
+    vocoder.save(d / "vocoder")
+    save_config(config, d / CONFIG_FILE)
+
+
+def load_speech_output(directory: str | Path, llm: nn.Module) -> SpeechOutput:
+    """The speech output saved in `directory`, reading `llm`'s input embeddings."""
+    get = getattr(llm, "get_input_embeddings", None)
+    return SpeechOutput.load(directory, get() if get is not None else None)

@@ -1,0 +1,164 @@
+"""Discrete speech units: k-means over the frames of one Whisper encoder layer.
+
+Why these features: the encoder is already in every speechllm model and on this machine (no
+HuBERT is available offline), its frames are 20 ms (the vocoder's hop), and a middle layer
+keeps what was said while dropping much of who said it; the last layers of a Whisper encoder
+lean towards text. Why K=100 by default: our speech output is one TTS voice and a few thousand
+utterances; 100 clusters over ~10^5 frames leave each unit ~1,000 examples for the vocoder, and
+a short unit vocabulary keeps CTC cheap. LLaMA-Omni clusters HuBERT into 1,000 units for many
+speakers and hours of speech (Fang et al., 2024, section 3.3).
+
+A *frame-level* unit sequence has one id per encoder frame; `dedup` drops consecutive repeats
+and returns the run lengths (durations, in frames) that the vocoder's duration predictor learns.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from speechllm.config import EncoderConfig, from_dict, to_dict
+from speechllm.model.encoder import WhisperEncoder
+from speechllm.model.features import LogMel
+from speechllm.speech_out.config import UnitsConfig
+
+CONFIG_FILE = "units.json"
+WEIGHTS_FILE = "centroids.safetensors"
+
+
+def dedup(units: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Frame-level units -> (units without consecutive repeats, frames each one covered)."""
+    out: list[int] = []
+    durations: list[int] = []
+    for u in units:
+        if out and out[-1] == u:
+            durations[-1] += 1
+        else:
+            out.append(int(u))
+            durations.append(1)
+    return out, durations
+
+
+class UnitExtractor:
+    """16 kHz audio -> frame-level unit ids (50 a second), by nearest k-means centroid.
+
+    `encoder` must be built with `EncoderConfig(layer=config.layer)` so its output is that layer.
+    """
+
+    def __init__(self, config: UnitsConfig, encoder: WhisperEncoder, centroids: Tensor | None = None) -> None:
+        if encoder.config.layer != config.layer:
+            raise ValueError(f"encoder outputs layer {encoder.config.layer!r}, units need layer {config.layer}")
+        if centroids is not None and tuple(centroids.shape) != (config.k, encoder.dim):
+            raise ValueError(f"centroids must have shape {(config.k, encoder.dim)}, got {tuple(centroids.shape)}")
+        self.config = config
+        self.encoder = encoder.eval()
+        self.centroids = centroids  # K, D
+        self.log_mel = LogMel(encoder.config.n_mels)
+
+    @classmethod
+    def for_config(cls, config: UnitsConfig) -> UnitExtractor:
+        """Load the encoder that `config` names (centroids still to be fitted or set)."""
+        from speechllm.weights.whisper import load_whisper_encoder
+
+        return cls(config, load_whisper_encoder(EncoderConfig(source=config.encoder, layer=config.layer)))
+
+    @torch.inference_mode()
+    def features(self, audios: list[np.ndarray]) -> list[np.ndarray]:
+        """Encoder frames of each audio, (T_i, D) float32."""
+        order = sorted(range(len(audios)), key=lambda i: len(audios[i]))
+        feats, lengths = self.log_mel([audios[i] for i in order])
+        hidden, out_lengths = self.encoder.encode(feats, lengths)  # N, T', D
+        out: list[np.ndarray] = [np.empty(0)] * len(audios)
+        for row, i in enumerate(order):
+            out[i] = hidden[row, : int(out_lengths[row])].float().numpy()
+        return out
+
+    def fit(
+        self, audios: Iterable[np.ndarray], *, max_frames: int = 200_000, progress: bool = True
+    ) -> dict[str, float]:
+        """Fit the centroids by mini-batch k-means on up to `max_frames` frames; returns fit statistics."""
+        from sklearn.cluster import MiniBatchKMeans
+
+        frames: list[np.ndarray] = []
+        total = 0
+        for batch in _batched(tqdm(audios, desc="units: encode", disable=not progress), 8):
+            for f in self.features(batch):
+                frames.append(f)
+                total += len(f)
+            if total >= max_frames:
+                break
+        if total < self.config.k:
+            raise ValueError(f"k-means with k={self.config.k} needs at least that many frames, got {total}")
+        x = np.concatenate(frames)[:max_frames]
+        km = MiniBatchKMeans(n_clusters=self.config.k, random_state=self.config.seed, batch_size=4096, n_init=3)
+        km.fit(x)
+        self.centroids = torch.from_numpy(km.cluster_centers_.astype(np.float32))
+        counts = np.bincount(km.labels_, minlength=self.config.k)
+        return {
+            "frames": float(len(x)),
+            "inertia_per_frame": float(km.inertia_ / len(x)),
+            "empty": float((counts == 0).sum()),
+        }
+
+    def assign(self, frames: np.ndarray) -> list[int]:
+        """(T, D) frames -> T unit ids."""
+        if self.centroids is None:
+            raise ValueError("the unit extractor has no centroids: fit() or load() it first")
+        x = torch.from_numpy(np.asarray(frames, dtype=np.float32))
+        return torch.cdist(x, self.centroids).argmin(-1).tolist()  # T, K -> T
+
+    def extract(self, audios: list[np.ndarray]) -> list[list[int]]:
+        """Frame-level unit ids of each audio."""
+        return [self.assign(f) for f in self.features(audios)]
+
+    def save(self, directory: str | Path) -> None:
+        if self.centroids is None:
+            raise ValueError("nothing to save: the unit extractor has not been fitted")
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        save_file({"centroids": self.centroids.contiguous()}, str(d / WEIGHTS_FILE))
+        (d / CONFIG_FILE).write_text(json.dumps(to_dict(self.config), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path, encoder: WhisperEncoder | None = None) -> UnitExtractor:
+        d = Path(directory)
+        if not (d / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{d} holds no unit extractor ({CONFIG_FILE} missing)")
+        config = from_dict(UnitsConfig, json.loads((d / CONFIG_FILE).read_text()))
+        extractor = cls(config, encoder) if encoder is not None else cls.for_config(config)
+        extractor.centroids = load_file(str(d / WEIGHTS_FILE))["centroids"].float()
+        return extractor
+
+
+def _batched(items: Iterable[np.ndarray], n: int) -> Iterable[list[np.ndarray]]:
+    batch: list[np.ndarray] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def extract_manifest(
+    extractor: UnitExtractor,
+    samples: Sequence[object],
+    load: Callable[[str], np.ndarray],
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[list[int]]:
+    """Frame-level units of the first audio of each sample (a `speechllm.data.manifest.Sample`)."""
+    out: list[list[int]] = []
+    for start in tqdm(range(0, len(samples), batch_size), desc="units: extract", disable=not progress):
+        chunk = samples[start : start + batch_size]
+        out += extractor.extract([load(s.audio[0]) for s in chunk])  # type: ignore[attr-defined]
+    return out

@@ -1,0 +1,393 @@
+"""Training the unit vocoder, and the `speechllm vocoder` command.
+
+    speechllm vocoder train --units units.jsonl --out runs/vocoder [--steps N --batch-size B --lr LR --resume]
+    speechllm vocoder synth --model runs/vocoder/model --units "12 7 93 4" --out out.wav
+    speechllm vocoder synth --model runs/vocoder/model --units-file units.jsonl [--id ID] --out out.wav
+
+A units manifest is JSONL, one utterance a line: {"id": str, "audio": path to a 16 kHz mono WAV
+(relative paths resolve against the manifest's folder), "units": [int, ...]}, the units being
+FRAME-LEVEL ids at 50 Hz (one per HOP_SAMPLES samples, repeats kept), so the run lengths are the
+durations the predictor learns. The audio is cropped or zero-padded to len(units) * HOP_SAMPLES.
+
+Losses: multi-resolution STFT (spectral convergence + log-magnitude L1), log-mel L1, and the
+duration predictor's L1 on log run lengths. No adversarial loss: a GAN's discriminators cost more
+than the generator on a CPU and need far longer runs to pay off; the price is some buzz and
+smoothed high frequencies that only a discriminator removes.
+
+Segments: each item is a random window of `segment_frames` frames where the loss is computed,
+preceded by up to `context_frames` frames (by default the generator's receptive field) that run
+through the causal generator but are masked out of the loss. A window near the start of an
+utterance simply has fewer context frames, which is what inference sees there (zero padding).
+The run directory gets the loop's metrics.jsonl, curves.png and checkpoints/, and at the end
+`model/`, which `UnitVocoder.load` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+
+from speechllm.config import apply_overrides, from_dict, to_dict
+from speechllm.data.audio import load_audio, save_wav
+from speechllm.speech_out.config import HOP_SAMPLES, SAMPLE_RATE, VocoderConfig
+from speechllm.speech_out.vocoder import UnitVocoder
+from speechllm.training.distributed import unwrap
+from speechllm.training.loop import Batches, LoopConfig, ResumableSampler, fit
+
+log = logging.getLogger(__name__)
+
+STFT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
+"""(n_fft, hop) of the multi-resolution STFT loss: 32 ms to 128 ms windows, time and pitch detail."""
+MEL_N_FFT, MEL_HOP, N_MELS = 1024, 256, 80
+MAG_FLOOR = 1e-5
+"""Magnitudes below this are clamped before the log: silence must not dominate the log terms."""
+
+
+@dataclass
+class VocoderTrainConfig:
+    """One vocoder training run (`speechllm vocoder train --config` reads this as YAML)."""
+
+    units_manifest: str = ""
+    """The units manifest (JSONL: id, audio, frame-level units)."""
+    vocoder: VocoderConfig = field(default_factory=VocoderConfig)
+    loop: LoopConfig = field(
+        default_factory=lambda: LoopConfig(
+            out_dir="runs/vocoder", max_steps=5000, lr=5e-4, warmup_steps=200, save_every=500, eval_every=0
+        )
+    )
+    batch_size: int = 16
+    """Segments per optimizer step."""
+    segment_frames: int = 64
+    """Frames (20 ms each) of each segment the loss is computed on: 1.28 s."""
+    context_frames: int | None = None
+    """Frames before each segment that feed the causal generator without a loss; None uses the
+    generator's receptive field - 1, so every scored frame sees the context it has at inference."""
+    stft_weight: float = 1.0
+    mel_weight: float = 1.0
+    duration_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "segment_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.context_frames is not None and self.context_frames < 0:
+            raise ValueError(f"context_frames must be >= 0 or None, got {self.context_frames}")
+        for name in ("stft_weight", "mel_weight", "duration_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class UnitsItem:
+    id: str
+    audio: Path
+    units: list[int]
+    """Frame-level unit ids, 50 a second."""
+
+
+def read_units_manifest(path: str | Path, num_units: int | None = None) -> list[UnitsItem]:
+    """Read a units manifest; every problem raises ValueError naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"units manifest not found: {path}")
+    items = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not valid JSON ({e})") from e
+        if not isinstance(obj, dict) or not {"id", "audio", "units"} <= obj.keys():
+            got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+            raise ValueError(f"{where}: expected an object with id, audio and units, got {got}")
+        units = obj["units"]
+        if not isinstance(units, list) or not units or not all(type(u) is int for u in units):
+            raise ValueError(f"{where}: units must be a non-empty list of ints, got {str(units)[:60]}")
+        if num_units is not None:
+            bad = [u for u in units if not 0 <= u < num_units]
+            if bad:
+                raise ValueError(f"{where}: units must lie in [0, {num_units}), got {bad[0]}")
+        audio = Path(str(obj["audio"]))
+        items.append(UnitsItem(str(obj["id"]), audio if audio.is_absolute() else path.parent / audio, units))
+    if not items:
+        raise ValueError(f"{path}: the manifest holds no utterances")
+    return items
+
+
+def run_lengths(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Frame-level units (T,) -> (deduplicated units (N,), frames each covered (N,))."""
+    starts = np.flatnonzero(np.r_[True, units[1:] != units[:-1]])
+    return units[starts], np.diff(np.r_[starts, len(units)])
+
+
+class UnitsDataset:
+    """Random fixed-length crops of (frame-level units, audio), plus each utterance's whole
+    deduplicated units and durations for the duration predictor.
+
+    Crops draw from NumPy's global RNG, which the training loop seeds and restores on resume.
+    """
+
+    def __init__(self, items: list[UnitsItem], segment_frames: int, context_frames: int, max_duration: int) -> None:
+        self.items, self.segment, self.context, self.max_duration = items, segment_frames, context_frames, max_duration
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Frame-level units (T,) and audio (T * HOP_SAMPLES,), the audio cropped or zero-padded to match."""
+        item = self.items[index]
+        units = np.asarray(item.units, dtype=np.int64)
+        audio = load_audio(item.audio)[: len(units) * HOP_SAMPLES]
+        return units, np.pad(audio, (0, len(units) * HOP_SAMPLES - len(audio)))
+
+    def batch(self, indices: list[int]) -> dict[str, Tensor]:
+        """A dict of tensors; L = context + segment frames, U = the longest deduplicated sequence.
+
+        frame_units (B, L), audio (B, L * hop), frame_mask (B, L): 1 on the frames the loss scores;
+        units (B, U), log_durations (B, U), unit_mask (B, U).
+        """
+        length = self.context + self.segment
+        frame_units = np.zeros((len(indices), length), dtype=np.int64)
+        audio = np.zeros((len(indices), length * HOP_SAMPLES), dtype=np.float32)
+        frame_mask = np.zeros((len(indices), length), dtype=np.float32)
+        dedup = []
+        for row, index in enumerate(indices):
+            units, wave = self.load(index)
+            n = len(units)
+            scored = int(np.random.randint(0, max(0, n - self.segment) + 1))  # first scored frame
+            start = max(0, scored - self.context)
+            # Frames after the segment are kept when they exist: the overlap-add of the last scored
+            # frames reaches (n_fft - hop) / 2 samples into them.
+            end = min(n, start + length)
+            frame_units[row, : end - start] = units[start:end]
+            audio[row, : (end - start) * HOP_SAMPLES] = wave[start * HOP_SAMPLES : end * HOP_SAMPLES]
+            frame_mask[row, scored - start : min(n, scored + self.segment) - start] = 1.0
+            dedup.append(run_lengths(units))
+        longest = max(len(u) for u, _ in dedup)
+        units_out = np.zeros((len(indices), longest), dtype=np.int64)
+        log_durations = np.zeros((len(indices), longest), dtype=np.float32)
+        unit_mask = np.zeros((len(indices), longest), dtype=np.float32)
+        for row, (units, durations) in enumerate(dedup):
+            units_out[row, : len(units)] = units
+            # Long silences exceed what the predictor may emit; it learns to saturate at the cap.
+            log_durations[row, : len(units)] = np.log(np.minimum(durations, self.max_duration))
+            unit_mask[row, : len(units)] = 1.0
+        arrays = {
+            "frame_units": frame_units,
+            "audio": audio,
+            "frame_mask": frame_mask,
+            "units": units_out,
+            "log_durations": log_durations,
+            "unit_mask": unit_mask,
+        }
+        return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
+# --- losses ---------------------------------------------------------------------------------------
+
+
+def magnitude(audio: Tensor, n_fft: int, hop: int, window: Tensor) -> Tensor:
+    """Audio (B, S) -> STFT magnitude (B, n_fft // 2 + 1, frames), with a finite gradient at zero."""
+    spec = torch.stft(audio, n_fft, hop, window=window, center=True, pad_mode="constant", return_complex=True)
+    # |z| has a 0/0 gradient at z = 0, which masked (all-zero) frames hit exactly.
+    return (spec.real.square() + spec.imag.square()).clamp(min=MAG_FLOOR**2).sqrt()
+
+
+class VocoderLoss:
+    """`loss_fn(model, batch)` for `fit`: weighted MR-STFT + log-mel L1 + duration L1, and each term."""
+
+    def __init__(self, stft_weight: float = 1.0, mel_weight: float = 1.0, duration_weight: float = 1.0) -> None:
+        from transformers.audio_utils import mel_filter_bank
+
+        self.weights = {"stft": stft_weight, "mel": mel_weight, "duration": duration_weight}
+        fb = mel_filter_bank(
+            num_frequency_bins=MEL_N_FFT // 2 + 1,
+            num_mel_filters=N_MELS,
+            min_frequency=0.0,
+            max_frequency=SAMPLE_RATE / 2,
+            sampling_rate=SAMPLE_RATE,
+            norm="slaney",
+            mel_scale="slaney",
+        )
+        self.mel_fb = torch.from_numpy(fb.T.astype(np.float32))  # bins, mels -> mels, bins
+        self.windows = {n: torch.hann_window(n) for n in {*(n for n, _ in STFT_RESOLUTIONS), MEL_N_FFT}}
+
+    def __call__(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        audio_hat, log_durations = model(batch["frame_units"], batch["units"])
+        # Zeroing both signals outside the scored frames leaves only scored audio in every term.
+        mask = batch["frame_mask"].repeat_interleave(HOP_SAMPLES, dim=1)  # B, L -> B, L * hop
+        pred, target = audio_hat.float() * mask, batch["audio"] * mask
+        sc, log_mag = self.stft_terms(pred, target)
+        mel = self.mel_term(pred, target)
+        unit_mask = batch["unit_mask"]
+        duration = ((log_durations.float() - batch["log_durations"]).abs() * unit_mask).sum() / unit_mask.sum()
+        w = self.weights
+        loss = w["stft"] * (sc + log_mag) + w["mel"] * mel + w["duration"] * duration
+        return {"loss": loss, "stft_sc": sc, "stft_mag": log_mag, "mel": mel, "duration": duration}
+
+    def stft_terms(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Spectral convergence and log-magnitude L1, each averaged over STFT_RESOLUTIONS."""
+        sc, log_mag = pred.new_zeros(()), pred.new_zeros(())
+        for n_fft, hop in STFT_RESOLUTIONS:
+            window = self.windows[n_fft].to(pred.device)
+            p, t = magnitude(pred, n_fft, hop, window), magnitude(target, n_fft, hop, window)
+            sc = sc + torch.linalg.vector_norm(t - p) / torch.linalg.vector_norm(t)
+            log_mag = log_mag + F.l1_loss(p.log(), t.log())
+        return sc / len(STFT_RESOLUTIONS), log_mag / len(STFT_RESOLUTIONS)
+
+    def mel_term(self, pred: Tensor, target: Tensor) -> Tensor:
+        window, fb = self.windows[MEL_N_FFT].to(pred.device), self.mel_fb.to(pred.device)
+
+        def log_mel(x: Tensor) -> Tensor:  # B, S -> B, mels, frames
+            return torch.matmul(fb, magnitude(x, MEL_N_FFT, MEL_HOP, window)).clamp(min=MAG_FLOOR).log()
+
+        return F.l1_loss(log_mel(pred), log_mel(target))
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def main(config: VocoderTrainConfig, *, resume: bool = False) -> dict[str, float]:
+    """Train a vocoder on `config.units_manifest`; writes the run files and `<out_dir>/model`."""
+    if not config.units_manifest:
+        raise ValueError("units_manifest is required (a JSONL units manifest)")
+    items = read_units_manifest(config.units_manifest, config.vocoder.num_units)
+    model = UnitVocoder(config.vocoder)
+    context = model.generator.receptive_field - 1 if config.context_frames is None else config.context_frames
+    data = UnitsDataset(items, config.segment_frames, context, config.vocoder.max_duration)
+    out = Path(config.loop.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plain = json.loads(json.dumps(to_dict(config)))  # tuples -> lists, for safe_dump
+    (out / "train_config.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
+    sampler = ResumableSampler(len(data), config.batch_size, seed=config.loop.seed)
+    loss = VocoderLoss(config.stft_weight, config.mel_weight, config.duration_weight)
+    metrics = fit(model, loss, Batches(sampler, data.batch), config.loop, resume=resume)
+    vocoder = unwrap(model)
+    assert isinstance(vocoder, UnitVocoder)
+    vocoder.cpu().save(out / "model")
+    log.info("wrote %s", out / "model")
+    return metrics
+
+
+def load_train_config(path: Path | None, args: argparse.Namespace) -> VocoderTrainConfig:
+    """A YAML VocoderTrainConfig (optional), then the command line's flags on top."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    flags = {
+        "units_manifest": str(args.units),
+        "loop.out_dir": str(args.out),
+        "loop.max_steps": args.steps,
+        "loop.lr": args.lr,
+        "loop.save_every": args.save_every,
+        "loop.seed": args.seed,
+        "batch_size": args.batch_size,
+        "segment_frames": args.segment_frames,
+        "vocoder.num_units": args.num_units,
+    }
+    apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None])
+    loop = data.setdefault("loop", {})
+    # Keep the recipe's loop defaults for keys the YAML and flags leave out.
+    defaults = to_dict(VocoderTrainConfig().loop)
+    data["loop"] = {**defaults, **loop, "progress": not args.quiet and loop.get("progress", True)}
+    if args.steps is not None and data["loop"]["warmup_steps"] > args.steps:
+        data["loop"]["warmup_steps"] = args.steps // 10
+    return from_dict(VocoderTrainConfig, data)
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `vocoder train` and `vocoder synth` to a CLI's subparsers."""
+    vocoder = sub.add_parser("vocoder", help="train the unit vocoder, or voice units with it", description=__doc__,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    commands = vocoder.add_subparsers(dest="vocoder_command", required=True)
+
+    p = commands.add_parser("train", help="train a vocoder on a units manifest")
+    p.add_argument("--units", type=Path, required=True, help="units manifest (JSONL: id, audio, units at 50 Hz)")
+    p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, metrics, model/)")
+    p.add_argument("--config", type=Path, help="a YAML VocoderTrainConfig (vocoder:, loop:, ...); flags win")
+    p.add_argument("--steps", type=int, help="optimizer steps (default 5000)")
+    p.add_argument("--batch-size", type=int, help="segments per step (default 16)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
+    p.add_argument("--segment-frames", type=int, help="scored frames per segment (default 64 = 1.28 s)")
+    p.add_argument("--num-units", type=int, help="unit vocabulary size (default 100)")
+    p.add_argument("--save-every", type=int, help="checkpoint every N steps (default 500)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+    p = commands.add_parser("synth", help="units -> WAV with a trained vocoder")
+    p.add_argument("--model", type=Path, required=True, help="a directory written by training (<out>/model)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--units", help='unit ids separated by spaces or commas, e.g. "12 7 93 4"')
+    source.add_argument("--units-file", type=Path, help="a units manifest; voices the line --id names")
+    p.add_argument("--id", help="which utterance of --units-file (default: the first line)")
+    p.add_argument("--durations", choices=["predict", "given"],
+                   help="predict: merge repeats, durations from the predictor (default for --units); "
+                        "given: repeats are frames, keep their run lengths (default for --units-file)")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="output WAV (16 kHz)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `speechllm vocoder train` or `speechllm vocoder synth`."""
+    if args.vocoder_command == "train":
+        config = load_train_config(args.config, args)
+        metrics = main(config, resume=args.resume)
+        print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+        print(f"model: {Path(config.loop.out_dir) / 'model'}")
+        return 0
+    if args.vocoder_command == "synth":
+        return _synth(args)
+    raise ValueError(f"vocoder command must be train or synth, got {args.vocoder_command!r}")
+
+
+def parse_units(text: str) -> list[int]:
+    """ "12 7, 93" -> [12, 7, 93]; a token that is not an integer raises ValueError naming it."""
+    tokens = text.replace(",", " ").split()
+    for token in tokens:
+        if not token.lstrip("-").isdigit():
+            raise ValueError(f"--units must be integers separated by spaces or commas, got {token!r}")
+    return [int(t) for t in tokens]
+
+
+def _synth(args: argparse.Namespace) -> int:
+    vocoder = UnitVocoder.load(args.model)
+    if args.units is not None:
+        units, mode = parse_units(args.units), args.durations or "predict"
+    else:
+        items = read_units_manifest(args.units_file, vocoder.config.num_units)
+        chosen = items[0] if args.id is None else next((i for i in items if i.id == args.id), None)
+        if chosen is None:
+            raise ValueError(f"--id must name an utterance of {args.units_file}, got {args.id!r}")
+        units, mode = chosen.units, args.durations or "given"
+    if not units:
+        raise ValueError("--units must hold at least one unit id, got none")
+    ids, durations = run_lengths(np.asarray(units, dtype=np.int64))
+    audio = vocoder.synthesize(ids, durations if mode == "given" else None)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_wav(args.out, audio, SAMPLE_RATE)
+    print(f"wrote {args.out}: {len(ids)} units, {len(audio) / SAMPLE_RATE:.2f} s")
+    return 0
