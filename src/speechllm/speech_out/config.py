@@ -23,8 +23,9 @@ class UnitsConfig:
 
     encoder: str = "bundled:whisper-tiny.en"
     """Encoder weights (same sources as EncoderConfig.source)."""
-    layer: int = 2
-    """Which encoder layer's output is clustered (1-based; 0 = the convolution front end)."""
+    layer: int = 3
+    """Which encoder layer's output is clustered (1-based; 0 = the convolution front end). The
+    default is the third of Whisper tiny.en's four layers."""
     k: int = 100
     """Number of clusters (units)."""
     seed: int = 0

@@ -1,12 +1,14 @@
 """Discrete speech units: k-means over the frames of one Whisper encoder layer.
 
 Why these features: the encoder is already in every speechllm model and on this machine (no
-HuBERT is available offline), its frames are 20 ms (the vocoder's hop), and a middle layer
-keeps what was said while dropping much of who said it; the last layers of a Whisper encoder
-lean towards text. Why K=100 by default: our speech output is one TTS voice and a few thousand
-utterances; 100 clusters over ~10^5 frames leave each unit ~1,000 examples for the vocoder, and
-a short unit vocabulary keeps CTC cheap. LLaMA-Omni clusters HuBERT into 1,000 units for many
-speakers and hours of speech (Fang et al., 2024, section 3.3).
+HuBERT is available offline) and its frames are 20 ms, the vocoder's hop. Why a late-middle
+layer (3 of tiny.en's 4): it keeps what was said while dropping much of who said it, and the
+speech decoder must predict units from text, which favours the more phonetic later layers. That
+layer was chosen, not measured against the others: measuring needs the whole speech path
+retrained per layer, more than this CPU budget allowed. Why K=100: our speech output is one TTS
+voice and a few thousand utterances; 100 clusters over ~2*10^5 frames leave each unit ~2,000
+examples for the vocoder, and a short unit vocabulary keeps CTC cheap. LLaMA-Omni clusters
+HuBERT into 1,000 units for many speakers and hours of speech (Fang et al., 2024, section 3.3).
 
 A *frame-level* unit sequence has one id per encoder frame; `dedup` drops consecutive repeats
 and returns the run lengths (durations, in frames) that the vocoder's duration predictor learns.

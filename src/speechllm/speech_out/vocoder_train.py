@@ -122,7 +122,9 @@ def read_units_manifest(path: str | Path, num_units: int | None = None) -> list[
             bad = [u for u in units if not 0 <= u < num_units]
             if bad:
                 raise ValueError(f"{where}: units must lie in [0, {num_units}), got {bad[0]}")
-        audio = Path(str(obj["audio"]))
+        # A speechllm manifest (`speechllm units extract`) lists its audio files; the first is spoken.
+        audio_field = obj["audio"][0] if isinstance(obj["audio"], list) and obj["audio"] else obj["audio"]
+        audio = Path(str(audio_field))
         items.append(UnitsItem(str(obj["id"]), audio if audio.is_absolute() else path.parent / audio, units))
     if not items:
         raise ValueError(f"{path}: the manifest holds no utterances")
