@@ -15,7 +15,7 @@ import time
 from speechllm.data.audio import load_audio
 from speechllm.data.manifest import read_manifest
 from speechllm.eval.metrics import wer
-from speechllm.weights.whisper import resolve_encoder_source
+from speechllm.eval.whisper_asr import WhisperTranscriber
 
 
 def main() -> None:
@@ -24,18 +24,12 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy, like our model)")
     parser.add_argument("--json")
     args = parser.parse_args()
-    from faster_whisper import WhisperModel
-
-    model = WhisperModel(str(resolve_encoder_source("bundled:whisper-tiny.en")), device="cpu", compute_type="int8")
+    transcribe = WhisperTranscriber(beam_size=args.beam)
     samples = [s for s in read_manifest(args.manifest) if s.task == "asr"]
     refs, hyps = [], []
     t = time.perf_counter()
     for s in samples:
-        segments, _ = model.transcribe(
-            load_audio(s.audio[0]), language="en", beam_size=args.beam, without_timestamps=True,
-            condition_on_previous_text=False, vad_filter=False,
-        )  # fmt: skip
-        hyps.append(" ".join(seg.text.strip() for seg in segments))
+        hyps.append(transcribe(load_audio(s.audio[0])))
         refs.append(s.target)
     seconds = time.perf_counter() - t
     figures = {"samples": len(samples), "whisper_wer": round(wer(refs, hyps), 4), "beam": args.beam,

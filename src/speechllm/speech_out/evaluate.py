@@ -25,35 +25,15 @@ from tqdm.auto import tqdm
 from speechllm.data.audio import load_audio, save_wav
 from speechllm.data.manifest import read_manifest
 from speechllm.eval.metrics import wer
+from speechllm.eval.whisper_asr import WhisperTranscriber
 from speechllm.speech_out.config import SAMPLE_RATE
 from speechllm.speech_out.streaming import SpeechOutput, load_speech_output
 from speechllm.speech_out.train_decoder import SAY_PROMPT, answer_states, prompts_from_questions
 from speechllm.speech_out.units import dedup
 
 
-class WhisperJudge:
-    """faster-whisper over the bundled tiny.en: the transcriber that judges our speech."""
-
-    def __init__(self) -> None:
-        from faster_whisper import WhisperModel
-
-        from speechllm.weights.whisper import resolve_encoder_source
-
-        source = str(resolve_encoder_source("bundled:whisper-tiny.en"))
-        self.model = WhisperModel(source, device="cpu", compute_type="int8", cpu_threads=2)
-
-    def __call__(self, audio: np.ndarray) -> str:
-        if len(audio) == 0:
-            return ""
-        segments, _ = self.model.transcribe(
-            audio.astype(np.float32), language="en", beam_size=1, without_timestamps=True,
-            condition_on_previous_text=False, vad_filter=False,
-        )  # fmt: skip
-        return " ".join(s.text.strip() for s in segments)
-
-
 def intelligibility(speech: SpeechOutput, model: Any, samples: list[Any], out_dir: Path) -> dict[str, Any]:
-    judge = WhisperJudge()
+    judge = WhisperTranscriber()
     prompts = prompts_from_questions()
     states = answer_states(model, [prompts.get(s.target, SAY_PROMPT) for s in samples], [s.target for s in samples])
     rows: list[dict[str, Any]] = []

@@ -52,10 +52,7 @@ class SpeechOutput(nn.Module):
         config: StreamingConfig | None = None,
     ) -> None:
         super().__init__()
-        if decoder.config.num_units != vocoder.config.num_units:
-            raise ValueError(
-                f"speech decoder predicts {decoder.config.num_units} units, vocoder reads {vocoder.config.num_units}"
-            )
+        check_parts(decoder, vocoder)
         if decoder.config.token_embedding and embed_tokens is None:
             raise ValueError("the speech decoder reads token embeddings: pass the LLM's input embedding table")
         self.decoder = decoder.eval()
@@ -146,12 +143,17 @@ class SpeechStream:
         return audio.astype(np.float32, copy=False)
 
 
-def save_parts(directory: str | Path, decoder: SpeechDecoder, vocoder: UnitVocoder, config: StreamingConfig) -> None:
-    """A speech-output folder: decoder/, vocoder/ and the streaming settings (no LLM weights)."""
+def check_parts(decoder: SpeechDecoder, vocoder: UnitVocoder) -> None:
+    """ValueError unless the vocoder reads the units the decoder predicts."""
     if decoder.config.num_units != vocoder.config.num_units:
         raise ValueError(
             f"speech decoder predicts {decoder.config.num_units} units, vocoder reads {vocoder.config.num_units}"
         )
+
+
+def save_parts(directory: str | Path, decoder: SpeechDecoder, vocoder: UnitVocoder, config: StreamingConfig) -> None:
+    """A speech-output folder: decoder/, vocoder/ and the streaming settings (no LLM weights)."""
+    check_parts(decoder, vocoder)
     d = Path(directory)
     decoder.save(d / "decoder")
     vocoder.save(d / "vocoder")

@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from speechllm.config import EncoderConfig, from_dict, to_dict
+from speechllm.data.manifest import Sample
 from speechllm.model.encoder import WhisperEncoder
 from speechllm.model.features import LogMel
 from speechllm.speech_out.config import UnitsConfig
@@ -152,15 +153,15 @@ def _batched(items: Iterable[np.ndarray], n: int) -> Iterable[list[np.ndarray]]:
 
 def extract_manifest(
     extractor: UnitExtractor,
-    samples: Sequence[object],
+    samples: Sequence[Sample],
     load: Callable[[str], np.ndarray],
     *,
     batch_size: int = 8,
     progress: bool = True,
 ) -> list[list[int]]:
-    """Frame-level units of the first audio of each sample (a `speechllm.data.manifest.Sample`)."""
+    """Frame-level units of the first audio of each sample."""
     out: list[list[int]] = []
     for start in tqdm(range(0, len(samples), batch_size), desc="units: extract", disable=not progress):
         chunk = samples[start : start + batch_size]
-        out += extractor.extract([load(s.audio[0]) for s in chunk])  # type: ignore[attr-defined]
+        out += extractor.extract([load(s.audio[0]) for s in chunk])
     return out
