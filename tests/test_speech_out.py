@@ -83,6 +83,20 @@ def test_decoder_rejects_too_many_units_and_wrong_width():
         SpeechDecoderConfig(dim=30, heads=4)
 
 
+def test_answers_over_the_upsample_are_refused_or_dropped():
+    from speechllm.speech_out.train_decoder import check_upsample, drop_over_upsample
+
+    items = [
+        {"hidden": torch.zeros(tokens, 4), "units": list(range(units))} for tokens, units in ((2, 8), (2, 9), (3, 3))
+    ]
+    with pytest.raises(ValueError, match=r"4.5 units per token but upsample=4"):
+        check_upsample(items, 4)
+    kept = drop_over_upsample(items, 4)
+    assert [len(it["units"]) for it in kept] == [8, 3] and check_upsample(kept, 4) == pytest.approx(2.5)
+    with pytest.raises(ValueError, match="raise --upsample"):
+        drop_over_upsample(items[1:2], 4)
+
+
 def test_ctc_collapse_keeps_repeats_collapsed_across_calls():
     c = CTCCollapse(blank=K)
     assert c.push([1, 1, K, 2]) + c.push([2, 2, K, 2, 3]) == [1, 2, 2, 3]

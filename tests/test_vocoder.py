@@ -114,14 +114,37 @@ def stream_audio(vocoder: UnitVocoder, units: list[int], chunk: int, durations: 
 
 @pytest.mark.parametrize("n_fft", [640, 1280])
 @pytest.mark.parametrize("chunk", [1, 3, 1000])
-def test_streaming_equals_offline(n_fft: int, chunk: int) -> None:
-    vocoder = tiny_vocoder(n_fft=n_fft)
+@pytest.mark.parametrize("lookahead", [0, 4])
+def test_streaming_equals_offline(n_fft: int, chunk: int, lookahead: int) -> None:
+    vocoder = tiny_vocoder(n_fft=n_fft, lookahead=lookahead)
     units = random_units(40)
     offline = vocoder.synthesize(units)
     np.testing.assert_allclose(stream_audio(vocoder, units, chunk), offline, rtol=0, atol=1e-5)
     durations = [1, 2, 1, 3] * 10  # given durations take the same path
     offline = vocoder.synthesize(units, durations)
     np.testing.assert_allclose(stream_audio(vocoder, units, chunk, durations), offline, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("lookahead", [0, 3])
+def test_audio_hears_exactly_lookahead_frames_of_future_units(lookahead: int) -> None:
+    vocoder, n_fft = tiny_vocoder(lookahead=lookahead), 640
+    units = random_units(30)
+    changed = units.copy()
+    p = 20
+    changed[p] = (units[p] + 1) % 10
+    durations = [1] * 30  # frame index = unit index
+    a, b = vocoder.synthesize(units, durations), vocoder.synthesize(changed, durations)
+    # Unit p first shapes audio frame p - lookahead, whose window starts (n_fft - hop) / 2 samples earlier.
+    first = (p - lookahead) * HOP_SAMPLES - (n_fft - HOP_SAMPLES) // 2
+    np.testing.assert_array_equal(a[:first], b[:first])
+    assert np.abs(a[first : first + HOP_SAMPLES] - b[first : first + HOP_SAMPLES]).max() > 0
+
+
+def test_streaming_shorter_than_the_lookahead_equals_offline() -> None:
+    vocoder = tiny_vocoder(lookahead=6)
+    np.testing.assert_allclose(stream_audio(vocoder, [3, 5], 1, [1, 2]), vocoder.synthesize([3, 5], [1, 2]), atol=1e-6)
+    with pytest.raises(ValueError, match="lookahead"):
+        tiny_config(lookahead=-1)
 
 
 def test_streaming_one_short_unit_and_empty_pushes() -> None:
@@ -148,7 +171,8 @@ def test_streaming_state_stays_bounded() -> None:
         out = stream.push(units[i : i + 5])
         assert stream.state_numel() == held
         lagging = stream.frames * HOP_SAMPLES - stream.emitted
-        assert lagging == vocoder.ola.delay  # everything but the overlap-add delay is already out
+        # Everything is out but the lookahead's frames and the overlap-add delay.
+        assert lagging == vocoder.config.lookahead * HOP_SAMPLES + vocoder.ola.delay
         assert out.size == sum(predicted[i : i + 5]) * HOP_SAMPLES
     assert stream.flush().size == lagging
 
@@ -191,6 +215,28 @@ def test_batches_align_audio_with_units_and_mask_the_context(tmp_path: Path) -> 
     assert batch["units"][1].tolist()[:1] == [7] and batch["unit_mask"][1].sum() == 1
     assert batch["log_durations"][1, 0].item() == pytest.approx(np.log(3))  # a 5-frame run capped at 3
     assert [a.tolist() for a in run_lengths(np.array([4, 4, 1, 4, 4, 4]))] == [[4, 1, 4], [2, 1, 3]]
+
+
+def test_batches_keep_the_lookahead_frames_after_the_segment(tmp_path: Path) -> None:
+    frames = 30
+    save_wav(tmp_path / "a.wav", np.zeros(frames * HOP_SAMPLES, dtype=np.float32))
+    items = [UnitsItem("a", tmp_path / "a.wav", list(range(frames)))]
+    data = UnitsDataset(items, segment_frames=8, context_frames=2, max_duration=3, lookahead=3)
+    np.random.seed(0)
+    seen_end = seen_middle = False
+    for _ in range(40):
+        batch = data.batch([0])
+        row, mask = batch["frame_units"][0].tolist(), batch["frame_mask"][0]
+        assert len(row) == 13
+        last_scored = int(mask.nonzero()[-1, 0])
+        after = row[last_scored + 1 : last_scored + 4]
+        if row[last_scored] + 3 < frames:  # the utterance goes on: its real next units are kept
+            assert after == [row[last_scored] + i for i in (1, 2, 3)]
+            seen_middle = True
+        else:  # past the end the last unit is repeated, as synthesis does
+            assert set(row[row.index(frames - 1) :]) == {frames - 1}
+            seen_end = True
+    assert seen_middle and seen_end
 
 
 def test_losses_vanish_on_the_target_and_masked_gradients_are_finite() -> None:

@@ -70,8 +70,9 @@ class SpeechDecoderConfig:
 
 @dataclass
 class VocoderConfig:
-    """Units -> 16 kHz waveform: a duration predictor, causal convolution blocks at the frame rate,
-    and an iSTFT head (magnitude + phase, Vocos' design) with hop HOP_SAMPLES."""
+    """Units -> 16 kHz waveform: a duration predictor, convolution blocks at the frame rate that see
+    the past and `lookahead` future frames, and an iSTFT head (magnitude + phase, Vocos' design)
+    with hop HOP_SAMPLES."""
 
     num_units: int = 100
     dim: int = 256
@@ -81,9 +82,15 @@ class VocoderConfig:
     """iSTFT frame length in samples (a multiple of HOP_SAMPLES keeps overlap-add simple)."""
     max_duration: int = 30
     """Longest run, in frames, the duration predictor can emit."""
+    lookahead: int = 4
+    """Frames of future units each audio frame sees (4 = 80 ms, added to the first audio's latency).
+    A causal generator cannot shape a sound towards the next one nor tell where a run of one unit
+    ends; at an utterance's end the last unit stands in for the missing future."""
 
     def __post_init__(self) -> None:
         for name in ("num_units", "dim", "blocks", "kernel", "n_fft", "max_duration"):
             _check_positive(f"vocoder.{name}", getattr(self, name))
+        if self.lookahead < 0:
+            raise ValueError(f"vocoder.lookahead must be >= 0 frames, got {self.lookahead}")
         if self.n_fft % HOP_SAMPLES:
             raise ValueError(f"vocoder.n_fft must be a multiple of {HOP_SAMPLES}, got {self.n_fft}")

@@ -143,6 +143,16 @@ def unit_error_rate(decoder: SpeechDecoder, items: list[dict[str, Any]]) -> floa
     return float(jiwer.wer(refs, hyps))
 
 
+def drop_over_upsample(items: list[dict[str, Any]], upsample: int) -> list[dict[str, Any]]:
+    """The answers whose units fit upsample positions per token (the rest cannot be CTC targets)."""
+    kept = [it for it in items if units_per_token(it["units"], it["hidden"].shape[0]) <= upsample]
+    if len(kept) < len(items):
+        print(f"dropped {len(items) - len(kept)} of {len(items)} answers carrying more than {upsample} units per token")
+    if not kept:
+        raise ValueError(f"no answer carries at most {upsample} units per token; raise --upsample")
+    return kept
+
+
 def check_upsample(items: list[dict[str, Any]], upsample: int) -> float:
     """The largest units-per-token ratio of the data; raises if `upsample` cannot fit it."""
     ratios = [units_per_token(it["units"], it["hidden"].shape[0]) for it in items]
@@ -178,6 +188,8 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         ffn_dim=4 * args.dim,
         window=args.window,
     )
+    if args.drop_over_upsample:
+        items = drop_over_upsample(items, config.upsample)
     mean_ratio = check_upsample(items, config.upsample)
     print(f"{len(items)} answers, {mean_ratio:.2f} units per token on average, upsample {config.upsample}")
     decoder = SpeechDecoder(config)
@@ -225,6 +237,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dim", type=int, default=d.dim)
     p.add_argument("--heads", type=int, default=d.heads)
     p.add_argument("--window", type=int, default=d.window)
+    p.add_argument(
+        "--drop-over-upsample",
+        action="store_true",
+        help="leave out answers with more units per token than --upsample (default: refuse to train)",
+    )
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -1,11 +1,15 @@
 """The unit vocoder: deduplicated speech units -> 16 kHz waveform, offline or streaming.
 
-Three parts, all causal so that a stream of units can be voiced as it arrives:
+Three parts, all causal (the generator with a fixed lookahead) so that a stream of units can be
+voiced as it arrives:
 
 1. `DurationPredictor`: unit embedding -> causal convolutions -> log duration (frames) of each unit.
 2. The units are repeated by their durations to the frame rate (50 Hz, one frame = HOP_SAMPLES).
 3. `FrameGenerator`: causal ConvNeXt blocks at the frame rate -> log magnitude and phase of one STFT
    frame per unit frame (Vocos' iSTFT head, Siuzdak 2023), and `OverlapAdd`, our own inverse STFT.
+   The generator's output at frame t + lookahead is audio frame t: each frame hears `lookahead`
+   frames of the future (the next sound, where a run ends) for that many frames of latency; past
+   the last frame the last unit is repeated.
 
 Why an iSTFT head: the network runs at 50 frames a second rather than 16,000 samples a second, which
 is what makes it much faster than real time on a CPU, and the inverse FFT is exact and cheap.
@@ -265,14 +269,15 @@ class UnitVocoder(nn.Module):
     def forward(self, frame_units: Tensor, units: Tensor) -> tuple[Tensor, Tensor]:
         """The training pass: frame-level units (B, T) -> audio (B, T * HOP_SAMPLES), and deduplicated
         units (B, N) -> their predicted log durations (B, N). Both in one call so DDP sees every weight."""
-        spectrum, _ = self.generator(self._check_batch(frame_units, "frame_units"))
         log_durations, _ = self.duration_predictor(self._check_batch(units, "units"))
-        return self.ola(spectrum), log_durations
+        return self.frames_to_audio(frame_units), log_durations
 
     def frames_to_audio(self, frame_units: Tensor) -> Tensor:
         """Frame-level units (B, T), durations implied by the repeats -> audio (B, T * HOP_SAMPLES)."""
-        spectrum, _ = self.generator(self._check_batch(frame_units, "frame_units"))
-        return self.ola(spectrum)
+        frame_units = self._check_batch(frame_units, "frame_units")
+        future = frame_units[:, -1:].expand(-1, self.config.lookahead)  # B, 1 -> B, lookahead
+        spectrum, _ = self.generator(torch.cat([frame_units, future], dim=1))  # B, T + lookahead, bins
+        return self.ola(spectrum[:, self.config.lookahead :])  # B, T, bins -> B, T * hop
 
     @torch.inference_mode()
     def predict_durations(self, units: UnitsLike) -> Tensor:
@@ -361,12 +366,15 @@ class VocoderStream:
     equals `UnitVocoder.synthesize` of all the units (up to float rounding), however they are chunked.
 
     Chunk boundaries: every part is causal, so a pushed unit's duration and frames depend only on the
-    units before it. Each causal convolution keeps its last kernel - 1 input frames (units for the
-    duration predictor) as history, the same values offline zero-padding and the earlier frames
-    give, so state is a fixed size and a push costs the same at unit 2,000 as at unit 10. Only the
-    overlap-add waits: a sample is final once every frame whose window covers it has arrived, so a
-    push returns audio up to d = (n_fft - hop) / 2 samples before the end of its last frame and
-    holds the n_fft - hop samples of unfinished tail (numerator and envelope) for the next push;
+    units before it; audio frame t is the generator's output at frame t + lookahead, so the last
+    `lookahead` frames of a push are voiced by the next push (or by `flush`, which feeds the last
+    unit again as their future, as offline synthesis does). Each causal convolution keeps its last
+    kernel - 1 input frames (units for the duration predictor) as history, the same values offline
+    zero-padding and the earlier frames give, so state is a fixed size and a push costs the same at
+    unit 2,000 as at unit 10. The overlap-add waits too: a sample is final once every frame whose
+    window covers it has arrived, so a push returns audio up to d = (n_fft - hop) / 2 samples before
+    the end of its last voiced frame and holds the n_fft - hop samples of unfinished tail (numerator
+    and envelope) for the next push;
     `flush` normalises what the last frames left and cuts it at the utterance's end.
     """
 
@@ -379,6 +387,8 @@ class VocoderStream:
         self.tail = torch.zeros(1, ola.overlap - 1, ola.hop, device=device)  # numerator of unfinished blocks
         self.tail_envelope = torch.zeros(1, ola.overlap - 1, ola.hop, device=device)
         self.to_skip = ola.delay  # stream samples before the output's first sample
+        self.early_outputs = vocoder.config.lookahead  # generator frames before audio frame 0
+        self.last_unit: Tensor | None = None
         self.frames = 0
         self.emitted = 0
         self.closed = False
@@ -399,23 +409,38 @@ class VocoderStream:
         predicted = vocoder.duration_predictor.durations(log_durations[0]).cpu()
         frames = predicted if durations is None else vocoder._check_durations(durations, len(ids))
         frame_units = torch.repeat_interleave(ids, frames).to(device)  # N -> sum(durations)
-        spectrum, self.generator_cache = vocoder.generator(frame_units[None], self.generator_cache)
-        new = frame_units.numel()
-        numerator = vocoder.ola.accumulate(vocoder.ola.blocks(spectrum), self.tail)  # 1, new + R - 1, hop
-        envelope = vocoder.ola.accumulate(vocoder.ola.envelope_blocks(new), self.tail_envelope)
-        # Stream blocks before the first new frame's index + new are final: no later frame reaches them.
-        self.tail, self.tail_envelope = numerator[:, new:], envelope[:, new:]
-        self.frames += new
-        return self._emit(numerator[:, :new].reshape(-1), envelope[:, :new].reshape(-1), None)
+        self.frames += frame_units.numel()
+        self.last_unit = frame_units[-1:]
+        return self._generate(frame_units)
 
     @torch.inference_mode()
     def flush(self) -> np.ndarray:
-        """End the utterance: the held-back tail, cut so the total is frames * HOP_SAMPLES samples."""
+        """End the utterance: the last `lookahead` frames and the held-back tail, cut so the total is
+        frames * HOP_SAMPLES samples."""
         if self.closed:
             raise ValueError("flush called twice: this stream is finished")
         self.closed = True
+        last = np.zeros(0, dtype=np.float32)
+        if self.last_unit is not None and self.vocoder.config.lookahead:
+            last = self._generate(self.last_unit.expand(self.vocoder.config.lookahead))
         remaining = self.frames * HOP_SAMPLES - self.emitted
-        return self._emit(self.tail.reshape(-1), self.tail_envelope.reshape(-1), remaining)
+        return np.concatenate([last, self._emit(self.tail.reshape(-1), self.tail_envelope.reshape(-1), remaining)])
+
+    def _generate(self, frame_units: Tensor) -> np.ndarray:
+        """Frame-level units (T,) through the generator and the overlap-add; the audio that is final."""
+        ola = self.vocoder.ola
+        spectrum, self.generator_cache = self.vocoder.generator(frame_units[None], self.generator_cache)
+        early = min(self.early_outputs, spectrum.shape[1])
+        self.early_outputs -= early
+        spectrum = spectrum[:, early:]  # 1, T, bins -> 1, new, bins: outputs before audio frame 0 dropped
+        new = spectrum.shape[1]
+        if new == 0:
+            return np.zeros(0, dtype=np.float32)
+        numerator = ola.accumulate(ola.blocks(spectrum), self.tail)  # 1, new + R - 1, hop
+        envelope = ola.accumulate(ola.envelope_blocks(new), self.tail_envelope)
+        # Stream blocks before the first new frame's index + new are final: no later frame reaches them.
+        self.tail, self.tail_envelope = numerator[:, new:], envelope[:, new:]
+        return self._emit(numerator[:, :new].reshape(-1), envelope[:, :new].reshape(-1), None)
 
     def _emit(self, numerator: Tensor, envelope: Tensor, limit: int | None) -> np.ndarray:
         skip = min(self.to_skip, numerator.numel())

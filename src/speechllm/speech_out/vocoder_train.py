@@ -144,8 +144,12 @@ class UnitsDataset:
     Crops draw from NumPy's global RNG, which the training loop seeds and restores on resume.
     """
 
-    def __init__(self, items: list[UnitsItem], segment_frames: int, context_frames: int, max_duration: int) -> None:
+    def __init__(
+        self, items: list[UnitsItem], segment_frames: int, context_frames: int, max_duration: int, lookahead: int = 0
+    ) -> None:
         self.items, self.segment, self.context, self.max_duration = items, segment_frames, context_frames, max_duration
+        self.lookahead = lookahead
+        """Frames kept after the segment (when the utterance has them) for a vocoder that looks ahead."""
 
     def __len__(self) -> int:
         return len(self.items)
@@ -158,12 +162,12 @@ class UnitsDataset:
         return units, np.pad(audio, (0, len(units) * HOP_SAMPLES - len(audio)))
 
     def batch(self, indices: list[int]) -> dict[str, Tensor]:
-        """A dict of tensors; L = context + segment frames, U = the longest deduplicated sequence.
+        """A dict of tensors; L = context + segment + lookahead frames, U = the longest deduplicated sequence.
 
         frame_units (B, L), audio (B, L * hop), frame_mask (B, L): 1 on the frames the loss scores;
         units (B, U), log_durations (B, U), unit_mask (B, U).
         """
-        length = self.context + self.segment
+        length = self.context + self.segment + self.lookahead
         frame_units = np.zeros((len(indices), length), dtype=np.int64)
         audio = np.zeros((len(indices), length * HOP_SAMPLES), dtype=np.float32)
         frame_mask = np.zeros((len(indices), length), dtype=np.float32)
@@ -174,9 +178,11 @@ class UnitsDataset:
             scored = int(np.random.randint(0, max(0, n - self.segment) + 1))  # first scored frame
             start = max(0, scored - self.context)
             # Frames after the segment are kept when they exist: the overlap-add of the last scored
-            # frames reaches (n_fft - hop) / 2 samples into them.
+            # frames reaches (n_fft - hop) / 2 samples into them, and a lookahead hears their units.
+            # Past the utterance's end the last unit is repeated, as synthesis does.
             end = min(n, start + length)
             frame_units[row, : end - start] = units[start:end]
+            frame_units[row, end - start :] = units[end - 1]
             audio[row, : (end - start) * HOP_SAMPLES] = wave[start * HOP_SAMPLES : end * HOP_SAMPLES]
             frame_mask[row, scored - start : min(n, scored + self.segment) - start] = 1.0
             dedup.append(run_lengths(units))
@@ -271,7 +277,7 @@ def main(config: VocoderTrainConfig, *, resume: bool = False) -> dict[str, float
     items = read_units_manifest(config.units_manifest, config.vocoder.num_units)
     model = UnitVocoder(config.vocoder)
     context = model.generator.receptive_field - 1 if config.context_frames is None else config.context_frames
-    data = UnitsDataset(items, config.segment_frames, context, config.vocoder.max_duration)
+    data = UnitsDataset(items, config.segment_frames, context, config.vocoder.max_duration, config.vocoder.lookahead)
     out = Path(config.loop.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plain = json.loads(json.dumps(to_dict(config)))  # tuples -> lists, for safe_dump
