@@ -6,11 +6,11 @@
   transcribes it at 9.6% WER against 37% for eSpeak en-us on the same 30 sentences (measured
   with benchmarks/whisper_asr_baseline.py), and speech output is judged by Whisper;
 - train: the answers of shipped questions 101-619 and shipped sentences 1-1,200, plus, with
-  `--extra-text FILE`, one sentence a line of FILE (recipes/extra_speech_text.py writes 5,267
-  BIG-bench sentences), spoken into out/extra;
+  `--extra-text FILE`, one sentence a line of FILE (recipes/extra_speech_text.py writes 4,101
+  BIG-bench sentences), spoken into out/extra; a FILE line that is test text is dropped (2 are);
 - test: the answers of questions 1-100 (the spoken questions of the instruct test set) and
   sentences 1,201-1,300: text the speech decoder and vocoder never saw;
-- units: k-means (`speechllm units fit`) over the train audio, then frame-level units of every
+- units: k-means (`speechllm units fit`) over the train audio (not the extra), then frame-level units of every
   utterance in train_units.jsonl / test_units.jsonl (the `units` field of each sample).
 Every step resumes or is skipped when its output exists.
 """

@@ -178,3 +178,26 @@ def test_speech_output_save_load_round_trip(tiny_model, tmp_path):
     assert np.array_equal(again.synthesize(hidden, tokens), speech.synthesize(hidden, tokens))
     with pytest.raises(ValueError, match="12 units, vocoder reads 10"):
         SpeechOutput(tiny_decoder(llm_dim=64, num_units=12), vocoder, None)
+
+
+def test_pack_stores_float16_that_loads_back_as_float32(tmp_path):
+    from safetensors import safe_open
+
+    from speechllm.cli import main
+    from speechllm.speech_out.vocoder import UnitVocoder
+
+    torch.manual_seed(5)
+    vocoder = UnitVocoder(VocoderConfig(num_units=K, dim=32, blocks=1, n_fft=640)).eval()
+    tiny_decoder().save(tmp_path / "decoder")
+    vocoder.save(tmp_path / "vocoder")
+    argv = ["speech", "pack", "--decoder", str(tmp_path / "decoder"), "--vocoder", str(tmp_path / "vocoder")]
+    assert main([*argv, "--out", str(tmp_path / "speech"), "--chunk-units", "7"]) == 0
+    with safe_open(str(tmp_path / "speech" / "vocoder" / "vocoder.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}  # noqa: SIM118 (not a dict)
+    again = UnitVocoder.load(tmp_path / "speech" / "vocoder")
+    assert next(again.parameters()).dtype == torch.float32
+    units = [1, 4, 2, 9]
+    np.testing.assert_allclose(
+        again.synthesize(units, [2, 1, 3, 1]), vocoder.synthesize(units, [2, 1, 3, 1]), atol=1e-2
+    )
+    assert "chunk_units: 7" in (tmp_path / "speech" / "speech_output.yaml").read_text()

@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--first-chunk-units", type=int, default=10)
     p.add_argument("--chunk-units", type=int, default=20)
+    p.add_argument(
+        "--dtype", choices=["float16", "float32"], default="float16", help="stored weights (loaded back as float32)"
+    )
     p.set_defaults(func=_pack)
     p = ssub.add_parser("eval", help="intelligibility (Whisper WER), latency and real-time factor")
     evaluate.add_arguments(p)
@@ -85,11 +88,15 @@ def _units_extract(args: argparse.Namespace) -> int:
 
 
 def _pack(args: argparse.Namespace) -> int:
+    import torch
+
     from speechllm.speech_out.decoder import SpeechDecoder
     from speechllm.speech_out.streaming import StreamingConfig, save_parts
     from speechllm.speech_out.vocoder import UnitVocoder
 
     config = StreamingConfig(first_chunk_units=args.first_chunk_units, chunk_units=args.chunk_units)
-    save_parts(args.out, SpeechDecoder.load(args.decoder), UnitVocoder.load(args.vocoder), config)
+    dtype = getattr(torch, args.dtype)
+    decoder, vocoder = SpeechDecoder.load(args.decoder).to(dtype), UnitVocoder.load(args.vocoder).to(dtype)
+    save_parts(args.out, decoder, vocoder, config)
     print(args.out)
     return 0

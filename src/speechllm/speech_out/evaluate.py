@@ -128,16 +128,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from speechllm.defaults import DEFAULT_CHECKPOINT, load_model
 
+    for flag, path in (("--manifest", args.manifest), ("--questions", args.questions)):
+        if path and not Path(path).is_file():  # before minutes of work, not after
+            raise FileNotFoundError(f"{flag} {path} does not exist")
     model = load_model(args.model).eval()
     directory = args.speech or DEFAULT_CHECKPOINT / "speech"
     speech = load_speech_output(directory, model.llm)
     args.out.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Any] = {"speech": str(directory)}
+
+    def save() -> None:  # after each part: a later failure keeps what was measured
+        (args.out / "summary.json").write_text(json.dumps(figures, indent=2) + "\n")
+
     if args.manifest:
         figures |= intelligibility(speech, model, read_manifest(args.manifest)[: args.num], args.out)
+        save()
     figures |= step_costs(speech, model.llm.config.hidden_size)
+    save()
     if args.questions:
         figures |= first_audio_latency(speech, model, args.questions, args.latency_num)
-    (args.out / "summary.json").write_text(json.dumps(figures, indent=2) + "\n")
+        save()
     print(json.dumps(figures, indent=2))
     return 0
