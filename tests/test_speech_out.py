@@ -26,6 +26,27 @@ def test_dedup_returns_runs():
     assert dedup([]) == ([], [])
 
 
+def test_smoothed_labels_are_the_cheapest_path():
+    import itertools
+
+    from speechllm.speech_out.units import smooth_labels
+
+    rng = np.random.default_rng(0)
+    costs = rng.random((6, 3)) * 4
+    for penalty in (0.0, 0.7, 2.5, 100.0):
+
+        def total(path, penalty=penalty):
+            return costs[np.arange(6), path].sum() + penalty * sum(a != b for a, b in itertools.pairwise(path))
+
+        best = min(total(p) for p in itertools.product(range(3), repeat=6))
+        assert total(smooth_labels(costs, penalty)) == pytest.approx(best)
+    assert smooth_labels(costs, 0.0) == costs.argmin(1).tolist()
+    assert smooth_labels(costs, 100.0) == [int(costs.sum(0).argmin())] * 6  # one label throughout
+    assert smooth_labels(np.zeros((0, 3)), 1.0) == []
+    with pytest.raises(ValueError, match="switch_penalty"):
+        UnitsConfig(switch_penalty=-1.0)
+
+
 def test_unit_extractor_fit_extract_and_reload(tiny_whisper_dir, tone, tmp_path):
     from speechllm.config import EncoderConfig
     from speechllm.weights.whisper import load_whisper_encoder
@@ -42,6 +63,9 @@ def test_unit_extractor_fit_extract_and_reload(tiny_whisper_dir, tone, tmp_path)
     again = UnitExtractor.load(tmp_path / "units", encoder)
     assert again.extract([tone(0.6, seed=9)]) == units
     assert json.loads((tmp_path / "units" / "units.json").read_text())["k"] == 4
+    again.config = UnitsConfig(encoder=str(tiny_whisper_dir), layer=1, k=4, switch_penalty=1e9)
+    (smoothed,) = again.extract([tone(0.6, seed=9)])
+    assert len(smoothed) == 30 and len(set(smoothed)) == 1  # a huge penalty keeps one unit
 
 
 def test_unit_extractor_rejects_wrong_layer_and_unfitted(tiny_whisper_dir):

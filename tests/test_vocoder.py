@@ -115,8 +115,9 @@ def stream_audio(vocoder: UnitVocoder, units: list[int], chunk: int, durations: 
 @pytest.mark.parametrize("n_fft", [640, 1280])
 @pytest.mark.parametrize("chunk", [1, 3, 1000])
 @pytest.mark.parametrize("lookahead", [0, 4])
-def test_streaming_equals_offline(n_fft: int, chunk: int, lookahead: int) -> None:
-    vocoder = tiny_vocoder(n_fft=n_fft, lookahead=lookahead)
+@pytest.mark.parametrize("duration_lookahead", [0, 3])
+def test_streaming_equals_offline(n_fft: int, chunk: int, lookahead: int, duration_lookahead: int) -> None:
+    vocoder = tiny_vocoder(n_fft=n_fft, lookahead=lookahead, duration_lookahead=duration_lookahead)
     units = random_units(40)
     offline = vocoder.synthesize(units)
     np.testing.assert_allclose(stream_audio(vocoder, units, chunk), offline, rtol=0, atol=1e-5)
@@ -140,11 +141,35 @@ def test_audio_hears_exactly_lookahead_frames_of_future_units(lookahead: int) ->
     assert np.abs(a[first : first + HOP_SAMPLES] - b[first : first + HOP_SAMPLES]).max() > 0
 
 
+@pytest.mark.parametrize("lookahead", [0, 2])
+def test_durations_hear_exactly_duration_lookahead_units_ahead(lookahead: int) -> None:
+    predictor = tiny_vocoder(duration_lookahead=lookahead).duration_predictor
+    units = torch.tensor([random_units(30)])
+    changed = units.clone()
+    p = 20
+    changed[0, p] = (units[0, p] + 1) % 10
+    with torch.no_grad():
+        a, b = predictor.predict(units), predictor.predict(changed)
+    assert a.shape == (1, 30)
+    torch.testing.assert_close(a[:, : p - lookahead], b[:, : p - lookahead], rtol=0, atol=0)
+    assert (a[0, p - lookahead] - b[0, p - lookahead]).abs() > 0
+
+
 def test_streaming_shorter_than_the_lookahead_equals_offline() -> None:
     vocoder = tiny_vocoder(lookahead=6)
     np.testing.assert_allclose(stream_audio(vocoder, [3, 5], 1, [1, 2]), vocoder.synthesize([3, 5], [1, 2]), atol=1e-6)
-    with pytest.raises(ValueError, match="lookahead"):
-        tiny_config(lookahead=-1)
+    vocoder = tiny_vocoder(lookahead=2, duration_lookahead=5)
+    np.testing.assert_allclose(stream_audio(vocoder, [3, 5, 1], 1), vocoder.synthesize([3, 5, 1]), atol=1e-6)
+    for field in ("lookahead", "duration_lookahead"):
+        with pytest.raises(ValueError, match=field):
+            tiny_config(**{field: -1})
+
+
+def test_a_stream_takes_durations_with_every_push_or_none() -> None:
+    stream = tiny_vocoder().streaming()
+    stream.push([1, 2], [2, 2])
+    with pytest.raises(ValueError, match="every push of a stream or with none"):
+        stream.push([3])
 
 
 def test_streaming_one_short_unit_and_empty_pushes() -> None:
@@ -159,11 +184,13 @@ def test_streaming_one_short_unit_and_empty_pushes() -> None:
     assert vocoder.streaming().flush().size == 0
 
 
-def test_streaming_state_stays_bounded() -> None:
-    vocoder = tiny_vocoder()
+@pytest.mark.parametrize("ahead", [0, 2])
+def test_streaming_state_stays_bounded(ahead: int) -> None:
+    vocoder = tiny_vocoder(duration_lookahead=ahead)
     stream = vocoder.streaming()
     units = random_units(400, seed=3)
-    predicted = vocoder.predict_durations(units).tolist()  # causal: a prefix's durations are these
+    # A prefix's durations are these, but for its last `ahead` units, which wait for their successors.
+    predicted = vocoder.predict_durations(units).tolist()
     stream.push(units[:10])
     held = stream.state_numel()
     lagging = 0
@@ -173,8 +200,8 @@ def test_streaming_state_stays_bounded() -> None:
         lagging = stream.frames * HOP_SAMPLES - stream.emitted
         # Everything is out but the lookahead's frames and the overlap-add delay.
         assert lagging == vocoder.config.lookahead * HOP_SAMPLES + vocoder.ola.delay
-        assert out.size == sum(predicted[i : i + 5]) * HOP_SAMPLES
-    assert stream.flush().size == lagging
+        assert out.size == sum(predicted[i - ahead : i + 5 - ahead]) * HOP_SAMPLES
+    assert stream.flush().size == lagging + sum(predicted[400 - ahead :]) * HOP_SAMPLES
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -282,6 +309,57 @@ def test_train_three_steps_then_synthesize_from_the_cli(tmp_path: Path) -> None:
     assert len(load_audio(wav)) == 12 * HOP_SAMPLES  # frame-level units keep their durations
     assert cli(["vocoder", "synth", "--model", str(out / "model"), "--units", "3 1,4", "--out", str(wav)]) == 0
     assert len(load_audio(wav)) == int(vocoder.predict_durations([3, 1, 4]).sum()) * HOP_SAMPLES
+
+
+def test_train_durations_swaps_the_predictor_and_keeps_the_generator(tmp_path: Path, capsys) -> None:
+    manifest = write_manifest(tmp_path)
+    tiny_vocoder(max_duration=30).save(tmp_path / "voc")
+    out = tmp_path / "dur"
+    argv = ["vocoder", "train-durations", "--model", str(tmp_path / "voc"), "--units", str(manifest),
+            "--dev-units", str(manifest), "--out", str(out), "--lookahead", "1", "--layers", "3", "--kernel", "2",
+            "--steps", "40", "--batch-size", "3", "--lr", "1e-2", "--eval-every", "40", "--quiet"]  # fmt: skip
+    assert cli(argv) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[printed.index("{\n") :])
+    before, after = UnitVocoder.load(tmp_path / "voc"), UnitVocoder.load(out / "model")
+    assert (after.config.duration_lookahead, after.config.duration_layers, after.config.duration_kernel) == (1, 3, 2)
+    for name, weight in before.generator.state_dict().items():
+        assert torch.equal(weight, after.generator.state_dict()[name]), name
+    # The manifest's runs are all two frames long (the last may be one): the new predictor learns that.
+    from speechllm.speech_out.duration_train import duration_metrics, read_sequences
+
+    dev = read_sequences(manifest, 10)
+    assert (
+        duration_metrics(after.duration_predictor, dev)["l1"] < duration_metrics(before.duration_predictor, dev)["l1"]
+    )
+    assert summary["dev_after"]["l1"] < summary["dev_before"]["l1"]
+    assert summary["model"] == str(out / "model")
+
+
+def test_init_from_loads_matching_weights_and_names_the_fresh_ones(tmp_path: Path) -> None:
+    from speechllm.speech_out.vocoder_train import init_weights
+
+    source = tiny_vocoder()
+    torch.manual_seed(5)
+    target = UnitVocoder(tiny_config(duration_layers=3))
+    fresh = init_weights(target, source)
+    for name, weight in source.generator.state_dict().items():
+        assert torch.equal(weight, target.generator.state_dict()[name]), name
+    assert "duration_predictor.convs.2.conv.weight" in fresh and not any(f.startswith("generator") for f in fresh)
+    with pytest.raises(ValueError, match="no parameter"):
+        init_weights(torch.nn.Linear(2, 2), source)
+    # Through the command line: a fine-tuning run starts from the given folder.
+    manifest = write_manifest(tmp_path)
+    source.save(tmp_path / "voc")
+    argv = ["vocoder", "train", "--units", str(manifest), "--out", str(tmp_path / "ft"), "--init-from",
+            str(tmp_path / "voc"), "--steps", "1", "--batch-size", "2", "--segment-frames", "8", "--quiet",
+            "--duration-lookahead", "2"]  # fmt: skip
+    config = yaml.safe_load((tmp_path / "voc" / "vocoder.yaml").read_text())
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({"vocoder": config}))
+    assert cli([*argv, "--config", str(tmp_path / "tiny.yaml")]) == 0
+    tuned = UnitVocoder.load(tmp_path / "ft" / "model")
+    assert tuned.config.duration_lookahead == 2
+    assert yaml.safe_load((tmp_path / "ft" / "train_config.yaml").read_text())["init_from"] == str(tmp_path / "voc")
 
 
 def test_save_load_round_trip_gives_identical_audio(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ speechllm speech eval --speech DIR --manifest M                    intelligibili
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--model", required=True, type=Path, help="a folder written by `units fit`")
     p.add_argument("--manifest", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--switch-penalty", type=float, help="override the units' switch_penalty (see UnitsConfig)")
     p.set_defaults(func=_units_extract)
 
     from speechllm.speech_out import vocoder_train
@@ -79,7 +81,10 @@ def _units_extract(args: argparse.Namespace) -> int:
     from speechllm.speech_out.units import UnitExtractor, extract_manifest
 
     samples = read_manifest(args.manifest)
-    units = extract_manifest(UnitExtractor.load(args.model), samples, load_audio)
+    extractor = UnitExtractor.load(args.model)
+    if args.switch_penalty is not None:
+        extractor.config = dataclasses.replace(extractor.config, switch_penalty=args.switch_penalty)
+    units = extract_manifest(extractor, samples, load_audio)
     for s, u in zip(samples, units, strict=True):
         s.units = u
     write_manifest(args.out, samples)

@@ -3,7 +3,8 @@
 - intelligibility: Whisper tiny.en (faster-whisper, greedy) transcribes the speech made from
   each held-out text answer (LLM states by teacher forcing -> speech decoder -> vocoder) and
   we report its WER against the text; for reference, the WER on the TTS recording the units
-  came from (`source`) and on the vocoder fed those recordings' own units (`resynthesis`);
+  came from (`source`), on the vocoder fed those recordings' own units and durations
+  (`resynthesis`), and on the same units with predicted durations (`resynthesis_predicted_durations`);
 - speed: real-time factor of the speech path (decoder + vocoder seconds per second of audio);
 - flatness: mean `SpeechStream.push` time at tokens 1-20 vs 191-210 of a long answer;
 - latency: for spoken questions, seconds from the end of the question (its waveform in memory)
@@ -50,6 +51,8 @@ def intelligibility(speech: SpeechOutput, model: Any, samples: list[Any], out_di
             units, durations = dedup(s.units)
             resynth = speech.vocoder.synthesize(units, torch.tensor(durations))
             row["resynthesis"] = judge(resynth)
+            # The same units with durations from the predictor: what the duration predictor costs.
+            row["resynthesis_predicted_durations"] = judge(speech.vocoder.synthesize(units))
         rows.append(row)
     with open(out_dir / "per_sample.jsonl", "w") as f:
         for row in rows:
@@ -62,8 +65,9 @@ def intelligibility(speech: SpeechOutput, model: Any, samples: list[Any], out_di
         "rtf_speech_path": speech_seconds / max(audio_seconds, 1e-9),
         "audio_seconds": audio_seconds,
     }
-    if all("resynthesis" in r for r in rows):
-        figures["wer_resynthesis"] = wer(refs, [r["resynthesis"] for r in rows])
+    for key in ("resynthesis", "resynthesis_predicted_durations"):
+        if all(key in r for r in rows):
+            figures[f"wer_{key}"] = wer(refs, [r[key] for r in rows])
     return figures
 
 

@@ -3,7 +3,8 @@
 Three parts, all causal (the generator with a fixed lookahead) so that a stream of units can be
 voiced as it arrives:
 
-1. `DurationPredictor`: unit embedding -> causal convolutions -> log duration (frames) of each unit.
+1. `DurationPredictor`: unit embedding -> causal convolutions -> log duration (frames) of each unit;
+   its output at unit i + duration_lookahead is unit i's duration, so it hears a few units ahead.
 2. The units are repeated by their durations to the frame rate (50 Hz, one frame = HOP_SAMPLES).
 3. `FrameGenerator`: causal ConvNeXt blocks at the frame rate -> log magnitude and phase of one STFT
    frame per unit frame (Vocos' iSTFT head, Siuzdak 2023), and `OverlapAdd`, our own inverse STFT.
@@ -38,10 +39,6 @@ from speechllm.speech_out.config import HOP_SAMPLES, SAMPLE_RATE, VocoderConfig
 CONFIG_FILE = "vocoder.yaml"
 WEIGHTS_FILE = "vocoder.safetensors"
 
-DURATION_LAYERS = 2
-DURATION_KERNEL = 3
-"""Each of the duration predictor's two layers sees a unit and the two before it, so a duration
-depends on its unit and the four before: enough context to place a unit in its syllable, and causal."""
 MLP_RATIO = 3
 """Hidden width of each block's pointwise MLP, in multiples of dim (Vocos uses 3)."""
 MAX_LOG_MAGNITUDE = math.log(100.0)
@@ -94,12 +91,13 @@ class DurationPredictor(nn.Module):
     """
 
     def __init__(
-        self, num_units: int, dim: int, max_duration: int, layers: int = DURATION_LAYERS, kernel: int = DURATION_KERNEL
+        self, num_units: int, dim: int, max_duration: int, layers: int = 2, kernel: int = 3, lookahead: int = 0
     ) -> None:
         super().__init__()
         if max_duration < 1:
             raise ValueError(f"max_duration must be >= 1, got {max_duration}")
-        self.num_units, self.max_duration = num_units, max_duration
+        self.num_units, self.max_duration, self.lookahead = num_units, max_duration, lookahead
+        self.layers, self.kernel = layers, kernel
         self.embed = nn.Embedding(num_units, dim)
         self.convs = nn.ModuleList(CausalConv1d(dim, dim, kernel) for _ in range(layers))
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
@@ -114,6 +112,13 @@ class DurationPredictor(nn.Module):
             new_cache.append(history)
             x = norm(F.relu(x).transpose(1, 2)).transpose(1, 2)  # LayerNorm over C: B, C, N -> B, N, C -> back
         return self.out(x.transpose(1, 2)).squeeze(-1), new_cache  # B, C, N -> B, N, 1 -> B, N
+
+    def predict(self, units: Tensor) -> Tensor:
+        """Whole sequences (B, N) -> log durations (B, N) with the lookahead: the last unit of each
+        row is repeated past its end (pad rows with their last unit, not zeros)."""
+        future = units[:, -1:].expand(-1, self.lookahead)  # B, 1 -> B, lookahead
+        log_durations, _ = self(torch.cat([units, future], dim=1))  # B, N + lookahead
+        return log_durations[:, self.lookahead :]
 
     def durations(self, log_durations: Tensor) -> Tensor:
         """Log durations -> whole frames in [1, max_duration] (LongTensor of the same shape)."""
@@ -250,7 +255,12 @@ class UnitVocoder(nn.Module):
         self.config = config
         self.ola = OverlapAdd(config.n_fft, HOP_SAMPLES)
         self.duration_predictor = duration_predictor or DurationPredictor(
-            config.num_units, config.dim, config.max_duration
+            config.num_units,
+            config.dim,
+            config.max_duration,
+            config.duration_layers,
+            config.duration_kernel,
+            config.duration_lookahead,
         )
         self.generator = generator or FrameGenerator(
             config.num_units, config.dim, config.blocks, config.kernel, config.n_fft
@@ -260,16 +270,21 @@ class UnitVocoder(nn.Module):
                 raise ValueError(f"{type(part).__name__} has {field}={getattr(part, field)}, config {config.num_units}")
         if self.generator.n_fft != config.n_fft:
             raise ValueError(f"generator has n_fft={self.generator.n_fft}, config n_fft={config.n_fft}")
-        if self.duration_predictor.max_duration != config.max_duration:
-            raise ValueError(
-                f"duration predictor has max_duration={self.duration_predictor.max_duration}, "
-                f"config max_duration={config.max_duration}"
-            )
+        predictor = self.duration_predictor
+        for field, want in (
+            ("max_duration", config.max_duration),
+            ("layers", config.duration_layers),
+            ("kernel", config.duration_kernel),
+            ("lookahead", config.duration_lookahead),
+        ):
+            if getattr(predictor, field) != want:
+                raise ValueError(f"duration predictor has {field}={getattr(predictor, field)}, config says {want}")
 
     def forward(self, frame_units: Tensor, units: Tensor) -> tuple[Tensor, Tensor]:
         """The training pass: frame-level units (B, T) -> audio (B, T * HOP_SAMPLES), and deduplicated
-        units (B, N) -> their predicted log durations (B, N). Both in one call so DDP sees every weight."""
-        log_durations, _ = self.duration_predictor(self._check_batch(units, "units"))
+        units (B, N), each row padded with its last unit, -> their predicted log durations (B, N).
+        Both in one call so DDP sees every weight."""
+        log_durations = self.duration_predictor.predict(self._check_batch(units, "units"))
         return self.frames_to_audio(frame_units), log_durations
 
     def frames_to_audio(self, frame_units: Tensor) -> Tensor:
@@ -283,7 +298,7 @@ class UnitVocoder(nn.Module):
     def predict_durations(self, units: UnitsLike) -> Tensor:
         """Deduplicated units (N,) -> frames per unit (N,), each in [1, max_duration]."""
         ids = self._check_sequence(units).to(self._device)
-        log_durations, _ = self.duration_predictor(ids[None])  # N -> 1, N
+        log_durations = self.duration_predictor.predict(ids[None])  # N -> 1, N
         return self.duration_predictor.durations(log_durations[0]).cpu()
 
     @torch.inference_mode()
@@ -365,8 +380,10 @@ class VocoderStream:
     """Incremental synthesis of one utterance; the concatenation of every `push` and the final `flush`
     equals `UnitVocoder.synthesize` of all the units (up to float rounding), however they are chunked.
 
-    Chunk boundaries: every part is causal, so a pushed unit's duration and frames depend only on the
-    units before it; audio frame t is the generator's output at frame t + lookahead, so the last
+    Chunk boundaries: every part is causal up to a fixed lookahead. A unit's duration depends on
+    the units before it and `duration_lookahead` after it, so the last that many units of a push
+    wait for the next push (or for `flush`, which feeds the last unit again as their future);
+    audio frame t is the generator's output at frame t + lookahead, so the last
     `lookahead` frames of a push are voiced by the next push (or by `flush`, which feeds the last
     unit again as their future, as offline synthesis does). Each causal convolution keeps its last
     kernel - 1 input frames (units for the duration predictor) as history, the same values offline
@@ -388,6 +405,9 @@ class VocoderStream:
         self.tail_envelope = torch.zeros(1, ola.overlap - 1, ola.hop, device=device)
         self.to_skip = ola.delay  # stream samples before the output's first sample
         self.early_outputs = vocoder.config.lookahead  # generator frames before audio frame 0
+        self.early_durations = vocoder.config.duration_lookahead  # predictor outputs before unit 0's
+        self.waiting = torch.zeros(0, dtype=torch.long)  # units whose durations need later units
+        self.given: bool | None = None  # whether pushes bring their own durations
         self.last_unit: Tensor | None = None
         self.frames = 0
         self.emitted = 0
@@ -403,15 +423,17 @@ class VocoderStream:
         ids = check_units(units, vocoder.config.num_units)
         if ids.numel() == 0:
             return np.zeros(0, dtype=np.float32)
-        device = vocoder._device
+        given = durations is not None
+        if self.given is not None and self.given != given:
+            raise ValueError("durations must be given with every push of a stream or with none")
+        self.given = given
         # The predictor runs even when durations are given: its history must hold every unit.
-        log_durations, self.duration_cache = vocoder.duration_predictor(ids[None].to(device), self.duration_cache)
-        predicted = vocoder.duration_predictor.durations(log_durations[0]).cpu()
-        frames = predicted if durations is None else vocoder._check_durations(durations, len(ids))
-        frame_units = torch.repeat_interleave(ids, frames).to(device)  # N -> sum(durations)
-        self.frames += frame_units.numel()
-        self.last_unit = frame_units[-1:]
-        return self._generate(frame_units)
+        predicted = self._predict(ids)
+        if durations is not None:
+            return self._voice(ids, vocoder._check_durations(durations, len(ids)))
+        self.waiting = torch.cat([self.waiting, ids])
+        ready, self.waiting = self.waiting[: len(predicted)], self.waiting[len(predicted) :]
+        return self._voice(ready, predicted)
 
     @torch.inference_mode()
     def flush(self) -> np.ndarray:
@@ -420,11 +442,35 @@ class VocoderStream:
         if self.closed:
             raise ValueError("flush called twice: this stream is finished")
         self.closed = True
+        waiting = np.zeros(0, dtype=np.float32)
+        if len(self.waiting):  # their future is the last unit repeated, as offline
+            lookahead = self.vocoder.config.duration_lookahead
+            predicted = self._predict(self.waiting[-1:].expand(lookahead))
+            waiting = self._voice(self.waiting, predicted)
         last = np.zeros(0, dtype=np.float32)
         if self.last_unit is not None and self.vocoder.config.lookahead:
             last = self._generate(self.last_unit.expand(self.vocoder.config.lookahead))
         remaining = self.frames * HOP_SAMPLES - self.emitted
-        return np.concatenate([last, self._emit(self.tail.reshape(-1), self.tail_envelope.reshape(-1), remaining)])
+        tail = self._emit(self.tail.reshape(-1), self.tail_envelope.reshape(-1), remaining)
+        return np.concatenate([waiting, last, tail])
+
+    def _predict(self, ids: Tensor) -> Tensor:
+        """Units (N,) into the duration predictor -> frames (M,) of the M <= N earliest units whose
+        lookahead is now complete (the first `duration_lookahead` outputs of a stream are no unit's)."""
+        predictor = self.vocoder.duration_predictor
+        log_durations, self.duration_cache = predictor(ids[None].to(self.vocoder._device), self.duration_cache)
+        early = min(self.early_durations, ids.numel())
+        self.early_durations -= early
+        return predictor.durations(log_durations[0, early:]).cpu()
+
+    def _voice(self, ids: Tensor, frames: Tensor) -> np.ndarray:
+        """Units (N,) lasting frames (N,) through the generator; the audio that is final."""
+        if ids.numel() == 0:
+            return np.zeros(0, dtype=np.float32)
+        frame_units = torch.repeat_interleave(ids, frames).to(self.vocoder._device)  # N -> sum(frames)
+        self.frames += frame_units.numel()
+        self.last_unit = frame_units[-1:]
+        return self._generate(frame_units)
 
     def _generate(self, frame_units: Tensor) -> np.ndarray:
         """Frame-level units (T,) through the generator and the overlap-add; the audio that is final."""
@@ -453,5 +499,6 @@ class VocoderStream:
 
     def state_numel(self) -> int:
         """Numbers held between pushes (histories and tail): constant however long the stream runs."""
-        held = [self.tail, self.tail_envelope, *(self.duration_cache or []), *(self.generator_cache or [])]
+        held = [self.tail, self.tail_envelope, self.waiting]
+        held += [*(self.duration_cache or []), *(self.generator_cache or [])]
         return sum(t.numel() for t in held)

@@ -75,6 +75,9 @@ class VocoderTrainConfig:
     stft_weight: float = 1.0
     mel_weight: float = 1.0
     duration_weight: float = 1.0
+    init_from: str = ""
+    """A trained vocoder folder whose weights start this run (fine-tuning, e.g. on re-extracted
+    units); parameters whose name and shape match are loaded, the others start fresh and are logged."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "segment_frames"):
@@ -192,6 +195,7 @@ class UnitsDataset:
         unit_mask = np.zeros((len(indices), longest), dtype=np.float32)
         for row, (units, durations) in enumerate(dedup):
             units_out[row, : len(units)] = units
+            units_out[row, len(units) :] = units[-1]  # the predictor's lookahead past the end, as synthesis does
             # Long silences exceed what the predictor may emit; it learns to saturate at the cap.
             log_durations[row, : len(units)] = np.log(np.minimum(durations, self.max_duration))
             unit_mask[row, : len(units)] = 1.0
@@ -276,6 +280,8 @@ def main(config: VocoderTrainConfig, *, resume: bool = False) -> dict[str, float
         raise ValueError("units_manifest is required (a JSONL units manifest)")
     items = read_units_manifest(config.units_manifest, config.vocoder.num_units)
     model = UnitVocoder(config.vocoder)
+    if config.init_from and not resume:  # a resumed run's checkpoint already holds the weights
+        init_weights(model, UnitVocoder.load(config.init_from))
     context = model.generator.receptive_field - 1 if config.context_frames is None else config.context_frames
     data = UnitsDataset(items, config.segment_frames, context, config.vocoder.max_duration, config.vocoder.lookahead)
     out = Path(config.loop.out_dir)
@@ -290,6 +296,20 @@ def main(config: VocoderTrainConfig, *, resume: bool = False) -> dict[str, float
     vocoder.cpu().save(out / "model")
     log.info("wrote %s", out / "model")
     return metrics
+
+
+def init_weights(model: nn.Module, source: nn.Module) -> list[str]:
+    """Copy every parameter of `source` whose name and shape match into `model`; returns (and logs)
+    the names of `model`'s parameters that start fresh. Raises if nothing matches."""
+    theirs = source.state_dict()
+    ours = model.state_dict()
+    loaded = {k: v for k, v in theirs.items() if k in ours and ours[k].shape == v.shape}
+    if not loaded:
+        raise ValueError("init_from: no parameter of that vocoder matches this one's names and shapes")
+    model.load_state_dict(loaded, strict=False)
+    fresh = sorted(set(ours) - set(loaded))
+    log.info("init_from: %d tensors loaded, %d fresh: %s", len(loaded), len(fresh), ", ".join(fresh) or "none")
+    return fresh
 
 
 def load_train_config(path: Path | None, args: argparse.Namespace) -> VocoderTrainConfig:
@@ -311,6 +331,9 @@ def load_train_config(path: Path | None, args: argparse.Namespace) -> VocoderTra
         "batch_size": args.batch_size,
         "segment_frames": args.segment_frames,
         "vocoder.num_units": args.num_units,
+        "vocoder.duration_lookahead": args.duration_lookahead,
+        "vocoder.duration_layers": args.duration_layers,
+        "init_from": None if args.init_from is None else str(args.init_from),
     }
     apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None])
     loop = data.setdefault("loop", {})
@@ -326,7 +349,7 @@ def load_train_config(path: Path | None, args: argparse.Namespace) -> VocoderTra
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add `vocoder train` and `vocoder synth` to a CLI's subparsers."""
+    """Add `vocoder train`, `train-durations` and `synth` to a CLI's subparsers."""
     vocoder = sub.add_parser("vocoder", help="train the unit vocoder, or voice units with it", description=__doc__,
                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     commands = vocoder.add_subparsers(dest="vocoder_command", required=True)
@@ -340,10 +363,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
     p.add_argument("--segment-frames", type=int, help="scored frames per segment (default 64 = 1.28 s)")
     p.add_argument("--num-units", type=int, help="unit vocabulary size (default 100)")
+    p.add_argument("--duration-lookahead", type=int, help="units ahead each duration hears (default 0)")
+    p.add_argument("--duration-layers", type=int, help="duration predictor layers (default 2)")
+    p.add_argument("--init-from", type=Path, help="a trained vocoder folder to start from (fine-tuning)")
     p.add_argument("--save-every", type=int, help="checkpoint every N steps (default 500)")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+    from speechllm.speech_out import duration_train
+
+    p = commands.add_parser("train-durations", help="give a trained vocoder a new duration predictor")
+    duration_train.add_arguments(p)
     p.set_defaults(func=run)
 
     p = commands.add_parser("synth", help="units -> WAV with a trained vocoder")
@@ -360,7 +392,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `speechllm vocoder train` or `speechllm vocoder synth`."""
+    """Run `speechllm vocoder train`, `train-durations` or `synth`."""
     if args.vocoder_command == "train":
         config = load_train_config(args.config, args)
         metrics = main(config, resume=args.resume)
@@ -369,7 +401,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.vocoder_command == "synth":
         return _synth(args)
-    raise ValueError(f"vocoder command must be train or synth, got {args.vocoder_command!r}")
+    if args.vocoder_command == "train-durations":
+        from speechllm.speech_out.duration_train import train_durations
+
+        train_durations(args)
+        return 0
+    raise ValueError(f"vocoder command must be train, train-durations or synth, got {args.vocoder_command!r}")
 
 
 def parse_units(text: str) -> list[int]:

@@ -1,0 +1,138 @@
+"""`speechllm vocoder train-durations`: give a trained vocoder a new duration predictor.
+
+The duration predictor learns alone (L1 on log run lengths, the term `vocoder train` gives it);
+the generator never sees predicted durations in training (it reads the recordings' own frames),
+so a predictor can be swapped, e.g. for one that hears `duration_lookahead` units ahead, in
+minutes rather than the hours a whole vocoder takes. The result is a complete vocoder folder.
+
+    speechllm vocoder train-durations --model runs/speech/vocoder/model \\
+        --units data_out/speech/train_units.jsonl --dev-units data_out/speech/test_units.jsonl \\
+        --lookahead 2 --out runs/speech/durations
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from speechllm.speech_out.vocoder import DurationPredictor, UnitVocoder
+from speechllm.speech_out.vocoder_train import read_units_manifest, run_lengths
+from speechllm.training.loop import Batches, LoopConfig, ResumableSampler, fit
+
+Sequences = list[tuple[np.ndarray, np.ndarray]]
+
+
+def duration_batch(sequences: Sequences, max_duration: int) -> dict[str, Tensor]:
+    """(units, durations) pairs -> units (B, U) padded with each row's last unit, log_durations
+    (B, U) of durations capped at max_duration, mask (B, U) 1 on real units."""
+    longest = max(len(u) for u, _ in sequences)
+    units = np.zeros((len(sequences), longest), dtype=np.int64)
+    log_durations = np.zeros((len(sequences), longest), dtype=np.float32)
+    mask = np.zeros((len(sequences), longest), dtype=np.float32)
+    for row, (u, d) in enumerate(sequences):
+        units[row, : len(u)], units[row, len(u) :] = u, u[-1]
+        log_durations[row, : len(u)] = np.log(np.minimum(d, max_duration))
+        mask[row, : len(u)] = 1.0
+    return {k: torch.from_numpy(v) for k, v in (("units", units), ("log_durations", log_durations), ("mask", mask))}
+
+
+class DurationObjective(nn.Module):
+    """The predictor and its masked L1 on log durations, the module `fit` trains."""
+
+    def __init__(self, predictor: DurationPredictor) -> None:
+        super().__init__()
+        self.predictor = predictor
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        error = (self.predictor.predict(batch["units"]) - batch["log_durations"]).abs() * batch["mask"]
+        loss = error.sum() / batch["mask"].sum()
+        return {"loss": loss, "duration": loss.detach()}
+
+
+@torch.no_grad()
+def duration_metrics(predictor: DurationPredictor, sequences: Sequences) -> dict[str, float]:
+    """Held-out figures: L1 of log durations, share of units given exactly their frames, and the
+    speaking rate (true frames / predicted frames; above 1 = predicted speech is too fast)."""
+    batch = duration_batch(sequences, predictor.max_duration)
+    mask = batch["mask"]
+    log_d = predictor.predict(batch["units"])
+    frames = predictor.durations(log_d).float()
+    truth = torch.round(batch["log_durations"].exp())
+    return {
+        "l1": float(((log_d - batch["log_durations"]).abs() * mask).sum() / mask.sum()),
+        "exact": float(((frames == truth).float() * mask).sum() / mask.sum()),
+        "rate": float((truth * mask).sum() / (frames * mask).sum()),
+    }
+
+
+def read_sequences(path: Path, num_units: int) -> Sequences:
+    return [run_lengths(np.asarray(item.units, dtype=np.int64)) for item in read_units_manifest(path, num_units)]
+
+
+def train_durations(args: argparse.Namespace) -> dict[str, Any]:
+    vocoder = UnitVocoder.load(args.model)
+    config = dataclasses.replace(
+        vocoder.config, duration_layers=args.layers, duration_kernel=args.kernel, duration_lookahead=args.lookahead
+    )
+    train = read_sequences(args.units, config.num_units)
+    dev = read_sequences(args.dev_units, config.num_units) if args.dev_units else []
+    torch.manual_seed(args.seed)
+    predictor = DurationPredictor(
+        config.num_units, config.dim, config.max_duration, config.duration_layers, config.duration_kernel,
+        config.duration_lookahead,
+    )  # fmt: skip
+    sampler = ResumableSampler(len(train), args.batch_size, seed=args.seed)
+    loop = LoopConfig(
+        out_dir=str(args.out),
+        max_steps=args.steps,
+        lr=args.lr,
+        warmup_steps=min(100, args.steps // 10),
+        weight_decay=0.01,
+        eval_every=args.eval_every if dev else 0,
+        save_every=args.eval_every,
+        seed=args.seed,
+        device="cpu",
+        progress=not args.quiet,
+    )
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        assert isinstance(model, DurationObjective)
+        return duration_metrics(model.predictor, dev)
+
+    batches = Batches(sampler, lambda idx: duration_batch([train[i] for i in idx], config.max_duration))
+    metrics = fit(
+        DurationObjective(predictor), lambda m, b: m(b), batches, loop,
+        eval_fn=evaluate if dev else None, resume=args.resume,
+    )  # fmt: skip
+    out = UnitVocoder(config, predictor.eval(), vocoder.generator)
+    out.save(Path(args.out) / "model")
+    summary: dict[str, Any] = {"model": str(Path(args.out) / "model"), **metrics}
+    if dev:
+        summary["dev_before"] = duration_metrics(vocoder.duration_predictor, dev)
+        summary["dev_after"] = duration_metrics(out.duration_predictor, dev)
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, required=True, help="a trained vocoder folder (its generator is kept)")
+    p.add_argument("--units", type=Path, required=True, help="units manifest to learn durations from")
+    p.add_argument("--dev-units", type=Path, help="held-out units manifest: L1, exact share and rate")
+    p.add_argument("--out", type=Path, required=True, help="run directory; the new vocoder goes to <out>/model")
+    p.add_argument("--lookahead", type=int, default=2, help="units ahead each duration hears (default 2)")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--kernel", type=int, default=3)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
