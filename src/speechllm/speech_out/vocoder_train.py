@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from speechllm.config import apply_overrides, from_dict, to_dict
 from speechllm.data.audio import load_audio, save_wav
 from speechllm.speech_out.config import HOP_SAMPLES, SAMPLE_RATE, VocoderConfig
-from speechllm.speech_out.vocoder import UnitVocoder
+from speechllm.speech_out.vocoder import CONFIG_FILE, UnitVocoder
 from speechllm.training.distributed import unwrap
 from speechllm.training.loop import Batches, LoopConfig, ResumableSampler, fit
 
@@ -313,7 +313,8 @@ def init_weights(model: nn.Module, source: nn.Module) -> list[str]:
 
 
 def load_train_config(path: Path | None, args: argparse.Namespace) -> VocoderTrainConfig:
-    """A YAML VocoderTrainConfig (optional), then the command line's flags on top."""
+    """A YAML VocoderTrainConfig (optional), then the command line's flags on top. With --init-from
+    and no `vocoder:` section, the architecture is the starting vocoder's own."""
     data: dict[str, Any] = {}
     if path is not None:
         if not path.is_file():
@@ -321,6 +322,11 @@ def load_train_config(path: Path | None, args: argparse.Namespace) -> VocoderTra
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    if args.init_from is not None and "vocoder" not in data:
+        source = Path(args.init_from) / CONFIG_FILE
+        if not source.is_file():
+            raise FileNotFoundError(f"--init-from {args.init_from}: no {CONFIG_FILE}; not a vocoder folder")
+        data["vocoder"] = yaml.safe_load(source.read_text())
     flags = {
         "units_manifest": str(args.units),
         "loop.out_dir": str(args.out),
