@@ -23,24 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from speechllm.speech_out.vocoder import DurationPredictor, UnitVocoder
-from speechllm.speech_out.vocoder_train import read_units_manifest, run_lengths
+from speechllm.speech_out.vocoder_train import duration_batch, duration_l1, read_units_manifest, run_lengths
 from speechllm.training.loop import Batches, LoopConfig, ResumableSampler, fit
 
 Sequences = list[tuple[np.ndarray, np.ndarray]]
-
-
-def duration_batch(sequences: Sequences, max_duration: int) -> dict[str, Tensor]:
-    """(units, durations) pairs -> units (B, U) padded with each row's last unit, log_durations
-    (B, U) of durations capped at max_duration, mask (B, U) 1 on real units."""
-    longest = max(len(u) for u, _ in sequences)
-    units = np.zeros((len(sequences), longest), dtype=np.int64)
-    log_durations = np.zeros((len(sequences), longest), dtype=np.float32)
-    mask = np.zeros((len(sequences), longest), dtype=np.float32)
-    for row, (u, d) in enumerate(sequences):
-        units[row, : len(u)], units[row, len(u) :] = u, u[-1]
-        log_durations[row, : len(u)] = np.log(np.minimum(d, max_duration))
-        mask[row, : len(u)] = 1.0
-    return {k: torch.from_numpy(v) for k, v in (("units", units), ("log_durations", log_durations), ("mask", mask))}
 
 
 class DurationObjective(nn.Module):
@@ -51,8 +37,7 @@ class DurationObjective(nn.Module):
         self.predictor = predictor
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        error = (self.predictor.predict(batch["units"]) - batch["log_durations"]).abs() * batch["mask"]
-        loss = error.sum() / batch["mask"].sum()
+        loss = duration_l1(self.predictor.predict(batch["units"]), batch)
         return {"loss": loss, "duration": loss.detach()}
 
 
@@ -61,12 +46,12 @@ def duration_metrics(predictor: DurationPredictor, sequences: Sequences) -> dict
     """Held-out figures: L1 of log durations, share of units given exactly their frames, and the
     speaking rate (true frames / predicted frames; above 1 = predicted speech is too fast)."""
     batch = duration_batch(sequences, predictor.max_duration)
-    mask = batch["mask"]
+    mask = batch["unit_mask"]
     log_d = predictor.predict(batch["units"])
     frames = predictor.durations(log_d).float()
     truth = torch.round(batch["log_durations"].exp())
     return {
-        "l1": float(((log_d - batch["log_durations"]).abs() * mask).sum() / mask.sum()),
+        "l1": float(duration_l1(log_d, batch)),
         "exact": float(((frames == truth).float() * mask).sum() / mask.sum()),
         "rate": float((truth * mask).sum() / (frames * mask).sum()),
     }
@@ -84,10 +69,8 @@ def train_durations(args: argparse.Namespace) -> dict[str, Any]:
     train = read_sequences(args.units, config.num_units)
     dev = read_sequences(args.dev_units, config.num_units) if args.dev_units else []
     torch.manual_seed(args.seed)
-    predictor = DurationPredictor(
-        config.num_units, config.dim, config.max_duration, config.duration_layers, config.duration_kernel,
-        config.duration_lookahead,
-    )  # fmt: skip
+    out = UnitVocoder(config, generator=vocoder.generator)  # the same generator, a fresh duration predictor
+    predictor = out.duration_predictor
     sampler = ResumableSampler(len(train), args.batch_size, seed=args.seed)
     loop = LoopConfig(
         out_dir=str(args.out),
@@ -111,8 +94,7 @@ def train_durations(args: argparse.Namespace) -> dict[str, Any]:
         DurationObjective(predictor), lambda m, b: m(b), batches, loop,
         eval_fn=evaluate if dev else None, resume=args.resume,
     )  # fmt: skip
-    out = UnitVocoder(config, predictor.eval(), vocoder.generator)
-    out.save(Path(args.out) / "model")
+    out.eval().save(Path(args.out) / "model")
     summary: dict[str, Any] = {"model": str(Path(args.out) / "model"), **metrics}
     if dev:
         summary["dev_before"] = duration_metrics(vocoder.duration_predictor, dev)

@@ -189,25 +189,31 @@ class UnitsDataset:
             audio[row, : (end - start) * HOP_SAMPLES] = wave[start * HOP_SAMPLES : end * HOP_SAMPLES]
             frame_mask[row, scored - start : min(n, scored + self.segment) - start] = 1.0
             dedup.append(run_lengths(units))
-        longest = max(len(u) for u, _ in dedup)
-        units_out = np.zeros((len(indices), longest), dtype=np.int64)
-        log_durations = np.zeros((len(indices), longest), dtype=np.float32)
-        unit_mask = np.zeros((len(indices), longest), dtype=np.float32)
-        for row, (units, durations) in enumerate(dedup):
-            units_out[row, : len(units)] = units
-            units_out[row, len(units) :] = units[-1]  # the predictor's lookahead past the end, as synthesis does
-            # Long silences exceed what the predictor may emit; it learns to saturate at the cap.
-            log_durations[row, : len(units)] = np.log(np.minimum(durations, self.max_duration))
-            unit_mask[row, : len(units)] = 1.0
-        arrays = {
-            "frame_units": frame_units,
-            "audio": audio,
-            "frame_mask": frame_mask,
-            "units": units_out,
-            "log_durations": log_durations,
-            "unit_mask": unit_mask,
-        }
-        return {k: torch.from_numpy(v) for k, v in arrays.items()}
+        arrays = {"frame_units": frame_units, "audio": audio, "frame_mask": frame_mask}
+        return {k: torch.from_numpy(v) for k, v in arrays.items()} | duration_batch(dedup, self.max_duration)
+
+
+def duration_batch(sequences: list[tuple[np.ndarray, np.ndarray]], max_duration: int) -> dict[str, Tensor]:
+    """(deduplicated units, durations) pairs -> units (B, U) padded with each row's last unit (the
+    predictor's lookahead past the end, as synthesis does), log_durations (B, U) of durations capped
+    at max_duration, unit_mask (B, U) 1 on real units."""
+    longest = max(len(u) for u, _ in sequences)
+    units = np.zeros((len(sequences), longest), dtype=np.int64)
+    log_durations = np.zeros((len(sequences), longest), dtype=np.float32)
+    mask = np.zeros((len(sequences), longest), dtype=np.float32)
+    for row, (u, d) in enumerate(sequences):
+        units[row, : len(u)], units[row, len(u) :] = u, u[-1]
+        # Long silences exceed what the predictor may emit; it learns to saturate at the cap.
+        log_durations[row, : len(u)] = np.log(np.minimum(d, max_duration))
+        mask[row, : len(u)] = 1.0
+    arrays = {"units": units, "log_durations": log_durations, "unit_mask": mask}
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
+def duration_l1(log_durations: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """Mean L1 between predicted log durations (B, U) and the batch's, over its real units."""
+    mask = batch["unit_mask"]
+    return ((log_durations.float() - batch["log_durations"]).abs() * mask).sum() / mask.sum()
 
 
 # --- losses ---------------------------------------------------------------------------------------
@@ -246,8 +252,7 @@ class VocoderLoss:
         pred, target = audio_hat.float() * mask, batch["audio"] * mask
         sc, log_mag = self.stft_terms(pred, target)
         mel = self.mel_term(pred, target)
-        unit_mask = batch["unit_mask"]
-        duration = ((log_durations.float() - batch["log_durations"]).abs() * unit_mask).sum() / unit_mask.sum()
+        duration = duration_l1(log_durations, batch)
         w = self.weights
         loss = w["stft"] * (sc + log_mag) + w["mel"] * mel + w["duration"] * duration
         return {"loss": loss, "stft_sc": sc, "stft_mag": log_mag, "mel": mel, "duration": duration}
