@@ -32,8 +32,8 @@ class UnitsConfig:
     switch_penalty: float = 0.0
     """Cost, in squared distance to a centroid, of changing unit between two frames. 0 labels each
     frame with its nearest centroid; above 0 the labels minimise the total distance plus this cost
-    per change (Viterbi), which removes the one-frame flickers between neighbouring clusters that a
-    speech decoder cannot predict from text. For reference, a frame of the default units lies at a
+    per change (Viterbi), which removes the one-frame flickers that a speech decoder cannot
+    predict from text. For reference, a frame of the default units lies at a
     mean squared distance of ~64 from its nearest centroid."""
 
     def __post_init__(self) -> None:

@@ -382,10 +382,9 @@ class VocoderStream:
 
     Chunk boundaries: every part is causal up to a fixed lookahead. A unit's duration depends on
     the units before it and `duration_lookahead` after it, so the last that many units of a push
-    wait for the next push (or for `flush`, which feeds the last unit again as their future);
-    audio frame t is the generator's output at frame t + lookahead, so the last
-    `lookahead` frames of a push are voiced by the next push (or by `flush`, which feeds the last
-    unit again as their future, as offline synthesis does). Each causal convolution keeps its last
+    wait for the next push; audio frame t is the generator's output at frame t + lookahead, so the
+    last `lookahead` frames of a push are voiced by the next push. At `flush` the last unit stands
+    in for the missing future of both, as offline synthesis does. Each causal convolution keeps its last
     kernel - 1 input frames (units for the duration predictor) as history, the same values offline
     zero-padding and the earlier frames give, so state is a fixed size and a push costs the same at
     unit 2,000 as at unit 10. The overlap-add waits too: a sample is final once every frame whose
@@ -437,8 +436,8 @@ class VocoderStream:
 
     @torch.inference_mode()
     def flush(self) -> np.ndarray:
-        """End the utterance: the last `lookahead` frames and the held-back tail, cut so the total is
-        frames * HOP_SAMPLES samples."""
+        """End the utterance: the units still waiting for their durations, the last `lookahead`
+        frames and the held-back tail, cut so the total is frames * HOP_SAMPLES samples."""
         if self.closed:
             raise ValueError("flush called twice: this stream is finished")
         self.closed = True
