@@ -19,7 +19,9 @@ import yaml
 COMPRESSORS = ("stack", "pool", "ctc")
 ADAPTORS = ("linear", "mlp", "swiglu")
 CTC_MODES = ("blank_removal", "frame_average")
-PARTS = ("encoder", "layer_weights", "compressor", "adaptor", "llm", "lora")
+PARTS = ("encoder", "layer_weights", "compressor", "adaptor", "llm", "lora", "recognizer")
+BRIDGE_MODES = ("continuous", "posterior", "top1")
+RECOGNIZERS = ("ctc", "whisper")
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
@@ -121,6 +123,40 @@ class AdaptorConfig:
 
 
 @dataclass
+class BridgeConfig:
+    """How speech reaches the LLM: adaptor outputs, or the LLM's own token embeddings (a token bridge)."""
+
+    mode: str = "continuous"
+    """`continuous`: the adaptor's outputs (after `adaptor.select`); `posterior`: at each step of a CTC
+    path, the posterior-weighted sum of the LLM's input embeddings; `top1`: exactly the embedding
+    rows of the recognizer's best path (LegoSLM, arXiv 2505.11352). See `speechllm.model.bridge`."""
+    recognizer: str = "ctc"
+    """Where the path comes from in `posterior` / `top1`: `ctc`, the adaptor's CTC head over the
+    LLM's vocabulary + blank (trained by the `ctc_embed` stage, no LLM forward pass); or `whisper`,
+    the encoder checkpoint's own pretrained text decoder (greedy; `top1` only; needs
+    `encoder.padding: 30s`, the window Whisper's decoder was trained on)."""
+    blank_threshold: float = 0.95
+    """CTC frames whose blank posterior is above this are dropped before merging."""
+    temperature: float = 1.0
+    """Softmax temperature of each step's renormalised (blank-free) distribution in `posterior`."""
+    max_tokens: int = 128
+    """Longest transcript the `whisper` recognizer writes for one 30 s window."""
+    beam_size: int = 1
+    """Beam width of the `whisper` recognizer (1: greedy; 5: as Whisper's own decoding by default)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("bridge.mode", self.mode, BRIDGE_MODES)
+        _check_choice("bridge.recognizer", self.recognizer, RECOGNIZERS)
+        if not 0.0 < self.blank_threshold <= 1.0:
+            raise ValueError(f"bridge.blank_threshold must be in (0, 1], got {self.blank_threshold}")
+        _check_positive("bridge.temperature", self.temperature)
+        _check_positive("bridge.max_tokens", self.max_tokens)
+        _check_positive("bridge.beam_size", self.beam_size)
+        if self.recognizer == "whisper" and self.mode == "posterior":
+            raise ValueError("bridge.mode 'posterior' needs bridge.recognizer 'ctc' (the whisper recognizer gives top1)")
+
+
+@dataclass
 class LLMConfig:
     """The decoder-only LLM."""
 
@@ -160,6 +196,7 @@ class SpeechLLMConfig:
     adaptor: AdaptorConfig = field(default_factory=AdaptorConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
     prefix_attention: Literal["causal", "bidirectional"] = "causal"
     """Attention over the prompt (text + speech) before the answer: `causal` as the LLM was
     trained, or `bidirectional` (Speech-LLaMA's non-causal prefix); the answer is always causal."""
@@ -181,6 +218,19 @@ class SpeechLLMConfig:
             raise ValueError("trainable lists 'lora' but lora.enabled is false")
         if not self.speech_token:
             raise ValueError("speech_token must be a non-empty string")
+        bridge = self.bridge
+        if bridge.mode != "continuous" and bridge.recognizer == "ctc" and self.adaptor.select == "none":
+            raise ValueError(
+                f"bridge.mode {bridge.mode!r} with the ctc recognizer needs the adaptor's CTC head: "
+                "set adaptor.select to blank_removal or frame_average (got 'none')"
+            )
+        if bridge.mode != "continuous" and bridge.recognizer == "whisper" and self.encoder.padding != "30s":
+            raise ValueError(
+                "bridge.recognizer 'whisper' reads Whisper's 30 s window: set encoder.padding to '30s' "
+                f"(got {self.encoder.padding!r})"
+            )
+        if "recognizer" in self.trainable:
+            raise ValueError("the recognizer is a frozen pretrained part; remove 'recognizer' from trainable")
 
 
 # ----------------------------------------------------------------------------- YAML in and out
