@@ -153,7 +153,9 @@ class BridgeConfig:
         _check_positive("bridge.max_tokens", self.max_tokens)
         _check_positive("bridge.beam_size", self.beam_size)
         if self.recognizer == "whisper" and self.mode == "posterior":
-            raise ValueError("bridge.mode 'posterior' needs bridge.recognizer 'ctc' (the whisper recognizer gives top1)")
+            raise ValueError(
+                "bridge.mode 'posterior' needs bridge.recognizer 'ctc' (the whisper recognizer gives top1 only)"
+            )
 
 
 @dataclass

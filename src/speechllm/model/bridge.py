@@ -39,7 +39,8 @@ def ctc_steps(logits: Tensor, blank_threshold: float) -> tuple[Tensor, Tensor]:
     # A new step starts at a kept frame whose label differs from the previous kept frame's, or
     # whose previous frame was dropped.
     prev_idx = torch.cat([idx.new_tensor([-2]), idx[:-1]])
-    new_step = (idx != prev_idx + 1) | torch.cat([labels.new_ones(1, dtype=torch.bool), labels[idx[1:]] != labels[idx[:-1]]])
+    changed = torch.cat([labels.new_ones(1, dtype=torch.bool), labels[idx[1:]] != labels[idx[:-1]]])
+    new_step = (idx != prev_idx + 1) | changed  # S_kept
     step_of = new_step.long().cumsum(0) - 1  # S_kept -> step index
     n_steps = int(step_of[-1]) + 1
     sums = torch.zeros(n_steps, token_logits.shape[1], dtype=logits.dtype, device=logits.device)

@@ -97,7 +97,9 @@ class WhisperTextDecoder(nn.Module):
         """Token ids -> text (the checkpoint's tokenizer); needed by `transcribe`."""
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.d_model)
         self.embed_positions = nn.Embedding(arch.max_positions, arch.d_model)
-        self.layers = nn.ModuleList(_DecoderLayer(arch.d_model, arch.n_heads, arch.ffn_dim) for _ in range(arch.n_layers))
+        self.layers = nn.ModuleList(
+            _DecoderLayer(arch.d_model, arch.n_heads, arch.ffn_dim) for _ in range(arch.n_layers)
+        )
         self.layer_norm = nn.LayerNorm(arch.d_model)
 
     def _cross_cache(self, states: Tensor) -> list[dict[str, Tensor]]:
@@ -107,9 +109,7 @@ class WhisperTextDecoder(nn.Module):
             caches.append({"xk": att.heads(att.k_proj(states)), "xv": att.heads(att.v_proj(states))})
         return caches
 
-    def _step(
-        self, tokens: Tensor, start: int, caches: list[dict[str, Tensor]], cross_mask: Tensor | None
-    ) -> Tensor:
+    def _step(self, tokens: Tensor, start: int, caches: list[dict[str, Tensor]], cross_mask: Tensor | None) -> Tensor:
         """Logits (B, V) of the last of `tokens` (B, T), which sit at positions start .. start+T-1."""
         t = tokens.shape[1]
         x = self.embed_tokens(tokens) + self.embed_positions.weight[start : start + t]  # B, T, D

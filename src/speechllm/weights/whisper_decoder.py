@@ -59,7 +59,10 @@ def ct2_decoder_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, 
             "self_attn.q_proj": (q_w, q_b),
             "self_attn.k_proj": (k_w, None),
             "self_attn.v_proj": (v_w, v_b),
-            "self_attn.out_proj": (t(f"{src}/self_attention/linear_1/weight"), t(f"{src}/self_attention/linear_1/bias")),
+            "self_attn.out_proj": (
+                t(f"{src}/self_attention/linear_1/weight"),
+                t(f"{src}/self_attention/linear_1/bias"),
+            ),
             "encoder_attn.q_proj": (t(f"{src}/attention/linear_0/weight"), t(f"{src}/attention/linear_0/bias")),
             "encoder_attn.k_proj": (xk_w, None),
             "encoder_attn.v_proj": (xv_w, xv_b),
@@ -134,5 +137,7 @@ def load_whisper_decoder(source: str) -> WhisperTextDecoder:
     )
     missing, unexpected = decoder.load_state_dict(sd, strict=False)
     if missing or unexpected:
-        raise WeightsError(f"{directory}: decoder weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise WeightsError(
+            f"{directory}: decoder weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     return decoder.eval()
