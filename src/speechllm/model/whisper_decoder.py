@@ -37,6 +37,8 @@ class DecoderArch:
     """Never emitted (punctuation-like symbols Whisper's own decoding suppresses, and special tokens)."""
     suppress_begin: list[int] = field(default_factory=lambda: [220, 50256])
     """Not emitted as the first token (a bare space, end of text)."""
+    specials_from: int | None = 50257
+    """Ids from here on are special tokens (start of transcript, languages, timestamps ...): never emitted."""
 
 
 class _Attention(nn.Module):
@@ -159,7 +161,8 @@ class WhisperTextDecoder(nn.Module):
         a = self.arch
         suppress = torch.zeros(a.vocab_size, dtype=torch.bool, device=device)
         suppress[[i for i in a.suppress if i < a.vocab_size]] = True
-        suppress[min(a.prompt) :] = True  # every special token after <|endoftext|>: sot, language, timestamps ...
+        if a.specials_from is not None:
+            suppress[a.specials_from :] = True
         begin = suppress.clone()
         begin[a.suppress_begin] = True
         return suppress, begin

@@ -109,6 +109,7 @@ def _special_tokens(directory: Path, tokenizer: Any) -> dict[str, Any]:
     prompt.append(token("<|notimestamps|>"))
     return {
         "prompt": prompt,
+        "specials_from": prompt[0],  # <|startoftranscript|>: every id from it on is a special token
         "eot": token("<|endoftext|>"),
         "suppress": [int(i) for i in config.get("suppress_ids", [])],
         "suppress_begin": [int(i) for i in config.get("suppress_ids_begin", [220, token("<|endoftext|>")])],
