@@ -86,11 +86,11 @@ def test_token_embeddings_pads_and_rejects_an_empty_path():
 
 
 def test_bridge_config_checks():
-    with pytest.raises(ValueError, match="bridge.mode"):
+    with pytest.raises(ValueError, match=r"bridge\.mode"):
         BridgeConfig(mode="soft")
     with pytest.raises(ValueError, match="posterior"):
         BridgeConfig(mode="posterior", recognizer="whisper")
-    with pytest.raises(ValueError, match="adaptor.select"):
+    with pytest.raises(ValueError, match=r"adaptor\.select"):
         SpeechLLMConfig(bridge=BridgeConfig(mode="top1"))
     with pytest.raises(ValueError, match="30s"):
         SpeechLLMConfig(bridge=BridgeConfig(mode="top1", recognizer="whisper"))
