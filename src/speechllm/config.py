@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
+SAMPLE_RATE = 16_000
+"""Hz of every waveform the model reads and writes (Whisper's rate); the one definition."""
 COMPRESSORS = ("stack", "pool", "ctc")
 ADAPTORS = ("linear", "mlp", "swiglu")
 CTC_MODES = ("blank_removal", "frame_average")

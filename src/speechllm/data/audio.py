@@ -17,7 +17,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-SAMPLE_RATE = 16_000
+from speechllm.config import SAMPLE_RATE
+
 """The rate the Whisper encoder was trained on; everything in speechllm works at it."""
 
 
