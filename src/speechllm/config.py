@@ -12,9 +12,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
+
+T = TypeVar("T")
 
 SAMPLE_RATE = 16_000
 """Hz of every waveform the model reads and writes (Whisper's rate); the one definition."""
@@ -300,16 +302,25 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def load_yaml(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
+    """The one config loader: dataclass `cls` from a YAML file (None: all defaults) plus
+    `key.path=value` overrides, with unknown keys and wrong types rejected by name."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded
+    apply_overrides(data, overrides or [])
+    return typing.cast(T, from_dict(cls, data))
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> SpeechLLMConfig:
     """Read a SpeechLLMConfig from YAML, with optional `key.path=value` overrides."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    apply_overrides(data, overrides or [])
-    return from_dict(SpeechLLMConfig, data)
+    return load_yaml(SpeechLLMConfig, path, overrides)
 
 
 def save_config(config: Any, path: str | Path) -> None:
