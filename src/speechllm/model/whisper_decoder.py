@@ -120,7 +120,7 @@ class WhisperTextDecoder(nn.Module):
             self_mask = torch.ones(t, start + t, dtype=torch.bool, device=tokens.device).tril(start)
         for layer, cache in zip(self.layers, caches):
             x = layer(x, cache, self_mask, cross_mask)
-        return self.layer_norm(x[:, -1]) @ self.embed_tokens.weight.T  # B, D -> B, V
+        return F.linear(self.layer_norm(x[:, -1]), self.embed_tokens.weight)  # B, D -> B, V (tied output)
 
     @torch.no_grad()
     def greedy(self, states: Tensor, lengths: Tensor | None = None, max_tokens: int = 128) -> list[list[int]]:
