@@ -13,7 +13,7 @@ from speechllm.model.encoder import WhisperEncoder
 from speechllm.model.features import LogMel
 from speechllm.model.processor import SpeechLLMProcessor
 from speechllm.model.speech_llm import SpeechLLM
-from speechllm.model.whisper_decoder import WhisperTextDecoder
+from speechllm.model.whisper_decoder import WhisperTextDecoder, load_whisper_decoder
 
 
 def add_lora(llm: PreTrainedModel, config: LoraConfig) -> PreTrainedModel:
@@ -63,7 +63,5 @@ def build_speech_llm(config: SpeechLLMConfig) -> SpeechLLM:
     llm, tokenizer = load_llm(config.llm)
     recognizer = None
     if config.bridge.mode != "continuous" and config.bridge.recognizer == "whisper":
-        from speechllm.weights.whisper_decoder import load_whisper_decoder
-
         recognizer = load_whisper_decoder(config.encoder.source)
     return assemble(config, encoder, llm, tokenizer, recognizer)

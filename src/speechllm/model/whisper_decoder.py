@@ -221,3 +221,16 @@ class WhisperTextDecoder(nn.Module):
         else:
             ids = self.greedy(states, lengths, max_tokens)
         return [self.detokenize(x).strip() for x in ids]
+
+
+def load_whisper_decoder(source: str) -> WhisperTextDecoder:
+    """The pretrained text decoder (with its tokenizer) of the Whisper checkpoint `source` names."""
+    from speechllm.weights.errors import WeightsError
+    from speechllm.weights.whisper_decoder import read_whisper_decoder
+
+    sd, arch, tokenizer = read_whisper_decoder(source)
+    decoder = WhisperTextDecoder(DecoderArch(**arch), detokenize=lambda ids: tokenizer.decode(ids))
+    missing, unexpected = decoder.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"{source}: decoder weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return decoder.eval()

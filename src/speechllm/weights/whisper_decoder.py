@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from speechllm.model.whisper_decoder import DecoderArch, WhisperTextDecoder
 from speechllm.weights.errors import WeightsError
 from speechllm.weights.whisper import BUNDLED_ENCODERS, _ct2_parts, bundled_encoder_files, read_ct2_model
 from speechllm.weights.whisper import resolve_encoder_source as resolve_whisper_source
@@ -123,22 +122,15 @@ def tokenizer_file(directory: Path) -> Path:
     return path
 
 
-def load_whisper_decoder(source: str) -> WhisperTextDecoder:
-    """The text decoder of the CTranslate2 Whisper checkpoint `source` names, with its tokenizer."""
+def read_whisper_decoder(source: str) -> tuple[dict[str, Tensor], dict[str, Any], Any]:
+    """The text decoder of the CTranslate2 Whisper checkpoint `source` names: its state dict (our
+    names), its architecture and special tokens (`DecoderArch` fields), and its `tokenizers.Tokenizer`."""
+    from tokenizers import Tokenizer
+
     directory = resolve_whisper_source(source)
     parts = bundled_encoder_files(source) if source in BUNDLED_ENCODERS else _ct2_parts(directory)
     if not parts:
         raise WeightsError(f"{directory}: the Whisper decoder loads from CTranslate2 checkpoints (model.bin) only")
     sd, arch = ct2_decoder_state_dict(read_ct2_model(parts))
-    from tokenizers import Tokenizer
-
     tokenizer = Tokenizer.from_file(str(tokenizer_file(directory)))
-    decoder = WhisperTextDecoder(
-        DecoderArch(**arch, **_special_tokens(directory, tokenizer)), detokenize=lambda ids: tokenizer.decode(ids)
-    )
-    missing, unexpected = decoder.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise WeightsError(
-            f"{directory}: decoder weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
-    return decoder.eval()
+    return sd, {**arch, **_special_tokens(directory, tokenizer)}, tokenizer
