@@ -162,10 +162,12 @@ def test_transcribe_asks_the_llm(engine, tiny_model, tone):
 def _run_cli(argv):
     import argparse
 
-    from speechllm.inference.cli import register
+    from speechllm.cli.run import add_serve, add_transcribe
 
     parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_transcribe(sub)
+    add_serve(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
