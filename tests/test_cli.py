@@ -131,8 +131,9 @@ def test_chat_runs_with_only_the_data_extra(tiny_model, tmp_path):
     needs nothing beyond core + [data]: no jiwer, scikit-learn, faster-whisper or FastAPI."""
     from speechllm.cli.run import SAMPLE_QUESTION
     from speechllm.data.tts import EspeakEngine
+    from speechllm.model import save_pretrained
 
-    checkpoint = tiny_model.save_pretrained(tmp_path / "ckpt")
+    checkpoint = save_pretrained(tiny_model, tmp_path / "ckpt")
     blocked = OPTIONAL - import_names(["data"])
     assert {"jiwer", "sklearn", "faster_whisper", "fastapi"} <= blocked
     done = run_cli(["chat", "--model", str(checkpoint), "--max-new-tokens", "4"], blocked=blocked)

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from speechllm.config import LoraConfig
 from speechllm.inference.generation import GenerationConfig, eos_token_ids, stream_generate
-from speechllm.model import SpeechLLM, build_speech_llm, part_of
+from speechllm.model import build_speech_llm, from_pretrained, part_of, save_pretrained
 from speechllm.model.speech_llm import position_ids
 from speechllm.weights.errors import WeightsError
 
@@ -220,11 +220,11 @@ def test_save_writes_only_owned_weights_and_reloads_identically(tiny_config, tmp
         for n, p in model.llm.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
-    out_dir = model.save_pretrained(tmp_path / "ckpt")
+    out_dir = save_pretrained(model, tmp_path / "ckpt")
     saved = load_file(str(out_dir / "model.safetensors"))
     assert {part_of(n) for n in saved} == {"adaptor", "lora"}
     assert not any(n.startswith(("encoder.", "llm.model.embed")) for n in saved)
-    reloaded = SpeechLLM.from_pretrained(out_dir)
+    reloaded = from_pretrained(out_dir)
     conv = [speech_msg(tone(0.7))]
     with torch.no_grad():
         a = model.prepare(conv).inputs_embeds
@@ -256,11 +256,11 @@ def test_lora_disabled_gives_the_plain_llm(tiny_config):
 
 def test_broken_checkpoints_raise_clear_errors(tiny_model, tmp_path):
     with pytest.raises(WeightsError, match="not a speechllm checkpoint"):
-        SpeechLLM.from_pretrained(tmp_path)
-    out = tiny_model.save_pretrained(tmp_path / "ckpt")
+        from_pretrained(tmp_path)
+    out = save_pretrained(tiny_model, tmp_path / "ckpt")
     (out / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(WeightsError, match="cannot read weights"):
-        SpeechLLM.from_pretrained(out)
+        from_pretrained(out)
 
 
 def test_unknown_sources_raise(tiny_config, tmp_path):

@@ -17,6 +17,7 @@ import torch
 from speechllm.data.audio import decode_audio_bytes
 from speechllm.inference.engine import Audio, Delta, Done, Engine
 from speechllm.inference.generation import GenerationConfig, eos_token_ids, stream_generate
+from speechllm.model import save_pretrained
 from speechllm.speech_out.config import SpeechDecoderConfig, VocoderConfig
 from speechllm.speech_out.decoder import SpeechDecoder
 from speechllm.speech_out.streaming import SpeechOutput, StreamingConfig
@@ -162,7 +163,7 @@ def test_chat_speak_writes_a_wav(tiny_model, speech, tmp_path, monkeypatch, caps
     import speechllm.defaults
     from speechllm.cli import main
 
-    ckpt = tiny_model.save_pretrained(tmp_path / "ckpt")
+    ckpt = save_pretrained(tiny_model, tmp_path / "ckpt")
     speech.save(tmp_path / "speech")
     played = []
     monkeypatch.setattr(inference_cli, "play", lambda path, audio, rate: played.append((path, audio.size, rate)))

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from speechllm.config import SpeechLLMConfig
+from speechllm.model.checkpoint import from_pretrained
 from speechllm.model.speech_llm import SpeechLLM
 
 log = logging.getLogger(__name__)
@@ -19,9 +20,9 @@ DEFAULT_SPEECH = DEFAULT_CHECKPOINT / "speech"
 def load_model(model_dir: str | Path | None = None) -> SpeechLLM:
     """The model in `model_dir`, or the embedded default when None."""
     if model_dir is not None:
-        return SpeechLLM.from_pretrained(model_dir)
+        return from_pretrained(model_dir)
     if (DEFAULT_CHECKPOINT / "config.yaml").is_file():
-        return SpeechLLM.from_pretrained(DEFAULT_CHECKPOINT)
+        return from_pretrained(DEFAULT_CHECKPOINT)
     from speechllm.model.builders import build_speech_llm
 
     log.warning(

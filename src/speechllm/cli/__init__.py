@@ -47,7 +47,7 @@ COMMANDS: dict[str, Command] = {
         "speechllm.eval.cli:register", "score a model on a manifest (WER/CER, BLEU/chrF, speech–text gap)", "eval"
     ),
     "bench": Command(
-        "speechllm.eval.cli:register",
+        "speechllm.cli.bench:add_bench",
         "latency, throughput and memory: end-to-end model vs ASR + LLM cascade",
         "bench",
     ),
