@@ -54,7 +54,7 @@ COMMANDS: dict[str, Command] = {
     "units": Command(
         "speechllm.speech_out.cli:register", "discrete speech units (k-means over encoder frames)", "speech"
     ),
-    "vocoder": Command("speechllm.speech_out.cli:register", "the unit vocoder: train, synthesise", "speech"),
+    "vocoder": Command("speechllm.speech_out.cli:register", "train the unit vocoder, or voice units with it", "speech"),
     "speech": Command("speechllm.speech_out.cli:register", "the speech decoder and the packed speech output", "speech"),
 }
 
