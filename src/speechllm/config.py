@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
+from speechllm.atomic import atomic_write
+
 COMPRESSORS = ("stack", "pool", "ctc")
 ADAPTORS = ("linear", "mlp", "swiglu")
 CTC_MODES = ("blank_removal", "frame_average")
@@ -259,4 +261,5 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SpeechL
 
 
 def save_config(config: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    with atomic_write(path) as f:
+        f.write(yaml.safe_dump(to_dict(config), sort_keys=False))
