@@ -453,6 +453,8 @@ def write_plots(figures: dict[str, Any], out_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from speechllm.atomic import atomic_path
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     panels = [("ttft_s", "time to first token (s)"), ("latency_s", "total latency (s)"),
@@ -466,7 +468,8 @@ def write_plots(figures: dict[str, Any], out_dir: str | Path) -> list[Path]:
     fig.suptitle(f"{figures['model']} model, {figures['inputs']} inputs of {figures['audio_s_mean']:.1f} s")
     fig.tight_layout()
     paths = [out / "e2e_vs_cascade.png"]
-    fig.savefig(paths[0], dpi=100)
+    with atomic_path(paths[0]) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     stages = {k[len("train_") : -len("_samples_per_s")]: v for k, v in figures.items() if k.endswith("_samples_per_s")}
     if stages:
@@ -477,7 +480,8 @@ def write_plots(figures: dict[str, Any], out_dir: str | Path) -> list[Path]:
         ax.set_title("training throughput per stage")
         fig.tight_layout()
         paths.append(out / "training_throughput.png")
-        fig.savefig(paths[-1], dpi=100)
+        with atomic_path(paths[-1]) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
         plt.close(fig)
     return paths
 

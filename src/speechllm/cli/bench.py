@@ -44,8 +44,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     figures = run_bench(config)
     text = json.dumps(figures, indent=2)
     if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(text + "\n", encoding="utf-8")
+        from speechllm.atomic import atomic_write_text
+
+        atomic_write_text(args.json_out, text + "\n")
     if args.plots:
         for path in write_plots(figures, args.plots):
             print(f"wrote {path}", file=sys.stderr)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import yaml
 
+from speechllm.atomic import atomic_write_text
 from speechllm.config import SpeechLLMConfig, apply_overrides, from_dict, to_dict
 from speechllm.data.feature_cache import FeatureCache
 from speechllm.data.manifest import read_manifest
@@ -162,7 +163,7 @@ def main(config: TrainConfig, *, resume: bool = False) -> dict[str, float]:
         out = Path(config.loop.out_dir)
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "train_config.yaml").write_text(yaml.safe_dump(_plain(config), sort_keys=False))
+            atomic_write_text(out / "train_config.yaml", yaml.safe_dump(_plain(config), sort_keys=False))
         metrics = fit(
             stage_model,
             lambda m, b: m(b),
