@@ -44,8 +44,9 @@ def encoder_parity(source: str) -> float:
     import torch
 
     from speechllm.config import EncoderConfig
+    from speechllm.model.encoder import load_whisper_encoder
     from speechllm.model.features import LogMel
-    from speechllm.weights.whisper import bundled_encoder_files, load_whisper_encoder
+    from speechllm.weights.whisper import bundled_encoder_files
 
     rng = np.random.default_rng(0)
     t = np.arange(16000 * 5) / 16000

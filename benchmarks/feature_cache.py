@@ -24,7 +24,7 @@ from speechllm.data.audio import load_audio
 from speechllm.data.encoding import encoder_fn
 from speechllm.data.feature_cache import FeatureCache, encode_manifest
 from speechllm.data.manifest import read_manifest
-from speechllm.weights.whisper import load_whisper_encoder
+from speechllm.model.encoder import load_whisper_encoder
 
 
 def du_mb(path: Path) -> float:

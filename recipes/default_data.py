@@ -23,7 +23,7 @@ from speechllm.data.builders import SynthesisOptions, build_asr, read_sentences,
 from speechllm.data.encoding import encoder_fn
 from speechllm.data.feature_cache import FeatureCache, encode_manifest
 from speechllm.data.manifest import Sample, read_manifest, write_manifest
-from speechllm.weights.whisper import load_whisper_encoder
+from speechllm.model.encoder import load_whisper_encoder
 
 HELDOUT = "espeak:en-gb-scotland*"
 N_TRAIN_SENTENCES = 1200

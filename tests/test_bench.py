@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from speechllm.bench import METRICS, ratio, system_figures
 from speechllm.cli import main
-from speechllm.eval.bench import METRICS, ratio, system_figures
 
 
 def test_system_figures_and_ratio_on_known_rows():

@@ -23,7 +23,8 @@ def default_model():
 
 def test_encoder_matches_ctranslate2(tone):
     ctranslate2 = pytest.importorskip("ctranslate2")
-    from speechllm.weights.whisper import load_whisper_encoder, resolve_encoder_source
+    from speechllm.model.encoder import load_whisper_encoder
+    from speechllm.weights.whisper import resolve_encoder_source
 
     enc = load_whisper_encoder(EncoderConfig(padding="30s")).eval()
     feats, _ = LogMel(80, pad_to_30s=True)([tone(4.0)])

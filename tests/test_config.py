@@ -191,7 +191,7 @@ def test_config_module_imports_no_torch():
 
 
 def test_checkpoint_depth_decides_the_layer_bound(tiny_whisper_dir):
-    from speechllm.weights.whisper import load_whisper_encoder
+    from speechllm.model.encoder import load_whisper_encoder
 
     assert EncoderConfig(source=str(tiny_whisper_dir), layer=5).layer == 5  # depth unknown until loaded
     with pytest.raises(ValueError, match=r"encoder.layer is 5 but .* has 2 layers"):

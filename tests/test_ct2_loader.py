@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from speechllm.config import EncoderConfig
+from speechllm.model.encoder import load_whisper_encoder
 from speechllm.weights.errors import WeightsError
-from speechllm.weights.whisper import load_whisper_encoder, read_ct2_model
+from speechllm.weights.whisper import read_ct2_model
 
 # CTranslate2's DataType ids (float32=0 int8=1 int16=2 int32=3 float16=4 bfloat16=5).
 DTYPE_IDS = {np.dtype(t): i for i, t in enumerate([np.float32, np.int8, np.int16, np.int32, np.float16])}

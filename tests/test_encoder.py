@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from speechllm.config import EncoderConfig
-from speechllm.model.encoder import WhisperEncoder, encoder_output_lengths
+from speechllm.model.encoder import WhisperEncoder, encoder_output_lengths, load_whisper_encoder
 from speechllm.model.features import LogMel
 from speechllm.weights.errors import WeightsError
-from speechllm.weights.whisper import load_whisper_encoder
 
 
 @pytest.fixture(scope="module")

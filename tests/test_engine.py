@@ -17,6 +17,7 @@ from speechllm.inference.engine import (
     StopMatcher,
 )
 from speechllm.inference.generation import GenerationConfig
+from speechllm.model import save_pretrained
 
 
 def _conv(audio=None, text="Say something."):
@@ -162,10 +163,12 @@ def test_transcribe_asks_the_llm(engine, tiny_model, tone):
 def _run_cli(argv):
     import argparse
 
-    from speechllm.inference.cli import register
+    from speechllm.cli.run import add_serve, add_transcribe
 
     parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_transcribe(sub)
+    add_serve(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -177,7 +180,7 @@ def test_transcribe_cli_files_manifest_and_output(tiny_model, tone, tmp_path, ca
 
     from speechllm.data.manifest import Sample, write_manifest
 
-    ckpt = tiny_model.save_pretrained(tmp_path / "ckpt")
+    ckpt = save_pretrained(tiny_model, tmp_path / "ckpt")
     for i in range(2):
         sf.write(tmp_path / f"a{i}.wav", tone(0.8, seed=i), 16000, subtype="PCM_16")
     (tmp_path / "bad.wav").write_bytes(b"not audio")

@@ -10,6 +10,7 @@ from speechllm.cli import main
 from speechllm.data.audio import save_wav
 from speechllm.data.manifest import Sample, write_manifest
 from speechllm.eval.runner import EvalConfig, evaluate, instruct_reference, write_results
+from speechllm.model import save_pretrained
 
 
 def _audio_turn(text: str | None = None) -> list[dict]:
@@ -99,7 +100,7 @@ def test_unknown_task_is_refused_or_skipped(manifest, tmp_path):
 
 
 def test_cli_writes_per_sample_and_summary(manifest, tiny_model, tmp_path, capsys):
-    model_dir = tiny_model.save_pretrained(tmp_path / "model")
+    model_dir = save_pretrained(tiny_model, tmp_path / "model")
     out = tmp_path / "eval"
     rc = main(["eval", "--manifest", str(manifest), "--model", str(model_dir), "--out", str(out),
                "--limit", "3", "--batch-size", "2", "--max-new-tokens", "4"])  # fmt: skip

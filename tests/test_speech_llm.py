@@ -7,8 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 from speechllm.config import LoraConfig
-from speechllm.inference.generation import GenerationConfig, stream_generate
-from speechllm.model import SpeechLLM, build_speech_llm, part_of
+from speechllm.inference.generation import GenerationConfig, eos_token_ids, stream_generate
+from speechllm.model import build_speech_llm, from_pretrained, part_of, save_pretrained
+from speechllm.model.speech_llm import position_ids
 from speechllm.weights.errors import WeightsError
 
 
@@ -101,9 +102,19 @@ def test_batched_generation_equals_one_by_one(tiny_model, tone):
 
 
 def test_stream_stops_at_max_new_tokens(tiny_model):
-    batch = tiny_model.prepare([[{"role": "user", "content": "x"}]])
-    steps = list(stream_generate(tiny_model, batch, GenerationConfig(max_new_tokens=5)))
-    assert 1 <= len(steps) <= 5 and all(s.shape == (1,) for s in steps)
+    msgs = [{"role": "user", "content": "x"}]
+    batch = tiny_model.prepare([msgs])
+    tok = tiny_model.processor.tokenizer
+    ids = tok(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False), return_tensors="pt",
+              add_special_tokens=False)  # fmt: skip
+    # transformers' greedy tokens, never stopping early: ours must be exactly their first N.
+    ref = tiny_model.llm.generate(**ids, max_new_tokens=5, min_new_tokens=5, do_sample=False,
+                                  pad_token_id=tok.pad_token_id)[0, ids.input_ids.shape[1] :].tolist()  # fmt: skip
+    assert not set(ref) & eos_token_ids(tiny_model), f"the fixture's greedy answer {ref} must not hold an eos"
+    for n in (1, 2, 5):
+        steps = list(stream_generate(tiny_model, batch, GenerationConfig(max_new_tokens=n)))
+        assert [s.shape for s in steps] == [(1,)] * n
+        assert [int(s) for s in steps] == ref[:n]
 
 
 def test_sampling_is_reproducible_with_a_seed(tiny_model):
@@ -126,15 +137,48 @@ def test_prefix_mask_is_bidirectional_inside_the_prompt_only(tiny_model):
     assert torch.equal(tiny_model.attention_mask_for(mask, torch.tensor([3, 4])), mask)
 
 
-def test_bidirectional_prefix_changes_the_prompt_not_the_mechanics(tiny_model, tone):
-    conv = [speech_msg(tone(0.8))]
-    causal = tiny_model.generate(conv, max_new_tokens=6)
-    tiny_model.config.prefix_attention = "bidirectional"
-    bidir = tiny_model.generate(conv, max_new_tokens=6)
-    batch = tiny_model.prepare(conv, answers=["ok"], left_pad=False)
-    loss = tiny_model(batch)
-    assert torch.isfinite(loss)
-    assert isinstance(bidir[0], str) and isinstance(causal[0], str)
+def _logits(model, batch, inputs_embeds):
+    """The LLM's logits (B, L, V) under the model's own prefix mask."""
+    with torch.no_grad():
+        return model.llm(
+            inputs_embeds=inputs_embeds,
+            attention_mask=model.attention_mask_for(batch.attention_mask, batch.prefix_lengths),
+            position_ids=position_ids(batch.attention_mask),
+        ).logits
+
+
+@pytest.mark.parametrize("prefix_attention", ["causal", "bidirectional"])
+def test_bidirectional_prefix_lets_speech_see_the_later_prompt_but_not_the_answer(tiny_model, tone, prefix_attention):
+    tiny_model.config.prefix_attention = prefix_attention
+    bidirectional = prefix_attention == "bidirectional"
+    batch = tiny_model.prepare([speech_msg(tone(0.8))], answers=["ok then"], left_pad=False)
+    speech = (batch.input_ids[0] == tiny_model.processor.speech_token_id).nonzero().squeeze(-1)
+    prefix_end = int(batch.prefix_lengths[0])  # no padding: the prefix is positions 0 .. prefix_end - 1
+    last_prompt, first_answer = prefix_end - 1, prefix_end
+    assert int(speech[-1]) < last_prompt  # the question's text follows the audio
+    assert bool((batch.labels[0, first_answer:] != -100).all()) and bool((batch.labels[0, :first_answer] == -100).all())
+
+    mask = tiny_model.attention_mask_for(batch.attention_mask, batch.prefix_lengths)
+    allowed = mask[0, 0] if bidirectional else torch.tril(torch.ones(mask.shape[1], mask.shape[1])).bool()
+    assert bool(allowed[speech[0], last_prompt]) == bidirectional  # speech sees the later prompt text
+    assert not bool(allowed[speech[0], first_answer])  # ... never the answer
+    assert not bool(allowed[last_prompt, first_answer])
+    assert not bool(allowed[first_answer, first_answer + 1])  # the answer stays causal
+    assert bool(allowed[first_answer + 1, speech[0]]) and bool(allowed[first_answer + 1, first_answer])
+
+    # Change the last prompt token: the logits at the speech positions follow it only when bidirectional.
+    before = _logits(tiny_model, batch, batch.inputs_embeds)
+    changed = batch.inputs_embeds.clone()
+    changed[0, last_prompt] += 1.0
+    after = _logits(tiny_model, batch, changed)
+    speech_moved = (after[0, speech] - before[0, speech]).abs().max().item()
+    assert (speech_moved > 1e-4) == bidirectional, speech_moved
+    # Change the answer's second token: nothing before it moves, in either mode.
+    changed = batch.inputs_embeds.clone()
+    changed[0, first_answer + 1] += 1.0
+    after = _logits(tiny_model, batch, changed)
+    torch.testing.assert_close(after[0, : first_answer + 1], before[0, : first_answer + 1])
+    assert (after[0, first_answer + 1] - before[0, first_answer + 1]).abs().max().item() > 1e-4
 
 
 def test_training_labels_cover_only_the_answer(tiny_model, tone):
@@ -176,11 +220,11 @@ def test_save_writes_only_owned_weights_and_reloads_identically(tiny_config, tmp
         for n, p in model.llm.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
-    out_dir = model.save_pretrained(tmp_path / "ckpt")
+    out_dir = save_pretrained(model, tmp_path / "ckpt")
     saved = load_file(str(out_dir / "model.safetensors"))
     assert {part_of(n) for n in saved} == {"adaptor", "lora"}
     assert not any(n.startswith(("encoder.", "llm.model.embed")) for n in saved)
-    reloaded = SpeechLLM.from_pretrained(out_dir)
+    reloaded = from_pretrained(out_dir)
     conv = [speech_msg(tone(0.7))]
     with torch.no_grad():
         a = model.prepare(conv).inputs_embeds
@@ -212,11 +256,11 @@ def test_lora_disabled_gives_the_plain_llm(tiny_config):
 
 def test_broken_checkpoints_raise_clear_errors(tiny_model, tmp_path):
     with pytest.raises(WeightsError, match="not a speechllm checkpoint"):
-        SpeechLLM.from_pretrained(tmp_path)
-    out = tiny_model.save_pretrained(tmp_path / "ckpt")
+        from_pretrained(tmp_path)
+    out = save_pretrained(tiny_model, tmp_path / "ckpt")
     (out / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(WeightsError, match="cannot read weights"):
-        SpeechLLM.from_pretrained(out)
+        from_pretrained(out)
 
 
 def test_unknown_sources_raise(tiny_config, tmp_path):

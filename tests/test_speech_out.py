@@ -49,7 +49,7 @@ def test_smoothed_labels_are_the_cheapest_path():
 
 def test_unit_extractor_fit_extract_and_reload(tiny_whisper_dir, tone, tmp_path):
     from speechllm.config import EncoderConfig
-    from speechllm.weights.whisper import load_whisper_encoder
+    from speechllm.model.encoder import load_whisper_encoder
 
     config = UnitsConfig(encoder=str(tiny_whisper_dir), layer=1, k=4)
     encoder = load_whisper_encoder(EncoderConfig(source=str(tiny_whisper_dir), layer=1))
@@ -70,7 +70,7 @@ def test_unit_extractor_fit_extract_and_reload(tiny_whisper_dir, tone, tmp_path)
 
 def test_unit_extractor_rejects_wrong_layer_and_unfitted(tiny_whisper_dir):
     from speechllm.config import EncoderConfig
-    from speechllm.weights.whisper import load_whisper_encoder
+    from speechllm.model.encoder import load_whisper_encoder
 
     encoder = load_whisper_encoder(EncoderConfig(source=str(tiny_whisper_dir), layer=2))
     with pytest.raises(ValueError, match=r"layer 2.*layer 1"):

@@ -17,6 +17,7 @@ import torch
 from speechllm.data.audio import decode_audio_bytes
 from speechllm.inference.engine import Audio, Delta, Done, Engine
 from speechllm.inference.generation import GenerationConfig, eos_token_ids, stream_generate
+from speechllm.model import save_pretrained
 from speechllm.speech_out.config import SpeechDecoderConfig, VocoderConfig
 from speechllm.speech_out.decoder import SpeechDecoder
 from speechllm.speech_out.streaming import SpeechOutput, StreamingConfig
@@ -158,11 +159,11 @@ def test_speech_output_for_another_llm_is_refused(tiny_model):
 
 
 def test_chat_speak_writes_a_wav(tiny_model, speech, tmp_path, monkeypatch, capsys):
+    import speechllm.cli.run as inference_cli
     import speechllm.defaults
-    import speechllm.inference.cli as inference_cli
     from speechllm.cli import main
 
-    ckpt = tiny_model.save_pretrained(tmp_path / "ckpt")
+    ckpt = save_pretrained(tiny_model, tmp_path / "ckpt")
     speech.save(tmp_path / "speech")
     played = []
     monkeypatch.setattr(inference_cli, "play", lambda path, audio, rate: played.append((path, audio.size, rate)))
@@ -188,24 +189,23 @@ def test_chat_speak_writes_a_wav(tiny_model, speech, tmp_path, monkeypatch, caps
 
 # ---------------------------------------------------------------------- HTTP API
 
-fastapi = pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
-
-from speechllm.serve.app import create_app  # noqa: E402
-from speechllm.serve.settings import ServeSettings  # noqa: E402
-
 HI = [{"role": "user", "content": "Say something."}]
 SPOKEN = {"modalities": ["text", "audio"], "audio": {"voice": "default", "format": "wav"}}
 
 
 @pytest.fixture()
 def make_client(tiny_model, speech):
+    """Skips only the tests that use it when the serve extra (FastAPI) is missing."""
+    testclient = pytest.importorskip("fastapi.testclient")
+    from speechllm.serve.app import create_app
+    from speechllm.serve.settings import ServeSettings
+
     engines = []
 
-    def make(with_speech: bool = True) -> TestClient:
+    def make(with_speech: bool = True):
         engine = Engine(tiny_model, speech=speech if with_speech else None, max_batch=2)
         engines.append(engine)
-        return TestClient(create_app(engine, ServeSettings(model_name="tiny")))
+        return testclient.TestClient(create_app(engine, ServeSettings(model_name="tiny")))
 
     yield make
     for e in engines:

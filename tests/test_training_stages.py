@@ -12,7 +12,7 @@ from speechllm.data.audio import save_wav
 from speechllm.data.encoding import encoder_fn
 from speechllm.data.feature_cache import FeatureCache, encode_manifest
 from speechllm.data.manifest import Sample, write_manifest
-from speechllm.model import SpeechLLM, part_of
+from speechllm.model import from_pretrained, part_of
 from speechllm.training.stages import STAGES, StageModel, ctc_greedy
 from speechllm.training.train import load_train_config, main, setup
 
@@ -23,7 +23,7 @@ WORDS = ["red apple", "blue sky", "green tea", "tall tree", "old road", "warm su
 def tiny_data(tmp_path_factory, tiny_whisper_dir):
     """Six ASR and six instruction samples (tones standing in for speech) with a feature cache."""
     from speechllm.config import EncoderConfig
-    from speechllm.weights.whisper import load_whisper_encoder
+    from speechllm.model.encoder import load_whisper_encoder
 
     root = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
@@ -84,7 +84,7 @@ def test_every_stage_trains_saves_and_resumes(stage, tiny_data, tmp_path, tiny_l
     out = tmp_path / stage
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(k.startswith("eval/") for line in lines for k in line)
-    model = SpeechLLM.from_pretrained(out / "model")
+    model = from_pretrained(out / "model")
     trained = dict(model.named_parameters())
     changed = [n for n, v in before.items() if n.startswith("model.") and not torch.equal(v, trained[n[6:]])]
     assert changed, "no trainable weight changed"
@@ -114,7 +114,7 @@ def test_distill_leaves_text_answers_unchanged(tiny_data, tmp_path, tiny_llm_dir
     prompt = [[{"role": "user", "content": "a typed question"}]]
     before = stage_model.model.generate(prompt, max_new_tokens=6)
     main(config)
-    after = SpeechLLM.from_pretrained(tmp_path / "distill" / "model").generate(prompt, max_new_tokens=6)
+    after = from_pretrained(tmp_path / "distill" / "model").generate(prompt, max_new_tokens=6)
     assert before == after
 
 
@@ -142,8 +142,8 @@ def test_export_writes_the_latest_checkpoint_as_a_model(tiny_data, tmp_path, tin
 
     config = stage_config("asr", tiny_data, tmp_path, tiny_llm_dir, tiny_whisper_dir, ["loop.max_steps=2"])
     main(config)
-    trained = SpeechLLM.from_pretrained(tmp_path / "asr" / "model")
+    trained = from_pretrained(tmp_path / "asr" / "model")
     (tmp_path / "asr" / "model" / "model.safetensors").unlink()
-    exported = SpeechLLM.from_pretrained(export(config))
+    exported = from_pretrained(export(config))
     for (name, a), (_, b) in zip(trained.named_parameters(), exported.named_parameters()):
         assert torch.equal(a, b), name

@@ -16,6 +16,8 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from speechllm.atomic import atomic_write
+
 T = TypeVar("T")
 
 SAMPLE_RATE = 16_000
@@ -324,4 +326,5 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SpeechL
 
 
 def save_config(config: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    with atomic_write(path) as f:
+        f.write(yaml.safe_dump(to_dict(config), sort_keys=False))

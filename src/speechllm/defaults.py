@@ -4,28 +4,25 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from speechllm.config import SpeechLLMConfig
+from speechllm.model.checkpoint import from_pretrained
 from speechllm.model.speech_llm import SpeechLLM
-
-if TYPE_CHECKING:
-    from speechllm.speech_out.streaming import SpeechOutput
 
 log = logging.getLogger(__name__)
 
 # Trained weights shipped inside the package (written by the training recipe, see README).
 DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "default"
 DEFAULT_SPEECH = DEFAULT_CHECKPOINT / "speech"
-"""The speech output (decoder + vocoder) trained for the default model, when shipped."""
+"""The speech output (decoder + vocoder) trained for the default model, when shipped (loaded by the CLI)."""
 
 
 def load_model(model_dir: str | Path | None = None) -> SpeechLLM:
     """The model in `model_dir`, or the embedded default when None."""
     if model_dir is not None:
-        return SpeechLLM.from_pretrained(model_dir)
+        return from_pretrained(model_dir)
     if (DEFAULT_CHECKPOINT / "config.yaml").is_file():
-        return SpeechLLM.from_pretrained(DEFAULT_CHECKPOINT)
+        return from_pretrained(DEFAULT_CHECKPOINT)
     from speechllm.model.builders import build_speech_llm
 
     log.warning(
@@ -34,12 +31,3 @@ def load_model(model_dir: str | Path | None = None) -> SpeechLLM:
         DEFAULT_CHECKPOINT,
     )
     return build_speech_llm(SpeechLLMConfig()).eval()
-
-
-def load_default_speech_output(model: SpeechLLM) -> SpeechOutput | None:
-    """The embedded speech output, reading `model`'s LLM embeddings; None when this build ships none."""
-    if not DEFAULT_SPEECH.is_dir():
-        return None
-    from speechllm.speech_out.streaming import load_speech_output
-
-    return load_speech_output(DEFAULT_SPEECH, model.llm)

@@ -17,9 +17,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from speechllm.atomic import atomic_path
 from speechllm.config import SAMPLE_RATE
-
-"""The rate the Whisper encoder was trained on; everything in speechllm works at it."""
 
 
 class AudioError(ValueError):
@@ -102,6 +101,5 @@ def save_wav(path: str | os.PathLike[str], audio: np.ndarray, sr: int = SAMPLE_R
     if not np.isfinite(audio).all():
         raise AudioError(f"{path}: refusing to write NaN or infinite samples")
     path = Path(path)
-    tmp = path.with_name(path.name + ".part")
-    sf.write(tmp, np.clip(audio, -1.0, 1.0), sr, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        sf.write(tmp, np.clip(audio, -1.0, 1.0), sr, subtype="PCM_16", format="WAV")

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from speechllm.atomic import atomic_write_text
 from speechllm.data import tts
 from speechllm.data.audio import SAMPLE_RATE, save_wav
 from speechllm.data.augment import AugmentConfig, apply_augmentation, draw_augmentation
@@ -190,7 +191,7 @@ def _check_build_params(path: Path, params: dict[str, Any]) -> None:
             changed = sorted(k for k in params.keys() | old.keys() if old.get(k) != params.get(k))
             raise ValueError(f"{path} records a build with other parameters ({changed}); use another output folder")
     else:
-        path.write_text(json.dumps(params, indent=1))
+        atomic_write_text(path, json.dumps(params, indent=1))
 
 
 def run_synthesis(

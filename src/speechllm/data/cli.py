@@ -113,7 +113,7 @@ def _encode(args: argparse.Namespace) -> None:
     from speechllm.config import EncoderConfig
     from speechllm.data.encoding import encoder_fn
     from speechllm.data.feature_cache import FeatureCache, encode_manifest
-    from speechllm.weights.whisper import load_whisper_encoder
+    from speechllm.model.encoder import load_whisper_encoder
 
     encoder = load_whisper_encoder(EncoderConfig(source=args.encoder, padding=args.padding, layer=int(args.layer)))
     with FeatureCache(args.cache, encoder.fingerprint()) as cache:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from speechllm.atomic import atomic_write
 from speechllm.data.audio import SAMPLE_RATE, load_audio
 from speechllm.data.manifest import Sample
 
@@ -113,10 +114,8 @@ class FeatureCache:
         shard = len(self._shards)
         name = f"shard_{shard:05d}.npy"
         rows = np.concatenate(list(self._pending.values()))  # sum(T_i), D
-        tmp = self.root / (name + ".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_write(self.root / name, "wb") as f:
             np.save(f, rows)
-        os.replace(tmp, self.root / name)
         offset = 0
         for key, feats in self._pending.items():
             self._entries[key] = (shard, offset, len(feats))
@@ -133,9 +132,8 @@ class FeatureCache:
             "shards": self._shards,
             "entries": self._entries,
         }
-        tmp = self._index_path.with_name("index.json.tmp")
-        tmp.write_text(json.dumps(index))
-        os.replace(tmp, self._index_path)
+        with atomic_write(self._index_path) as f:
+            f.write(json.dumps(index))
 
     def __enter__(self) -> FeatureCache:
         return self

@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from speechllm.atomic import atomic_write
+
 log = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
@@ -196,13 +198,9 @@ def write_manifest(path: str | os.PathLike[str], samples: Iterable[Sample]) -> N
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     root = path.resolve().parent
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path, durable=True) as f:
         for s in samples:
             f.write(_dump(s, root) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ManifestAppender:

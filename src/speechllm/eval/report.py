@@ -5,30 +5,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from speechllm.atomic import atomic_write_text
 
 SummaryValue = float | int | str
 
 # Metric names whose values are fractions in [0, 1] (or above, for WER) shown as percentages.
 # BLEU and chrF are already on a 0–100 scale and are not listed.
 _RATE_SUFFIXES = ("wer", "cer", "accuracy", "rate", "agreement")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temp file must be on the same filesystem as ``path`` for os.replace to be atomic.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_per_sample(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> Path:
@@ -42,7 +29,7 @@ def write_per_sample(path: str | os.PathLike[str], rows: Sequence[Mapping[str, A
             raise TypeError(f"row {i} must be a mapping; got {type(row).__name__}")
         lines.append(json.dumps(dict(row), ensure_ascii=False, allow_nan=False) + "\n")
     out = Path(path)
-    _atomic_write_text(out, "".join(lines))
+    atomic_write_text(out, "".join(lines))
     return out
 
 
@@ -91,10 +78,10 @@ def write_summary(
     json_path = out / "summary.json"
     md_path = out / "summary.md"
     payload = {"title": title, "metrics": dict(summary)}
-    _atomic_write_text(json_path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(json_path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     lines = [f"# {title}", "", "| metric | value |", "|---|---:|"]
     lines += [
         f"| {_md_cell(key)} | {_md_cell(format_value(key, value, percent_keys))} |" for key, value in summary.items()
     ]
-    _atomic_write_text(md_path, "\n".join(lines) + "\n")
+    atomic_write_text(md_path, "\n".join(lines) + "\n")
     return json_path, md_path

@@ -191,7 +191,7 @@ def _found(answer_text: str, reference: str | list[str], language: str) -> bool 
 def _score_instruct(
     group: list[Sample], hyps: list[str], answer: Answerer, config: EvalConfig
 ) -> tuple[list[Row], dict]:
-    from speechllm.training.dataset import spoken_text, with_transcripts
+    from speechllm.data.transcripts import spoken_text, with_transcripts
 
     text_hyps = _answer_all(answer, [functools.partial(with_transcripts, s) for s in group], config.batch_size)
     lang, threshold = config.language, config.agreement_threshold

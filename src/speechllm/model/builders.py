@@ -56,8 +56,8 @@ def assemble(
 
 def build_speech_llm(config: SpeechLLMConfig) -> SpeechLLM:
     """Load the encoder and LLM named by the config and assemble a SpeechLLM (new adaptor weights)."""
+    from speechllm.model.encoder import load_whisper_encoder
     from speechllm.weights.llm import load_llm
-    from speechllm.weights.whisper import load_whisper_encoder
 
     encoder = load_whisper_encoder(config.encoder)
     llm, tokenizer = load_llm(config.llm)

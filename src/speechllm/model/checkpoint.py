@@ -8,14 +8,12 @@ place, so an interrupted save never leaves a half-written checkpoint.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from speechllm.atomic import atomic_directory
 from speechllm.config import load_config, save_config
 from speechllm.model.speech_llm import SpeechLLM, part_of
 from speechllm.weights.errors import WeightsError
@@ -26,26 +24,11 @@ WEIGHTS_FILE = "model.safetensors"
 
 def save_pretrained(model: SpeechLLM, directory: str | Path) -> Path:
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
     keep = model.saved_parameter_names()
     tensors = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if n in keep}
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is an ordinary directory
-    try:
+    with atomic_directory(directory) as tmp:
         save_config(model.config, tmp / CONFIG_FILE)
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "speechllm": "1"})
-        (tmp / WEIGHTS_FILE).chmod(0o666 & ~umask)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 

@@ -8,6 +8,7 @@ at its real length is about 6x cheaper than encoding 30 s of padding with it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 
@@ -186,3 +187,19 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Ten
     inv = torch.exp(-increment * torch.arange(channels // 2))
     t = torch.arange(length)[:, None] * inv[None, :]
     return torch.cat([t.sin(), t.cos()], dim=1)
+
+
+def load_whisper_encoder(config: EncoderConfig) -> WhisperEncoder:
+    """Build the encoder that `config.source` names, with its weights; `random` builds a fresh one."""
+    if config.source == "random":
+        return WhisperEncoder(config)
+    from speechllm.weights.errors import WeightsError
+    from speechllm.weights.whisper import whisper_encoder_weights
+
+    sd, arch, directory = whisper_encoder_weights(config)
+    encoder = WhisperEncoder(dataclasses.replace(config, **arch))
+    missing, _unexpected = encoder.load_state_dict(sd, strict=False)
+    missing = [m for m in missing if m != "layer_weights"]
+    if missing:
+        raise WeightsError(f"{directory}: checkpoint lacks encoder weights {missing[:5]}")
+    return encoder

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -328,20 +327,9 @@ class SpeechLLM(nn.Module):
         allowed = allowed | (q == k)  # a pad query attends to itself, so no row is empty
         return allowed[:, None]
 
-    # ------------------------------------------------------------------ save, load, generate
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.yaml and the weights of owned and trainable parts (see speechllm.model.checkpoint)."""
-        from speechllm.model.checkpoint import save_pretrained
-
-        return save_pretrained(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, overrides: list[str] | None = None) -> SpeechLLM:
-        """Rebuild a saved model; frozen parts come from the sources its config names."""
-        from speechllm.model.checkpoint import from_pretrained
-
-        return from_pretrained(directory, overrides)
+    # ------------------------------------------------------------------ generate
+    # Saving and loading are functions of speechllm.model.checkpoint (save_pretrained(model, dir),
+    # from_pretrained(dir)): the checkpoint code builds a SpeechLLM, so the class does not import it.
 
     def generate(self, conversations: list[list[Message]], **generation: Any) -> list[str]:
         """Answers to a batch of conversations; keyword arguments are GenerationConfig fields."""

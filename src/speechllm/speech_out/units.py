@@ -98,7 +98,7 @@ class UnitExtractor:
     @classmethod
     def for_config(cls, config: UnitsConfig) -> UnitExtractor:
         """Load the encoder that `config` names (centroids still to be fitted or set)."""
-        from speechllm.weights.whisper import load_whisper_encoder
+        from speechllm.model.encoder import load_whisper_encoder
 
         return cls(config, load_whisper_encoder(EncoderConfig(source=config.encoder, layer=config.layer)))
 

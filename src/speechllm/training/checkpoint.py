@@ -15,11 +15,9 @@ name-keyed dicts for a plain module, DDP and FSDP2.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from speechllm.atomic import TMP_PREFIX, atomic_directory, atomic_write
 from speechllm.training.distributed import unwrap
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -42,7 +41,7 @@ LATEST_FILE = "latest"
 WEIGHTS_FILE = "trainable.safetensors"
 STATE_FILE = "state.pt"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-_TMP_PREFIX = ".tmp-"
+_TMP_PREFIX = TMP_PREFIX  # what a killed save leaves behind starts with it (see clean_partial)
 
 # Full (unsharded) state dicts, gathered to rank 0 on the CPU; frozen weights are never saved.
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
@@ -120,53 +119,18 @@ def restore_training_state(
 # --- files ------------------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def save_checkpoint(
     out_dir: str | Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any], keep_last: int
 ) -> Path:
     """Write `out_dir/checkpoints/step-XXXXXXX` atomically, point `latest` at it, keep the newest
     `keep_last` checkpoints. Returns the checkpoint directory."""
     root = Path(out_dir) / CHECKPOINTS_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f"{_TMP_PREFIX}{final.name}-"))
-    try:
+    with atomic_directory(final, durable=True) as tmp:  # the same step saved again replaces the old one
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "step": str(step)})
         torch.save(state, tmp / STATE_FILE)
-        for f in tmp.iterdir():
-            _fsync_file(f)
-        _fsync_dir(tmp)
-        if final.exists():  # the same step saved again (e.g. a resumed run): move the old one aside first
-            old = root / f"{_TMP_PREFIX}old-{final.name}-{os.getpid()}"
-            os.replace(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-        write_text_atomic(root / LATEST_FILE, final.name + "\n")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_write(root / LATEST_FILE, durable=True) as f:
+        f.write(final.name + "\n")
     _prune(root, keep_last, keep=final.name)
     return final
 

@@ -16,17 +16,10 @@ import torch
 from speechllm.data.audio import load_audio
 from speechllm.data.feature_cache import FeatureCache, feature_key
 from speechllm.data.manifest import Sample
+from speechllm.data.transcripts import spoken_text, with_transcripts
 from speechllm.model.speech_llm import SpeechLLM
 
-
-def spoken_text(sample: Sample) -> str:
-    """What the sample's (first) audio says: the question of an instruction, else the ASR target."""
-    for key in ("question", "text", "transcript"):
-        if isinstance(sample.meta.get(key), str):
-            return str(sample.meta[key])
-    if sample.task == "asr":
-        return sample.target
-    raise ValueError(f"{sample.id}: no transcript of its audio (meta.question / meta.text) and task is {sample.task!r}")
+__all__ = ["SpeechDataset", "spoken_text", "with_audio_keys", "with_transcripts"]
 
 
 def with_audio_keys(sample: Sample) -> list[dict[str, Any]]:
@@ -39,18 +32,6 @@ def with_audio_keys(sample: Sample) -> list[dict[str, Any]]:
                 {"type": "audio", "audio": feature_key(sample.id, p["audio"])} if p.get("type") == "audio" else p
                 for p in content
             ]
-        out.append({"role": m["role"], "content": content})
-    return out
-
-
-def with_transcripts(sample: Sample) -> list[dict[str, Any]]:
-    """The sample's messages with its audio replaced by the text it speaks (the text-only twin)."""
-    text = spoken_text(sample)
-    out = []
-    for m in sample.messages:
-        content = m["content"]
-        if isinstance(content, list):
-            content = "\n".join(text if p.get("type") == "audio" else p["text"] for p in content)
         out.append({"role": m["role"], "content": content})
     return out
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from speechllm.atomic import atomic_write
 from speechllm.training import checkpoint as ckpt
 from speechllm.training.distributed import (
     all_gather_object,
@@ -315,7 +316,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
     from speechllm.training.plots import read_metrics
 
     kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
-    ckpt.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+    with atomic_write(path, durable=True) as f:
+        f.write("".join(json.dumps(r) + "\n" for r in kept))
 
 
 def fit(

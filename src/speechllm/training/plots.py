@@ -7,9 +7,10 @@ pyplot's global state or needs a display.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from speechllm.atomic import atomic_path
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -48,7 +49,6 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     out_path = Path(out_path)
-    tmp = out_path.with_name(f".tmp-{out_path.name}-{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, out_path)
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     return out_path

@@ -4,7 +4,7 @@
     torchrun --nproc_per_node 2 -m speechllm.cli train --config ...     # data-parallel
 
 The run directory (`loop.out_dir`) gets metrics.jsonl, curves.png, resumable checkpoints, and at
-the end `model/`: a normal speechllm checkpoint (`SpeechLLM.from_pretrained("…/model")`).
+the end `model/`: a normal speechllm checkpoint (`speechllm.model.from_pretrained("…/model")`).
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from typing import Any
 import torch
 import yaml
 
+from speechllm.atomic import atomic_write_text
 from speechllm.config import SpeechLLMConfig, load_yaml, to_dict
 from speechllm.data.feature_cache import FeatureCache
 from speechllm.data.manifest import read_manifest
 from speechllm.eval.metrics import agreement_rate, wer
 from speechllm.inference.generation import GenerationConfig, decode_stream, stream_generate
 from speechllm.model.builders import build_speech_llm
-from speechllm.model.checkpoint import WEIGHTS_FILE, load_weights
+from speechllm.model.checkpoint import WEIGHTS_FILE, load_weights, save_pretrained
 from speechllm.model.speech_llm import SpeechLLM
 from speechllm.training.checkpoint import latest_checkpoint, load_checkpoint
 from speechllm.training.dataset import SpeechDataset
@@ -155,7 +156,7 @@ def main(config: TrainConfig, *, resume: bool = False) -> dict[str, float]:
         out = Path(config.loop.out_dir)
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "train_config.yaml").write_text(yaml.safe_dump(_plain(config), sort_keys=False))
+            atomic_write_text(out / "train_config.yaml", yaml.safe_dump(_plain(config), sort_keys=False))
         metrics = fit(
             stage_model,
             lambda m, b: m(b),
@@ -166,7 +167,7 @@ def main(config: TrainConfig, *, resume: bool = False) -> dict[str, float]:
             param_groups=groups,
         )
         if rank == 0:
-            stage_model.model.save_pretrained(out / "model")
+            save_pretrained(stage_model.model, out / "model")
             log.info("wrote %s", out / "model")
         return metrics
     finally:
@@ -188,7 +189,7 @@ def export(config: TrainConfig) -> Path:
         for name, value in weights.items():
             params[name].copy_(value)
     out = Path(config.loop.out_dir) / "model"
-    stage_model.model.save_pretrained(out)
+    save_pretrained(stage_model.model, out)
     log.info("exported %s (step %s) to %s", path.name, state.get("step"), out)
     return out
 

@@ -12,13 +12,12 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from speechllm.atomic import atomic_directory
 from speechllm.config import LLMConfig
 from speechllm.weights.errors import WeightsError
 
@@ -103,17 +102,10 @@ def convert_gguf(path: Path) -> Path:
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
+    with atomic_directory(target) as tmp:  # a killed conversion never leaves a half-written cache
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "speechllm_source.json").write_text(json.dumps({"gguf": str(path), "architecture": arch}))
-        os.replace(tmp, target)  # atomic: a killed conversion never leaves a half-written cache
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").is_file():  # not another process finishing first
-            raise
     return target
 
 

@@ -9,7 +9,6 @@ where a string is a u16 length (including a trailing NUL) then UTF-8 bytes.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import re
@@ -22,7 +21,6 @@ import torch
 from torch import Tensor
 
 from speechllm.config import EncoderConfig
-from speechllm.model.encoder import WhisperEncoder
 from speechllm.weights.errors import WeightsError
 
 # CTranslate2's DataType enum, in the order of its C++ declaration.
@@ -246,10 +244,9 @@ def hf_encoder_state_dict(directory: Path) -> tuple[dict[str, Tensor], dict[str,
     return sd, arch
 
 
-def load_whisper_encoder(config: EncoderConfig) -> WhisperEncoder:
-    """Build the encoder that `config.source` names, with its weights; `random` builds a fresh one."""
-    if config.source == "random":
-        return WhisperEncoder(config)
+def whisper_encoder_weights(config: EncoderConfig) -> tuple[dict[str, Tensor], dict[str, Any], Path]:
+    """The encoder weights `config.source` names (not `random`), their architecture (the
+    EncoderConfig fields d_model, n_layers, n_heads, ffn_dim, max_positions) and their folder."""
     directory = resolve_encoder_source(config.source)
     parts = bundled_encoder_files(config.source) if config.source in BUNDLED_ENCODERS else _ct2_parts(directory)
     if parts:
@@ -263,9 +260,4 @@ def load_whisper_encoder(config: EncoderConfig) -> WhisperEncoder:
     layer = config.layer
     if isinstance(layer, int) and layer > arch["n_layers"]:
         raise ValueError(f"encoder.layer is {layer} but {directory} has {arch['n_layers']} layers")
-    encoder = WhisperEncoder(dataclasses.replace(config, **arch))
-    missing, _unexpected = encoder.load_state_dict(sd, strict=False)
-    missing = [m for m in missing if m != "layer_weights"]
-    if missing:
-        raise WeightsError(f"{directory}: checkpoint lacks encoder weights {missing[:5]}")
-    return encoder
+    return sd, arch, directory

@@ -1,6 +1,7 @@
 """`speechllm chat`, `transcribe` and `serve`: the subcommands that run a model for a user.
 
-`register(subparsers)` adds `transcribe` and `serve`; `add_chat(subparsers)` adds `chat`.
+`add_chat`, `add_transcribe` and `add_serve` each add one command's parser. This module imports
+only the standard library at the top, so building a parser loads no torch and no optional extra.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +30,8 @@ TRANSCRIBE_CHUNK = 32
 # ---------------------------------------------------------------------- chat
 
 
-def add_chat(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("chat", help="answer speech and/or text, streaming; multi-turn when interactive")
+def add_chat(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("chat")
     p.add_argument("--audio", action="append", default=[], metavar="FILE", help="audio file (repeatable)")
     p.add_argument("--text", help="text of the turn, after the audio")
     p.add_argument("--model", help="a speechllm checkpoint directory (default: the embedded model)")
@@ -54,6 +56,8 @@ def _answer(
     engine: Any, conversation: list[dict[str, Any]], max_new_tokens: int, out: TextIO, speak: Path | None = None
 ) -> str:
     """Stream one answer to `out` and return it; with `speak`, also write its speech there and play it."""
+    import numpy as np
+
     from speechllm.inference.engine import Audio, Delta, Done
     from speechllm.inference.generation import GenerationConfig
 
@@ -110,7 +114,6 @@ def play(path: Path, audio: np.ndarray, sample_rate: int) -> bool:
 
 def _speech_output(model: Any, directory: str | None) -> Any:
     """The speech output in `directory`, or the embedded default; ValueError when there is none."""
-    from speechllm.defaults import load_default_speech_output
     from speechllm.speech_out.streaming import load_speech_output
 
     if directory is not None:
@@ -122,6 +125,17 @@ def _speech_output(model: Any, directory: str | None) -> Any:
             "(a folder written by `speechllm speech pack`)"
         )
     return speech
+
+
+def load_default_speech_output(model: Any) -> Any:
+    """The embedded speech output (a SpeechOutput reading `model`'s LLM embeddings); None when this
+    build ships none."""
+    from speechllm import defaults
+    from speechllm.speech_out.streaming import load_speech_output
+
+    if not defaults.DEFAULT_SPEECH.is_dir():
+        return None
+    return load_speech_output(defaults.DEFAULT_SPEECH, model.llm)
 
 
 def _next_turn(prompt: str = "> ") -> dict[str, Any] | None:
@@ -246,27 +260,23 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    from speechllm.atomic import atomic_write
+
+    with atomic_write(path) as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------- serve
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn
+    import uvicorn
 
-        from speechllm.serve.app import create_app
-        from speechllm.serve.settings import ServeSettings
-    except ImportError as e:
-        raise ValueError(f"serving needs the serve extra: pip install 'speechllm[serve]' ({e})") from None
     from speechllm.defaults import load_model
     from speechllm.inference.engine import Engine
+    from speechllm.serve.app import create_app
+    from speechllm.serve.settings import ServeSettings
 
     settings = ServeSettings(
         host=args.host,
@@ -297,7 +307,6 @@ def _serve_speech(model: Any, directory: str | None) -> Any:
     answers in text only and refuses requests for audio with a 400."""
     if directory is not None:
         return _speech_output(model, directory)
-    from speechllm.defaults import load_default_speech_output
     from speechllm.inference.engine import check_speech_output
 
     speech = load_default_speech_output(model)
@@ -309,9 +318,8 @@ def _serve_speech(model: Any, directory: str | None) -> Any:
     return speech
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add `transcribe` and `serve` to the main CLI's subcommands."""
-    p = sub.add_parser("transcribe", help="transcribe audio files or a manifest through the speech LLM")
+def add_transcribe(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("transcribe")
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files, or .jsonl manifests")
     p.add_argument("--model", help="a speechllm checkpoint directory (default: the embedded model)")
     p.add_argument("--output", metavar="OUT.jsonl", help='write {"audio", "text"} per file here instead of stdout')
@@ -319,8 +327,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=cmd_transcribe)
 
+
+def add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d = _serve_defaults()
-    p = sub.add_parser("serve", help="OpenAI-compatible HTTP API and web page (needs the serve extra)")
+    p = sub.add_parser("serve")
     p.add_argument("--host", default=d.host, help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--model", help="a speechllm checkpoint directory (default: the embedded model)")

@@ -127,6 +127,7 @@ def build_tiny_model(directory: Path) -> Path:
 
     from speechllm.config import AdaptorConfig, EncoderConfig, LLMConfig, SpeechLLMConfig
     from speechllm.model.builders import build_speech_llm
+    from speechllm.model.checkpoint import save_pretrained
 
     vocab = {"<unk>": 0, "<|endoftext|>": 1, "<|im_start|>": 2, "<|im_end|>": 3}
     for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
@@ -158,7 +159,7 @@ def build_tiny_model(directory: Path) -> Path:
         llm=LLMConfig(source=str(directory / "llm")),
         adaptor=AdaptorConfig(kind="mlp", hidden_dim=32),
     )
-    return build_speech_llm(config).save_pretrained(directory / "model")
+    return save_pretrained(build_speech_llm(config), directory / "model")
 
 
 def _model_config(model_dir: str | None) -> Any:
@@ -292,10 +293,10 @@ def _run_train(spec: dict[str, Any]) -> dict[str, float]:
     from speechllm.data.feature_cache import FeatureCache, encode_manifest
     from speechllm.data.manifest import read_manifest
     from speechllm.model.builders import assemble
+    from speechllm.model.encoder import load_whisper_encoder
     from speechllm.training.dataset import SpeechDataset
     from speechllm.training.stages import STAGES, StageModel
     from speechllm.weights.llm import load_llm
-    from speechllm.weights.whisper import load_whisper_encoder
 
     base = _model_config(spec["model"])
     encoder = load_whisper_encoder(base.encoder)
@@ -347,7 +348,7 @@ def worker_main(kind: str, spec_path: str, out_path: str) -> None:
 def _run_worker(kind: str, spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
     spec_path, out_path = tmp / f"{kind}.spec.json", tmp / f"{kind}.out.json"
     spec_path.write_text(json.dumps(spec))
-    cmd = [sys.executable, "-m", "speechllm.eval.bench", kind, str(spec_path), str(out_path)]
+    cmd = [sys.executable, "-m", "speechllm.bench", kind, str(spec_path), str(out_path)]
     log.info("bench: running %s", kind)
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -376,8 +377,8 @@ def ratio(e2e: float | None, cascade: float | None) -> float | None:
 
 def _quality(e2e: list[dict[str, Any]], cascade: list[dict[str, Any]], manifest: str) -> dict[str, Any]:
     from speechllm.data.manifest import read_manifest
+    from speechllm.data.transcripts import spoken_text
     from speechllm.eval.metrics import agreement_rate, wer
-    from speechllm.training.dataset import spoken_text
 
     by_id = {s.id: s for s in read_manifest(manifest)}
     out: dict[str, Any] = {
@@ -452,6 +453,8 @@ def write_plots(figures: dict[str, Any], out_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from speechllm.atomic import atomic_path
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     panels = [("ttft_s", "time to first token (s)"), ("latency_s", "total latency (s)"),
@@ -465,7 +468,8 @@ def write_plots(figures: dict[str, Any], out_dir: str | Path) -> list[Path]:
     fig.suptitle(f"{figures['model']} model, {figures['inputs']} inputs of {figures['audio_s_mean']:.1f} s")
     fig.tight_layout()
     paths = [out / "e2e_vs_cascade.png"]
-    fig.savefig(paths[0], dpi=100)
+    with atomic_path(paths[0]) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     stages = {k[len("train_") : -len("_samples_per_s")]: v for k, v in figures.items() if k.endswith("_samples_per_s")}
     if stages:
@@ -476,7 +480,8 @@ def write_plots(figures: dict[str, Any], out_dir: str | Path) -> list[Path]:
         ax.set_title("training throughput per stage")
         fig.tight_layout()
         paths.append(out / "training_throughput.png")
-        fig.savefig(paths[-1], dpi=100)
+        with atomic_path(paths[-1]) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
         plt.close(fig)
     return paths
 
