@@ -190,14 +190,18 @@ class WhisperTextDecoder(nn.Module):
             logp = logits.masked_fill(begin if step == 0 else suppress, float("-inf")).log_softmax(-1)
             total = (scores[:, None] + logp).flatten()  # live * V
             keep_seqs, keep_scores, source = [], [], []
-            for value, index in zip(*total.topk(2 * beam_size)):
+            # Best first: an end of text ranked above the last kept hypothesis finishes one (as in
+            # Whisper's own beam search); those ranked below it are not candidates at all.
+            for value, index in zip(*total.topk(min(2 * beam_size, total.numel()))):
                 hyp, token = divmod(int(index), a.vocab_size)
                 if token == a.eot:
                     finished.append((seqs[hyp], float(value)))
-                elif len(keep_seqs) < beam_size:
-                    keep_seqs.append([*seqs[hyp], token])
-                    keep_scores.append(value)
-                    source.append(hyp)
+                    continue
+                keep_seqs.append([*seqs[hyp], token])
+                keep_scores.append(value)
+                source.append(hyp)
+                if len(keep_seqs) == beam_size:
+                    break
             if len(finished) >= beam_size or not keep_seqs:
                 break
             index_t = torch.tensor(source, device=states.device)

@@ -91,7 +91,11 @@ def ct2_decoder_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, 
     return sd, arch
 
 
-def _special_tokens(directory: Path, tokenizer: Any) -> dict[str, Any]:
+ENGLISH_ONLY_VOCAB = 51864
+"""Whisper's English-only checkpoints (*.en) have this vocabulary; multilingual ones one more token."""
+
+
+def _special_tokens(directory: Path, tokenizer: Any, vocab_size: int) -> dict[str, Any]:
     """Prompt, end of text and suppressed tokens from a CTranslate2 Whisper dir's config + tokenizer."""
 
     def token(text: str) -> int:
@@ -103,7 +107,8 @@ def _special_tokens(directory: Path, tokenizer: Any) -> dict[str, Any]:
     config_path = directory / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     prompt = [token("<|startoftranscript|>")]
-    if config.get("lang_ids"):  # multilingual: English, transcribe
+    # *.en checkpoints list language ids in config.json too, but were never trained with them.
+    if vocab_size > ENGLISH_ONLY_VOCAB:  # multilingual: English, transcribe
         prompt += [token("<|en|>"), token("<|transcribe|>")]
     prompt.append(token("<|notimestamps|>"))
     return {
@@ -133,4 +138,4 @@ def read_whisper_decoder(source: str) -> tuple[dict[str, Tensor], dict[str, Any]
         raise WeightsError(f"{directory}: the Whisper decoder loads from CTranslate2 checkpoints (model.bin) only")
     sd, arch = ct2_decoder_state_dict(read_ct2_model(parts))
     tokenizer = Tokenizer.from_file(str(tokenizer_file(directory)))
-    return sd, {**arch, **_special_tokens(directory, tokenizer)}, tokenizer
+    return sd, {**arch, **_special_tokens(directory, tokenizer, arch["vocab_size"])}, tokenizer
