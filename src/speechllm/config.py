@@ -12,16 +12,22 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 
 from speechllm.atomic import atomic_write
 
+T = TypeVar("T")
+
+SAMPLE_RATE = 16_000
+"""Hz of every waveform the model reads and writes (Whisper's rate); the one definition."""
 COMPRESSORS = ("stack", "pool", "ctc")
 ADAPTORS = ("linear", "mlp", "swiglu")
 CTC_MODES = ("blank_removal", "frame_average")
-PARTS = ("encoder", "layer_weights", "compressor", "adaptor", "llm", "lora")
+PARTS = ("encoder", "layer_weights", "compressor", "adaptor", "llm", "lora", "recognizer")
+BRIDGE_MODES = ("continuous", "posterior", "top1")
+RECOGNIZERS = ("ctc", "whisper")
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
@@ -123,6 +129,42 @@ class AdaptorConfig:
 
 
 @dataclass
+class BridgeConfig:
+    """How speech reaches the LLM: adaptor outputs, or the LLM's own token embeddings (a token bridge)."""
+
+    mode: str = "continuous"
+    """`continuous`: the adaptor's outputs (after `adaptor.select`); `posterior`: at each step of a CTC
+    path, the posterior-weighted sum of the LLM's input embeddings; `top1`: exactly the embedding
+    rows of the recognizer's best path (LegoSLM, arXiv 2505.11352). See `speechllm.model.bridge`."""
+    recognizer: str = "ctc"
+    """Where the path comes from in `posterior` / `top1`: `ctc`, the adaptor's CTC head over the
+    LLM's vocabulary + blank (trained by the `ctc_embed` stage, no LLM forward pass); or `whisper`,
+    the encoder checkpoint's own pretrained text decoder (greedy; `top1` only; needs
+    `encoder.padding: 30s`, the window Whisper's decoder was trained on)."""
+    blank_threshold: float = 0.95
+    """CTC frames whose blank posterior is above this are dropped before merging."""
+    temperature: float = 1.0
+    """Softmax temperature of each step's renormalised (blank-free) distribution in `posterior`."""
+    max_tokens: int = 128
+    """Longest transcript the `whisper` recognizer writes for one 30 s window."""
+    beam_size: int = 1
+    """Beam width of the `whisper` recognizer (1: greedy; 5: as Whisper's own decoding by default)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("bridge.mode", self.mode, BRIDGE_MODES)
+        _check_choice("bridge.recognizer", self.recognizer, RECOGNIZERS)
+        if not 0.0 < self.blank_threshold <= 1.0:
+            raise ValueError(f"bridge.blank_threshold must be in (0, 1], got {self.blank_threshold}")
+        _check_positive("bridge.temperature", self.temperature)
+        _check_positive("bridge.max_tokens", self.max_tokens)
+        _check_positive("bridge.beam_size", self.beam_size)
+        if self.recognizer == "whisper" and self.mode == "posterior":
+            raise ValueError(
+                "bridge.mode 'posterior' needs bridge.recognizer 'ctc' (the whisper recognizer gives top1 only)"
+            )
+
+
+@dataclass
 class LLMConfig:
     """The decoder-only LLM."""
 
@@ -162,6 +204,7 @@ class SpeechLLMConfig:
     adaptor: AdaptorConfig = field(default_factory=AdaptorConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
     prefix_attention: Literal["causal", "bidirectional"] = "causal"
     """Attention over the prompt (text + speech) before the answer: `causal` as the LLM was
     trained, or `bidirectional` (Speech-LLaMA's non-causal prefix); the answer is always causal."""
@@ -183,6 +226,19 @@ class SpeechLLMConfig:
             raise ValueError("trainable lists 'lora' but lora.enabled is false")
         if not self.speech_token:
             raise ValueError("speech_token must be a non-empty string")
+        bridge = self.bridge
+        if bridge.mode != "continuous" and bridge.recognizer == "ctc" and self.adaptor.select == "none":
+            raise ValueError(
+                f"bridge.mode {bridge.mode!r} with the ctc recognizer needs the adaptor's CTC head: "
+                "set adaptor.select to blank_removal or frame_average (got 'none')"
+            )
+        if bridge.mode != "continuous" and bridge.recognizer == "whisper" and self.encoder.padding != "30s":
+            raise ValueError(
+                "bridge.recognizer 'whisper' reads Whisper's 30 s window: set encoder.padding to '30s' "
+                f"(got {self.encoder.padding!r})"
+            )
+        if "recognizer" in self.trainable:
+            raise ValueError("the recognizer is a frozen pretrained part; remove 'recognizer' from trainable")
 
 
 # ----------------------------------------------------------------------------- YAML in and out
@@ -248,16 +304,25 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def load_yaml(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
+    """The one config loader: dataclass `cls` from a YAML file (None: all defaults) plus
+    `key.path=value` overrides, with unknown keys and wrong types rejected by name."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded
+    apply_overrides(data, overrides or [])
+    return typing.cast(T, from_dict(cls, data))
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> SpeechLLMConfig:
     """Read a SpeechLLMConfig from YAML, with optional `key.path=value` overrides."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    apply_overrides(data, overrides or [])
-    return from_dict(SpeechLLMConfig, data)
+    return load_yaml(SpeechLLMConfig, path, overrides)
 
 
 def save_config(config: Any, path: str | Path) -> None:

@@ -18,9 +18,7 @@ import soundfile as sf
 import soxr
 
 from speechllm.atomic import atomic_path
-
-SAMPLE_RATE = 16_000
-"""The rate the Whisper encoder was trained on; everything in speechllm works at it."""
+from speechllm.config import SAMPLE_RATE
 
 
 class AudioError(ValueError):

@@ -463,7 +463,11 @@ class Engine:
         return [r.result().text for r in requests]
 
     def transcribe(self, audios: list[np.ndarray], *, max_new_tokens: int = 256) -> list[str]:
-        """Transcripts of 16 kHz mono clips, by asking the speech LLM (not Whisper's decoder)."""
+        """Transcripts of 16 kHz mono clips. A model with a token bridge answers with the text its LLM
+        reads (the bridge's token path); otherwise the speech LLM is asked to transcribe."""
+        if self.model.config.bridge.mode != "continuous":
+            with torch.no_grad():
+                return self.model.hear(audios)
         conversations = [
             [{"role": "user", "content": [{"type": "audio", "audio": a}, {"type": "text", "text": ASR_INSTRUCTION}]}]
             for a in audios

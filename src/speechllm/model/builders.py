@@ -13,6 +13,7 @@ from speechllm.model.encoder import WhisperEncoder
 from speechllm.model.features import LogMel
 from speechllm.model.processor import SpeechLLMProcessor
 from speechllm.model.speech_llm import SpeechLLM
+from speechllm.model.whisper_decoder import WhisperTextDecoder, load_whisper_decoder
 
 
 def add_lora(llm: PreTrainedModel, config: LoraConfig) -> PreTrainedModel:
@@ -31,9 +32,14 @@ def add_lora(llm: PreTrainedModel, config: LoraConfig) -> PreTrainedModel:
 
 
 def assemble(
-    config: SpeechLLMConfig, encoder: WhisperEncoder, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+    config: SpeechLLMConfig,
+    encoder: WhisperEncoder,
+    llm: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    recognizer: WhisperTextDecoder | None = None,
 ) -> SpeechLLM:
-    """Wrap a loaded encoder and LLM with a fresh compressor and adaptor (and LoRA if configured)."""
+    """Wrap a loaded encoder and LLM (and the Whisper text decoder of a whisper bridge) with a fresh
+    compressor and adaptor (and LoRA if configured)."""
     config.encoder = encoder.config  # the checkpoint's architecture, for the saved config
     processor = SpeechLLMProcessor(
         tokenizer,
@@ -45,7 +51,7 @@ def assemble(
     adaptor = Adaptor(config.adaptor, compressor.output_dim(encoder.dim), llm.config.hidden_size)
     if config.lora.enabled:
         llm = add_lora(llm, config.lora)
-    return SpeechLLM(config, encoder, compressor, adaptor, llm, processor)
+    return SpeechLLM(config, encoder, compressor, adaptor, llm, processor, recognizer)
 
 
 def build_speech_llm(config: SpeechLLMConfig) -> SpeechLLM:
@@ -55,4 +61,7 @@ def build_speech_llm(config: SpeechLLMConfig) -> SpeechLLM:
 
     encoder = load_whisper_encoder(config.encoder)
     llm, tokenizer = load_llm(config.llm)
-    return assemble(config, encoder, llm, tokenizer)
+    recognizer = None
+    if config.bridge.mode != "continuous" and config.bridge.recognizer == "whisper":
+        recognizer = load_whisper_decoder(config.encoder.source)
+    return assemble(config, encoder, llm, tokenizer, recognizer)

@@ -87,7 +87,8 @@ class WhisperEncoder(nn.Module):
     def dim(self) -> int:
         return self.config.d_model
 
-    def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, features: Tensor, lengths: Tensor, *, trim: bool = True) -> tuple[Tensor, Tensor]:
+        """`trim=False` keeps every position of the window (Whisper's own decoder reads all 1500 in `30s` mode)."""
         b, n_mels, t = features.shape
         if n_mels != self.config.n_mels:
             raise ValueError(
@@ -117,6 +118,8 @@ class WhisperEncoder(nn.Module):
         if real and bool((out_lengths < x.shape[1]).any()):
             key_mask = (torch.arange(x.shape[1], device=x.device)[None, :] < out_lengths[:, None])[:, None, None, :]
         states = self._run_layers(x, key_mask)
+        if not trim:
+            return states, torch.full_like(out_lengths, states.shape[1])
         t_out = int(out_lengths.max()) if b else 0
         h = states[:, :t_out]
         valid = torch.arange(t_out, device=h.device)[None, :] < out_lengths[:, None]  # B, T'

@@ -7,7 +7,8 @@ import torch
 from torch import Tensor
 from transformers import WhisperFeatureExtractor
 
-SAMPLE_RATE = 16000
+from speechllm.config import SAMPLE_RATE
+
 HOP = 160  # samples per mel frame: 100 frames a second
 WINDOW_SAMPLES = 30 * SAMPLE_RATE
 

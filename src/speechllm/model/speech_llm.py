@@ -19,9 +19,11 @@ from transformers import PreTrainedModel
 
 from speechllm.config import PARTS, SpeechLLMConfig
 from speechllm.model.adaptor import Adaptor
+from speechllm.model.bridge import ctc_bridge, token_embeddings
 from speechllm.model.compressor import Compressor
-from speechllm.model.encoder import WhisperEncoder
+from speechllm.model.encoder import WINDOW_FRAMES, WhisperEncoder
 from speechllm.model.processor import Message, Rendered, SpeechLLMProcessor
+from speechllm.model.whisper_decoder import WhisperTextDecoder
 
 IGNORE_INDEX = -100
 
@@ -33,7 +35,7 @@ def part_of(name: str) -> str:
     head = name.split(".", 1)[0]
     if head == "llm":
         return "lora" if "lora_" in name else "llm"
-    if head in ("encoder", "compressor", "adaptor"):
+    if head in ("encoder", "compressor", "adaptor", "recognizer"):
         return head
     raise ValueError(f"parameter {name!r} belongs to no known part {PARTS}")
 
@@ -62,8 +64,11 @@ class SpeechLLM(nn.Module):
         adaptor: Adaptor,
         llm: PreTrainedModel,
         processor: SpeechLLMProcessor,
+        recognizer: WhisperTextDecoder | None = None,
     ) -> None:
         super().__init__()
+        if config.bridge.mode != "continuous" and config.bridge.recognizer == "whisper" and recognizer is None:
+            raise ValueError("bridge.recognizer is 'whisper' but no Whisper text decoder was passed in")
         if adaptor.input_dim != compressor.output_dim(encoder.dim):
             raise ValueError(
                 f"adaptor input width {adaptor.input_dim} != "
@@ -75,6 +80,7 @@ class SpeechLLM(nn.Module):
         self.adaptor = adaptor
         self.llm = llm
         self.processor = processor
+        self.recognizer = recognizer
         self.set_trainable(config.trainable)
 
     # ------------------------------------------------------------------ parts and freezing
@@ -121,17 +127,82 @@ class SpeechLLM(nn.Module):
 
     def encode_speech(self, features: Tensor, feature_lengths: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Log-mel features (N, n_mels, T) -> speech embeddings (N, S, D_llm), lengths (N,), CTC logits."""
+        if self.uses_whisper_bridge:
+            paths = self.llm_token_paths(self.transcribe_features(features, feature_lengths))
+            embeds, lengths = token_embeddings(paths, self.embedding_table())  # N, S, D_llm
+            return embeds, lengths, None
         h, lengths = self.encoder.encode(features, feature_lengths)  # N, T/2, D_enc
         return self.embed_frames(h, lengths)
 
+    @property
+    def uses_whisper_bridge(self) -> bool:
+        return self.config.bridge.mode != "continuous" and self.config.bridge.recognizer == "whisper"
+
     def embed_frames(self, frames: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Encoder frames (N, T, D_enc) -> adaptor output (N, S, D_llm); also the entry point for cached features."""
+        """Encoder frames (N, T, D_enc) -> LLM inputs (N, S, D_llm); also the entry point for cached features."""
+        if self.uses_whisper_bridge:
+            raise ValueError(
+                "the whisper bridge reads its own 30 s windows, not cached encoder frames: "
+                "give audio, or use bridge.recognizer=ctc"
+            )
         c = self.compressor(frames, lengths)  # N, S, D_c
         y = self.adaptor(c.x)  # N, S, D_llm
+        bridge = self.config.bridge
+        if bridge.mode != "continuous":
+            logits = self.adaptor.ctc_logits(y, self.embedding_table())  # N, S, V+1
+            embeds, out_lengths, _ = ctc_bridge(
+                logits, c.lengths, self.embedding_table(), bridge.mode, bridge.blank_threshold, bridge.temperature
+            )
+            return embeds, out_lengths, c.ctc_logits
         if self.adaptor.config.select == "none":
             return y, c.lengths, c.ctc_logits
         y, out_lengths = self.adaptor.select(y, c.lengths, self.embedding_table())  # N, S', D_llm
         return y, out_lengths, c.ctc_logits
+
+    def transcribe_features(self, features: Tensor, feature_lengths: Tensor) -> list[str]:
+        """What the whisper recognizer hears in log-mel features (N, n_mels, T): one text per audio.
+
+        Each 30 s window is decoded over all of its 1500 encoder positions, as Whisper was trained;
+        the windows' texts are joined.
+        """
+        if self.recognizer is None:
+            raise ValueError("this model has no Whisper text decoder (bridge.recognizer is not 'whisper')")
+        windows, owner = [], []
+        for i, n in enumerate(feature_lengths.tolist()):
+            for start in range(0, max(int(n), 1), WINDOW_FRAMES):
+                w = features[i, :, start : start + WINDOW_FRAMES]  # n_mels, <=3000
+                windows.append(nn.functional.pad(w, (0, WINDOW_FRAMES - w.shape[-1])))
+                owner.append(i)
+        batch = torch.stack(windows)  # W, n_mels, 3000
+        full = torch.full((len(windows),), WINDOW_FRAMES, device=batch.device)
+        states, _ = self.encoder(batch, full, trim=False)  # W, 1500, D_enc
+        bridge = self.config.bridge
+        texts = self.recognizer.transcribe(states, max_tokens=bridge.max_tokens, beam_size=bridge.beam_size)
+        joined: list[list[str]] = [[] for _ in range(features.shape[0])]
+        for i, text in zip(owner, texts):
+            if text:
+                joined[i].append(text)
+        return [" ".join(parts) for parts in joined]
+
+    def llm_token_paths(self, texts: list[str]) -> list[list[int]]:
+        """Transcripts -> the LLM's own token ids (a silent audio reads as an ellipsis, never nothing)."""
+        tokenizer = self.processor.tokenizer
+        return [list(tokenizer.encode(t or "...", add_special_tokens=False)) for t in texts]
+
+    def hear(self, audios: list[np.ndarray]) -> list[str]:
+        """The text the LLM reads for each audio, for a token bridge (top1 path, detokenized)."""
+        bridge = self.config.bridge
+        if bridge.mode == "continuous":
+            raise ValueError("hear() needs a token bridge (bridge.mode posterior or top1), got 'continuous'")
+        features, lengths = self.processor.log_mel(audios)
+        features, lengths = features.to(self.device), lengths.to(self.device)
+        if bridge.recognizer == "whisper":
+            return self.transcribe_features(features, lengths)
+        h, h_lengths = self.encoder.encode(features, lengths)
+        c = self.compressor(h, h_lengths)
+        logits = self.adaptor.ctc_logits(self.adaptor(c.x), self.embedding_table())
+        _, _, paths = ctc_bridge(logits, c.lengths, self.embedding_table(), "top1", bridge.blank_threshold)
+        return [self.processor.tokenizer.decode(p).strip() for p in paths]
 
     def embedding_table(self) -> Tensor:
         """The LLM's input embedding matrix (V, D_llm)."""

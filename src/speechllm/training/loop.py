@@ -22,9 +22,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -41,216 +40,18 @@ from speechllm.training.distributed import (
     unwrap,
     wrap_model,
 )
+from speechllm.training.loop_config import LoopConfig, lr_factor
+from speechllm.training.sampler import Batches, ResumableSampler
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16")
+# The loop's public names, with its config and sampler (their own modules) re-exported.
+__all__ = ["Batches", "EvalFn", "LoopConfig", "LossFn", "ResumableSampler", "fit", "lr_factor"]
+
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
-T = TypeVar("T")
 LossFn = Callable[[nn.Module, Any], "torch.Tensor | Mapping[str, torch.Tensor]"]
 EvalFn = Callable[[nn.Module], Mapping[str, float]]
-
-
-@dataclass
-class LoopConfig:
-    """Everything `fit` needs besides the model, the loss and the data."""
-
-    out_dir: str
-    """Where metrics.jsonl, curves.png and checkpoints/ are written."""
-    max_steps: int = 1000
-    """Optimizer steps of the whole run (a resumed run continues up to the same number)."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step; the loss of each is divided by this number."""
-    lr: float = 1e-3
-    """Peak learning rate of the default parameter group."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay (for groups that do not set their own)."""
-    betas: tuple[float, float] = (0.9, 0.98)
-    """AdamW betas."""
-    warmup_steps: int = 100
-    """Linear warm-up to `lr` over this many steps, then cosine decay to `lr * min_lr_ratio` at `max_steps`."""
-    min_lr_ratio: float = 0.1
-    """Final learning rate as a fraction of the peak."""
-    clip_grad: float | None = 1.0
-    """Clip the global gradient norm to this value; None never clips (the norm is still logged)."""
-    eval_every: int = 200
-    """Call `eval_fn` every this many steps and at the end; 0 never calls it."""
-    save_every: int = 200
-    """Checkpoint every this many steps; the last step is always saved. 0 saves only at the end."""
-    log_every: int = 10
-    """Write a metrics.jsonl record (and update the progress bar's loss) every this many steps."""
-    seed: int = 0
-    """Seeds Python, NumPy and torch at the start of a fresh run (rank r uses seed + r)."""
-    precision: str = "auto"
-    """`auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32`, or `bf16` (autocast on any device)."""
-    keep_last: int = 2
-    """Checkpoints kept on disk; older ones are deleted after each save."""
-    device: str = "auto"
-    """`auto` (cuda:LOCAL_RANK when CUDA is available, else cpu) or a torch device string."""
-    fsdp: bool = False
-    """Shard with FSDP2 `fully_shard` instead of DDP when several processes run (CUDA + nccl only)."""
-    fsdp_units: tuple[str, ...] = ()
-    """Class names of the blocks FSDP shards one by one; empty uses the HF `_no_split_modules`."""
-    find_unused_parameters: bool = False
-    """Passed to DDP; set it when some trainable parameters get no gradient in a step."""
-    progress: bool = True
-    """Show a tqdm progress bar on rank 0."""
-
-    def __post_init__(self) -> None:
-        # YAML gives lists
-        self.betas = tuple(self.betas)  # type: ignore[assignment]
-        self.fsdp_units = tuple(self.fsdp_units)
-        if not self.out_dir:
-            raise ValueError(f"LoopConfig.out_dir must be a directory path, got {self.out_dir!r}")
-        for name in ("max_steps", "grad_accum", "log_every", "keep_last"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"LoopConfig.{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("warmup_steps", "eval_every", "save_every", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"LoopConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.warmup_steps > self.max_steps:
-            raise ValueError(
-                f"LoopConfig.warmup_steps must be <= max_steps ({self.max_steps}), got {self.warmup_steps}"
-            )
-        if not self.lr > 0:
-            raise ValueError(f"LoopConfig.lr must be > 0, got {self.lr!r}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"LoopConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"LoopConfig.betas must be two values in [0, 1), got {self.betas!r}")
-        if self.clip_grad is not None and not self.clip_grad > 0:
-            raise ValueError(f"LoopConfig.clip_grad must be > 0 or None, got {self.clip_grad!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"LoopConfig.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
-
-
-def lr_factor(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
-    """Multiplier of the peak lr for optimizer step `step + 1` (LambdaLR counts from 0).
-
-    Step k (1-based) uses k / warmup during warm-up, 1 at k = warmup, then a cosine that reaches
-    `min_lr_ratio` exactly at k = max_steps.
-    """
-    k = min(step + 1, max_steps)
-    if k <= warmup_steps:
-        return k / warmup_steps
-    progress = (k - warmup_steps) / max(1, max_steps - warmup_steps)
-    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# --- data -----------------------------------------------------------------------------------------
-
-
-class ResumableSampler:
-    """Endless batches of dataset indices, epoch after epoch, resumable at any batch.
-
-    `batch_size` is the global batch of one micro-step: with W processes, each rank yields its
-    shard `batch[rank::W]` (so it must divide by W, and a short last batch is padded with indices
-    from the start of the epoch). Epoch e is a pure function of `(seed, e)`, independent of the
-    global RNGs. With `bucket_by` (one length per item) items are sorted by length inside windows
-    of `bucket_batches` batches, cut into batches, and the batch order shuffled: batches hold
-    similar lengths (less padding) and the epoch stays random.
-    """
-
-    def __init__(
-        self,
-        dataset_len: int,
-        batch_size: int,
-        seed: int = 0,
-        shuffle: bool = True,
-        drop_last: bool = False,
-        *,
-        bucket_by: list[int] | None = None,
-        bucket_batches: int = 50,
-        rank: int | None = None,
-        world_size: int | None = None,
-    ) -> None:
-        dist_rank, dist_world = rank_and_world()
-        self.rank = dist_rank if rank is None else rank
-        self.world_size = dist_world if world_size is None else world_size
-        if dataset_len < 1 or batch_size < 1 or bucket_batches < 1:
-            raise ValueError(
-                f"dataset_len, batch_size and bucket_batches must be >= 1, got {dataset_len}, {batch_size}, "
-                f"{bucket_batches}"
-            )
-        if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank must be in [0, {self.world_size}), got {self.rank}")
-        if batch_size % self.world_size:
-            raise ValueError(f"batch_size must divide by world_size ({self.world_size}), got {batch_size}")
-        if drop_last and dataset_len < batch_size:
-            raise ValueError(f"drop_last=True with dataset_len {dataset_len} < batch_size {batch_size} yields nothing")
-        if bucket_by is not None and len(bucket_by) != dataset_len:
-            raise ValueError(f"bucket_by must hold dataset_len ({dataset_len}) lengths, got {len(bucket_by)}")
-        self.dataset_len, self.batch_size, self.seed = dataset_len, batch_size, seed
-        self.shuffle, self.drop_last, self.bucket_batches = shuffle, drop_last, bucket_batches
-        self.lengths = None if bucket_by is None else np.asarray(bucket_by, dtype=np.int64)
-        self.epoch = 0
-        self.position = 0  # global batches of the current epoch already handed out
-
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """The global batches of `epoch`, in order (before sharding over ranks)."""
-        rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(self.dataset_len) if self.shuffle else np.arange(self.dataset_len)
-        if self.lengths is not None:
-            if self.shuffle:
-                window = self.batch_size * self.bucket_batches
-                chunks = [order[i : i + window] for i in range(0, len(order), window)]
-                order = np.concatenate([c[np.argsort(self.lengths[c], kind="stable")] for c in chunks])
-            else:
-                order = np.argsort(self.lengths, kind="stable")
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        if self.drop_last and len(batches[-1]) < self.batch_size:
-            batches.pop()
-        if self.lengths is not None and self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        return [self._pad(b.tolist(), order) for b in batches]
-
-    def _pad(self, batch: list[int], order: np.ndarray) -> list[int]:
-        short = -len(batch) % self.world_size
-        return batch + [int(i) for i in order[:short]]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        while True:
-            batches = self.epoch_batches(self.epoch)
-            while self.position < len(batches):
-                batch = batches[self.position]
-                self.position += 1
-                yield batch[self.rank :: self.world_size]
-            self.epoch, self.position = self.epoch + 1, 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {
-            "epoch": self.epoch,
-            "position": self.position,
-            "seed": self.seed,
-            "dataset_len": self.dataset_len,
-            "batch_size": self.batch_size,
-        }
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        for key in ("seed", "dataset_len", "batch_size"):
-            if state[key] != getattr(self, key):
-                raise ValueError(
-                    f"sampler state was saved with {key}={state[key]}, this sampler has {getattr(self, key)}"
-                )
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-
-
-class Batches(Generic[T]):
-    """`make_batch(indices)` for every index list of a sampler; resumable through the sampler."""
-
-    def __init__(self, sampler: ResumableSampler, make_batch: Callable[[list[int]], T]) -> None:
-        self.sampler, self.make_batch = sampler, make_batch
-
-    def __iter__(self) -> Iterator[T]:
-        for indices in self.sampler:
-            yield self.make_batch(indices)
-
-    def state_dict(self) -> dict[str, int]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        self.sampler.load_state_dict(state)
 
 
 @runtime_checkable

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from speechllm.atomic import atomic_write_text
-from speechllm.config import SpeechLLMConfig, apply_overrides, from_dict, to_dict
+from speechllm.config import SpeechLLMConfig, load_yaml, to_dict
 from speechllm.data.feature_cache import FeatureCache
 from speechllm.data.manifest import read_manifest
 from speechllm.eval.metrics import agreement_rate, wer
@@ -79,15 +79,8 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path | None, overrides: list[str]) -> TrainConfig:
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-    apply_overrides(data, overrides)
-    if "loop" in data and isinstance(data["loop"], dict) and isinstance(data["loop"].get("betas"), list):
-        data["loop"]["betas"] = tuple(data["loop"]["betas"])
-    return from_dict(TrainConfig, data)
+    """A TrainConfig from YAML (None: defaults) and `key.path=value` overrides (the one loader)."""
+    return load_yaml(TrainConfig, path, overrides)
 
 
 def init_weights(model: SpeechLLM, directory: str | Path) -> list[str]:

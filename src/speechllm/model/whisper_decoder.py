@@ -1,0 +1,236 @@
+"""Whisper's pretrained text decoder as a plain PyTorch module, with batched greedy decoding.
+
+The default model's connector needs a recognizer that hears voices it was never trained on, and
+no CTC head trainable on this CPU comes close to the decoder Whisper was pretrained with on
+680,000 hours of people (Radford et al. 2022). So the token bridge can take its token path from
+this decoder: it reads the same encoder states the rest of the model reads, and its transcript is
+handed to the LLM as the LLM's own token embeddings (see `speechllm.model.bridge`).
+
+Parameter names follow Hugging Face's `WhisperDecoder`; `speechllm.weights.whisper_decoder` maps a
+CTranslate2 checkpoint onto them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class DecoderArch:
+    """The architecture and special tokens of a Whisper text decoder (read from its checkpoint)."""
+
+    vocab_size: int = 51864
+    d_model: int = 384
+    n_layers: int = 4
+    n_heads: int = 6
+    ffn_dim: int = 1536
+    max_positions: int = 448
+    prompt: list[int] = field(default_factory=lambda: [50257, 50362])
+    """Tokens that start every transcript: <|startoftranscript|> (+ language, task) + <|notimestamps|>."""
+    eot: int = 50256
+    suppress: list[int] = field(default_factory=list)
+    """Never emitted (punctuation-like symbols Whisper's own decoding suppresses, and special tokens)."""
+    suppress_begin: list[int] = field(default_factory=lambda: [220, 50256])
+    """Not emitted as the first token (a bare space, end of text)."""
+    specials_from: int | None = 50257
+    """Ids from here on are special tokens (start of transcript, languages, timestamps ...): never emitted."""
+
+
+class _Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model, bias=False)  # Whisper's key has no bias
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def heads(self, x: Tensor) -> Tensor:
+        b, t, d = x.shape
+        return x.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)  # B, T, D -> B, H, T, D/H
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """x: (B, T, D) queries; k, v: (B, H, S, D/H); mask: bool, broadcastable to (B, H, T, S)."""
+        y = F.scaled_dot_product_attention(self.heads(self.q_proj(x)), k, v, attn_mask=mask)
+        b, _, t, _ = y.shape
+        return self.out_proj(y.transpose(1, 2).reshape(b, t, -1))  # B, H, T, D/H -> B, T, D
+
+
+class _DecoderLayer(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.self_attn = _Attention(d_model, n_heads)
+        self.self_attn_layer_norm = nn.LayerNorm(d_model)
+        self.encoder_attn = _Attention(d_model, n_heads)
+        self.encoder_attn_layer_norm = nn.LayerNorm(d_model)
+        self.fc1 = nn.Linear(d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, d_model)
+        self.final_layer_norm = nn.LayerNorm(d_model)
+
+    def forward(
+        self, x: Tensor, cache: dict[str, Tensor], self_mask: Tensor | None, cross_mask: Tensor | None
+    ) -> Tensor:
+        """One step over new positions x (B, T, D); `cache` holds this layer's self and cross keys/values."""
+        h = self.self_attn_layer_norm(x)
+        k, v = self.self_attn.heads(self.self_attn.k_proj(h)), self.self_attn.heads(self.self_attn.v_proj(h))
+        if "k" in cache:
+            k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)  # B, H, S+T, D/H
+        cache["k"], cache["v"] = k, v
+        x = x + self.self_attn(h, k, v, self_mask)
+        # One sample's beams share its encoder keys/values: a batch-1 cache is broadcast, not copied.
+        xk, xv = (cache[key].expand(x.shape[0], -1, -1, -1) for key in ("xk", "xv"))
+        x = x + self.encoder_attn(self.encoder_attn_layer_norm(x), xk, xv, cross_mask)
+        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+
+
+class WhisperTextDecoder(nn.Module):
+    """Whisper's decoder: token + learned position embeddings, pre-LN layers with cross-attention,
+    logits against the (tied) token embedding matrix."""
+
+    def __init__(self, arch: DecoderArch, detokenize: Callable[[list[int]], str] | None = None) -> None:
+        super().__init__()
+        self.arch = arch
+        self.detokenize = detokenize
+        """Token ids -> text (the checkpoint's tokenizer); needed by `transcribe`."""
+        self.embed_tokens = nn.Embedding(arch.vocab_size, arch.d_model)
+        self.embed_positions = nn.Embedding(arch.max_positions, arch.d_model)
+        self.layers = nn.ModuleList(
+            _DecoderLayer(arch.d_model, arch.n_heads, arch.ffn_dim) for _ in range(arch.n_layers)
+        )
+        self.layer_norm = nn.LayerNorm(arch.d_model)
+
+    def _cross_cache(self, states: Tensor) -> list[dict[str, Tensor]]:
+        caches = []
+        for layer in self.layers:
+            att = layer.encoder_attn
+            caches.append({"xk": att.heads(att.k_proj(states)), "xv": att.heads(att.v_proj(states))})
+        return caches
+
+    def _step(self, tokens: Tensor, start: int, caches: list[dict[str, Tensor]], cross_mask: Tensor | None) -> Tensor:
+        """Logits (B, V) of the last of `tokens` (B, T), which sit at positions start .. start+T-1."""
+        t = tokens.shape[1]
+        x = self.embed_tokens(tokens) + self.embed_positions.weight[start : start + t]  # B, T, D
+        self_mask = None
+        if t > 1:  # the prompt: causal among itself (later steps see every cached position)
+            self_mask = torch.ones(t, start + t, dtype=torch.bool, device=tokens.device).tril(start)
+        for layer, cache in zip(self.layers, caches):
+            x = layer(x, cache, self_mask, cross_mask)
+        return F.linear(self.layer_norm(x[:, -1]), self.embed_tokens.weight)  # B, D -> B, V (tied output)
+
+    @torch.no_grad()
+    def greedy(self, states: Tensor, lengths: Tensor | None = None, max_tokens: int = 128) -> list[list[int]]:
+        """Greedy transcripts of encoder states (B, S, D): the text tokens of each, without specials.
+
+        `lengths` (B,) masks encoder positions past each sample's end (None: attend to all S, as
+        Whisper does over its 30 s window).
+        """
+        a = self.arch
+        b, s, _ = states.shape
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        max_tokens = min(max_tokens, a.max_positions - len(a.prompt))
+        cross_mask = None
+        if lengths is not None:
+            cross_mask = (torch.arange(s, device=states.device)[None, :] < lengths[:, None])[:, None, None, :]
+        caches = self._cross_cache(states)
+        suppress, begin = self._suppressed(states.device)
+        tokens = torch.tensor([a.prompt] * b, device=states.device)
+        out: list[list[int]] = [[] for _ in range(b)]
+        done = torch.zeros(b, dtype=torch.bool, device=states.device)
+        start = 0
+        for step in range(max_tokens):
+            logits = self._step(tokens, start, caches, cross_mask)  # B, V
+            start += tokens.shape[1]
+            logits = logits.masked_fill(begin if step == 0 else suppress, float("-inf"))
+            nxt = logits.argmax(-1)  # B
+            done |= nxt == a.eot
+            for i in (~done).nonzero().flatten().tolist():
+                out[i].append(int(nxt[i]))
+            if bool(done.all()):
+                break
+            tokens = nxt[:, None]
+        return out
+
+    def _suppressed(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Masks (V,) of tokens never emitted, and of tokens not emitted first."""
+        a = self.arch
+        suppress = torch.zeros(a.vocab_size, dtype=torch.bool, device=device)
+        suppress[[i for i in a.suppress if i < a.vocab_size]] = True
+        if a.specials_from is not None:
+            suppress[a.specials_from :] = True
+        begin = suppress.clone()
+        begin[a.suppress_begin] = True
+        return suppress, begin
+
+    @torch.no_grad()
+    def beam_search(self, states: Tensor, beam_size: int = 5, max_tokens: int = 128) -> list[int]:
+        """The best transcript of one sample's encoder states (1, S, D) by beam search: text tokens.
+
+        Finished hypotheses are ranked by mean log-probability per token (Whisper's default without a
+        length penalty); the search stops once `beam_size` hypotheses have finished.
+        """
+        a = self.arch
+        if states.shape[0] != 1:
+            raise ValueError(f"beam_search decodes one sample at a time, got states of shape {tuple(states.shape)}")
+        max_tokens = min(max_tokens, a.max_positions - len(a.prompt))
+        suppress, begin = self._suppressed(states.device)
+        caches = self._cross_cache(states)
+        seqs: list[list[int]] = [[]]
+        scores = torch.zeros(1, device=states.device)
+        finished: list[tuple[list[int], float]] = []
+        tokens, start = torch.tensor([a.prompt], device=states.device), 0
+        for step in range(max_tokens):
+            logits = self._step(tokens, start, caches, None)  # live, V
+            start += tokens.shape[1]
+            logp = logits.masked_fill(begin if step == 0 else suppress, float("-inf")).log_softmax(-1)
+            total = (scores[:, None] + logp).flatten()  # live * V
+            keep_seqs, keep_scores, source = [], [], []
+            for value, index in zip(*total.topk(2 * beam_size)):
+                hyp, token = divmod(int(index), a.vocab_size)
+                if token == a.eot:
+                    finished.append((seqs[hyp], float(value)))
+                elif len(keep_seqs) < beam_size:
+                    keep_seqs.append([*seqs[hyp], token])
+                    keep_scores.append(value)
+                    source.append(hyp)
+            if len(finished) >= beam_size or not keep_seqs:
+                break
+            index_t = torch.tensor(source, device=states.device)
+            for cache in caches:  # follow each kept hypothesis' history (encoder keys are shared)
+                cache["k"], cache["v"] = cache["k"].index_select(0, index_t), cache["v"].index_select(0, index_t)
+            seqs, scores = keep_seqs, torch.stack(keep_scores)
+            tokens = torch.tensor([[s[-1]] for s in seqs], device=states.device)
+        if not finished:
+            finished = [(s, float(v)) for s, v in zip(seqs, scores)]
+        return max(finished, key=lambda f: f[1] / max(len(f[0]), 1))[0]
+
+    def transcribe(
+        self, states: Tensor, lengths: Tensor | None = None, max_tokens: int = 128, beam_size: int = 1
+    ) -> list[str]:
+        """Transcripts of encoder states (B, S, D) as text, stripped: greedy, or by beam search."""
+        if self.detokenize is None:
+            raise ValueError("this decoder was built without a tokenizer: pass detokenize= to transcribe")
+        if beam_size > 1:
+            n = [states.shape[1]] * states.shape[0] if lengths is None else lengths.tolist()
+            ids = [self.beam_search(states[i : i + 1, : int(n[i])], beam_size, max_tokens) for i in range(len(n))]
+        else:
+            ids = self.greedy(states, lengths, max_tokens)
+        return [self.detokenize(x).strip() for x in ids]
+
+
+def load_whisper_decoder(source: str) -> WhisperTextDecoder:
+    """The pretrained text decoder (with its tokenizer) of the Whisper checkpoint `source` names."""
+    from speechllm.weights.errors import WeightsError
+    from speechllm.weights.whisper_decoder import read_whisper_decoder
+
+    sd, arch, tokenizer = read_whisper_decoder(source)
+    decoder = WhisperTextDecoder(DecoderArch(**arch), detokenize=lambda ids: tokenizer.decode(ids))
+    missing, unexpected = decoder.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"{source}: decoder weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return decoder.eval()

@@ -1,0 +1,136 @@
+"""Whisper's text decoder and its tokenizer from a CTranslate2 checkpoint (the bundled ones included).
+
+CTranslate2 stores the decoder as `decoder/layer_i/{self_attention,attention,ffn}/...`: self-attention
+fuses q, k, v into `linear_0`; cross-attention keeps q in `linear_0`, fuses k, v in `linear_1`, and
+has its output in `linear_2`. The special tokens come from the checkpoint's `config.json`
+(`suppress_ids`, `suppress_ids_begin`, `lang_ids`) and `tokenizer.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from speechllm.weights.errors import WeightsError
+from speechllm.weights.whisper import BUNDLED_ENCODERS, _ct2_parts, bundled_encoder_files, read_ct2_model
+from speechllm.weights.whisper import resolve_encoder_source as resolve_whisper_source
+
+
+def _tensor(variables: dict[str, np.ndarray], name: str) -> Tensor:
+    if name not in variables:
+        raise WeightsError(f"CTranslate2 Whisper model lacks variable {name!r}")
+    value = np.array(variables[name], dtype=np.float32)
+    scale = variables.get(f"{name}_scale")
+    if scale is not None:  # int8 quantized: one scale per output row
+        value = value / np.asarray(scale, dtype=np.float32).reshape(-1, *[1] * (value.ndim - 1))
+    return torch.from_numpy(value)
+
+
+def ct2_decoder_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Map CTranslate2 Whisper decoder variables onto `WhisperTextDecoder` names; also its architecture."""
+    if "decoder/embeddings/weight" not in variables:
+        raise WeightsError("not a CTranslate2 Whisper model: no variable 'decoder/embeddings/weight'")
+
+    def t(name: str) -> Tensor:
+        return _tensor(variables, name)
+
+    sd = {
+        "embed_tokens.weight": t("decoder/embeddings/weight"),
+        "embed_positions.weight": t("decoder/position_encodings/encodings"),
+        "layer_norm.weight": t("decoder/layer_norm/gamma"),
+        "layer_norm.bias": t("decoder/layer_norm/beta"),
+    }
+    n_layers = 0
+    while f"decoder/layer_{n_layers}/ffn/linear_0/weight" in variables:
+        n_layers += 1
+    for i in range(n_layers):
+        src, dst = f"decoder/layer_{i}", f"layers.{i}"
+        q_w, k_w, v_w = t(f"{src}/self_attention/linear_0/weight").chunk(3, dim=0)  # 3D, D -> 3 x (D, D)
+        q_b, _k_b, v_b = t(f"{src}/self_attention/linear_0/bias").chunk(3, dim=0)  # the key's bias is zeros
+        xk_w, xv_w = t(f"{src}/attention/linear_1/weight").chunk(2, dim=0)  # 2D, D -> 2 x (D, D)
+        _xk_b, xv_b = t(f"{src}/attention/linear_1/bias").chunk(2, dim=0)
+        pairs = {
+            "self_attn.q_proj": (q_w, q_b),
+            "self_attn.k_proj": (k_w, None),
+            "self_attn.v_proj": (v_w, v_b),
+            "self_attn.out_proj": (
+                t(f"{src}/self_attention/linear_1/weight"),
+                t(f"{src}/self_attention/linear_1/bias"),
+            ),
+            "encoder_attn.q_proj": (t(f"{src}/attention/linear_0/weight"), t(f"{src}/attention/linear_0/bias")),
+            "encoder_attn.k_proj": (xk_w, None),
+            "encoder_attn.v_proj": (xv_w, xv_b),
+            "encoder_attn.out_proj": (t(f"{src}/attention/linear_2/weight"), t(f"{src}/attention/linear_2/bias")),
+            "fc1": (t(f"{src}/ffn/linear_0/weight"), t(f"{src}/ffn/linear_0/bias")),
+            "fc2": (t(f"{src}/ffn/linear_1/weight"), t(f"{src}/ffn/linear_1/bias")),
+        }
+        for name, (w, b) in pairs.items():
+            sd[f"{dst}.{name}.weight"] = w
+            if b is not None:
+                sd[f"{dst}.{name}.bias"] = b
+        for name, ct2 in (
+            ("self_attn_layer_norm", "self_attention"),
+            ("encoder_attn_layer_norm", "attention"),
+            ("final_layer_norm", "ffn"),
+        ):
+            sd[f"{dst}.{name}.weight"] = t(f"{src}/{ct2}/layer_norm/gamma")
+            sd[f"{dst}.{name}.bias"] = t(f"{src}/{ct2}/layer_norm/beta")
+    arch = {
+        "vocab_size": sd["embed_tokens.weight"].shape[0],
+        "d_model": sd["embed_tokens.weight"].shape[1],
+        "n_layers": n_layers,
+        "n_heads": int(np.asarray(variables["decoder/num_heads"]).reshape(-1)[0]),
+        "ffn_dim": sd["layers.0.fc1.weight"].shape[0],
+        "max_positions": sd["embed_positions.weight"].shape[0],
+    }
+    return sd, arch
+
+
+def _special_tokens(directory: Path, tokenizer: Any) -> dict[str, Any]:
+    """Prompt, end of text and suppressed tokens from a CTranslate2 Whisper dir's config + tokenizer."""
+
+    def token(text: str) -> int:
+        found = tokenizer.token_to_id(text)
+        if found is None:
+            raise WeightsError(f"{directory}/tokenizer.json has no special token {text!r}")
+        return int(found)
+
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    prompt = [token("<|startoftranscript|>")]
+    if config.get("lang_ids"):  # multilingual: English, transcribe
+        prompt += [token("<|en|>"), token("<|transcribe|>")]
+    prompt.append(token("<|notimestamps|>"))
+    return {
+        "prompt": prompt,
+        "specials_from": prompt[0],  # <|startoftranscript|>: every id from it on is a special token
+        "eot": token("<|endoftext|>"),
+        "suppress": [int(i) for i in config.get("suppress_ids", [])],
+        "suppress_begin": [int(i) for i in config.get("suppress_ids_begin", [220, token("<|endoftext|>")])],
+    }
+
+
+def tokenizer_file(directory: Path) -> Path:
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        raise WeightsError(f"{directory}: a Whisper decoder needs its tokenizer.json next to the weights")
+    return path
+
+
+def read_whisper_decoder(source: str) -> tuple[dict[str, Tensor], dict[str, Any], Any]:
+    """The text decoder of the CTranslate2 Whisper checkpoint `source` names: its state dict (our
+    names), its architecture and special tokens (`DecoderArch` fields), and its `tokenizers.Tokenizer`."""
+    from tokenizers import Tokenizer
+
+    directory = resolve_whisper_source(source)
+    parts = bundled_encoder_files(source) if source in BUNDLED_ENCODERS else _ct2_parts(directory)
+    if not parts:
+        raise WeightsError(f"{directory}: the Whisper decoder loads from CTranslate2 checkpoints (model.bin) only")
+    sd, arch = ct2_decoder_state_dict(read_ct2_model(parts))
+    tokenizer = Tokenizer.from_file(str(tokenizer_file(directory)))
+    return sd, {**arch, **_special_tokens(directory, tokenizer)}, tokenizer

@@ -1,0 +1,212 @@
+"""The token bridge (merge and threshold arithmetic, top1 == text rows, posterior) and Whisper's text decoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from speechllm.config import BridgeConfig, SpeechLLMConfig
+from speechllm.model.bridge import bridge_embeddings, ctc_bridge, ctc_steps, token_embeddings
+from speechllm.model.whisper_decoder import DecoderArch, WhisperTextDecoder
+
+V, D = 10, 6
+BLANK = V  # the last column
+
+
+def confident(labels: list[int], sharp: float = 20.0) -> torch.Tensor:
+    """CTC logits (S, V+1) whose best label at frame t is labels[t] (BLANK for a blank frame)."""
+    logits = torch.zeros(len(labels), V + 1)
+    for t, label in enumerate(labels):
+        logits[t, label] = sharp
+    return logits
+
+
+def test_ctc_steps_merges_repeats_and_keeps_labels_apart_across_a_blank():
+    logits = confident([3, 3, BLANK, 3, 5, 5, 5, BLANK, BLANK, 7])
+    step_logits, labels = ctc_steps(logits, blank_threshold=0.5)
+    assert labels.tolist() == [3, 3, 5, 7]
+    assert step_logits.shape == (4, V)  # the blank column is gone
+    # A merged step holds the mean of its frames' logits.
+    logits[4, 1], logits[5, 1] = 4.0, 8.0
+    step_logits, _ = ctc_steps(logits, blank_threshold=0.5)
+    assert step_logits[2, 1].item() == pytest.approx(4.0)  # (4 + 8 + 0) / 3
+
+
+def test_blank_threshold_decides_which_frames_are_dropped():
+    # Frame 1: blank posterior ~0.73 (logit 1 vs 0 for token 2 and -inf elsewhere).
+    logits = torch.full((3, V + 1), -1e4)
+    logits[0, 2] = 10.0
+    logits[1, 2], logits[1, BLANK] = 0.0, 1.0
+    logits[2, 4] = 10.0
+    blank_p = logits[1].softmax(-1)[BLANK].item()
+    assert 0.7 < blank_p < 0.75
+    assert ctc_steps(logits, blank_threshold=0.7)[1].tolist() == [2, 4]  # dropped: 2 and 2 would merge ...
+    assert ctc_steps(logits, blank_threshold=0.8)[1].tolist() == [2, 4]  # ... kept: merged with frame 0
+    logits[0, 2], logits[0, 5] = -1e4, 10.0  # now frame 1's label differs from frame 0's
+    assert ctc_steps(logits, blank_threshold=0.7)[1].tolist() == [5, 4]
+    assert ctc_steps(logits, blank_threshold=0.8)[1].tolist() == [5, 2, 4]
+
+
+def test_an_all_blank_audio_keeps_its_least_blank_frame():
+    logits = confident([BLANK, BLANK, BLANK])
+    logits[1, 6] = 19.0
+    step_logits, labels = ctc_steps(logits, blank_threshold=0.5)
+    assert labels.tolist() == [6] and step_logits.shape == (1, V)
+
+
+def test_top1_gives_exactly_the_texts_embedding_rows_for_a_confident_path():
+    torch.manual_seed(0)
+    table = torch.randn(V, D)
+    text_ids = [4, 1, 1, 8]  # a repeated token needs a blank between its frames
+    frames = [4, 4, BLANK, 1, BLANK, 1, 1, 8, BLANK]
+    logits = torch.stack([confident(frames), confident(frames[:5] + [BLANK] * 4)])
+    embeds, lengths, paths = ctc_bridge(logits, torch.tensor([9, 5]), table, "top1", blank_threshold=0.5)
+    assert lengths.tolist() == [4, 2] and paths == [text_ids, [4, 1]]
+    assert torch.equal(embeds[0], table[text_ids])
+    assert torch.equal(embeds[1, :2], table[[4, 1]]) and torch.equal(embeds[1, 2:], torch.zeros(2, D))
+
+
+def test_posterior_is_the_renormalised_weighted_sum_and_tends_to_top1_when_cold():
+    torch.manual_seed(1)
+    table = torch.randn(V, D)
+    step_logits = torch.randn(3, V)
+    labels = step_logits.argmax(-1)
+    got = bridge_embeddings(step_logits, labels, table, "posterior", temperature=2.0)
+    torch.testing.assert_close(got, (step_logits / 2.0).softmax(-1) @ table)
+    cold = bridge_embeddings(step_logits, labels, table, "posterior", temperature=1e-4)
+    torch.testing.assert_close(cold, table[labels])
+
+
+def test_token_embeddings_pads_and_rejects_an_empty_path():
+    table = torch.arange(V * D, dtype=torch.float32).view(V, D)
+    embeds, lengths = token_embeddings([[1, 2, 3], [9]], table)
+    assert lengths.tolist() == [3, 1] and torch.equal(embeds[1, 0], table[9])
+    with pytest.raises(ValueError, match="non-empty"):
+        token_embeddings([[1], []], table)
+
+
+def test_bridge_config_checks():
+    with pytest.raises(ValueError, match=r"bridge\.mode"):
+        BridgeConfig(mode="soft")
+    with pytest.raises(ValueError, match="posterior"):
+        BridgeConfig(mode="posterior", recognizer="whisper")
+    with pytest.raises(ValueError, match=r"adaptor\.select"):
+        SpeechLLMConfig(bridge=BridgeConfig(mode="top1"))
+    with pytest.raises(ValueError, match="30s"):
+        SpeechLLMConfig(bridge=BridgeConfig(mode="top1", recognizer="whisper"))
+
+
+@pytest.mark.parametrize("mode", ["posterior", "top1"])
+def test_a_ctc_bridged_model_gives_the_llm_rows_of_its_own_table(tiny_config, tone, mode):
+    from speechllm.model import build_speech_llm
+
+    tiny_config.adaptor.select = "blank_removal"
+    tiny_config.bridge = BridgeConfig(mode=mode, blank_threshold=1.0)
+    torch.manual_seed(0)
+    model = build_speech_llm(tiny_config).eval()
+    table = model.embedding_table()
+    with torch.no_grad():
+        embeds, lengths = model.speech_embeddings([tone(1.0), tone(2.0, seed=1)])
+    assert lengths.tolist()[0] >= 1 and embeds.shape[-1] == table.shape[1]
+    rows = embeds[0, : lengths[0]]
+    if mode == "top1":  # every position is exactly one row of the table
+        assert bool((torch.cdist(rows, table).min(-1).values == 0).all())
+    else:  # a convex combination: inside the table's bounding box
+        assert bool((rows <= table.max(0).values + 1e-5).all() and (rows >= table.min(0).values - 1e-5).all())
+    answer = model.generate([[{"role": "user", "content": [{"type": "audio", "audio": tone(1.0)}]}]], max_new_tokens=3)
+    assert isinstance(answer[0], str)
+
+
+def test_ctc_embed_training_never_runs_the_llm(tiny_config, monkeypatch):
+    from speechllm.model import build_speech_llm
+    from speechllm.training.stages import StageModel
+
+    tiny_config.adaptor.select = "blank_removal"
+    tiny_config.bridge = BridgeConfig(mode="top1")
+    model = build_speech_llm(tiny_config)
+    stage = StageModel(model, "ctc_embed")
+
+    def no_llm(*args, **kwargs):
+        raise AssertionError("the LLM ran while training the bridge")
+
+    monkeypatch.setattr(model.llm, "forward", no_llm)
+    frames = [torch.randn(40, model.encoder.dim), torch.randn(28, model.encoder.dim)]
+    out = stage({"frames": frames, "transcripts": ["hello world", "hi"]})
+    out["loss"].backward()
+    grads = [p.grad for p in model.adaptor.parameters() if p.requires_grad]
+    assert torch.isfinite(out["loss"]) and any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for p in model.llm.parameters())
+
+
+# ---------------------------------------------------------------------------- Whisper's text decoder
+
+
+@pytest.fixture()
+def hf_whisper():
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    config = WhisperConfig(
+        vocab_size=40, num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_source_positions=50, max_target_positions=24, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        decoder_start_token_id=1,
+    )  # fmt: skip
+    torch.manual_seed(3)
+    return WhisperForConditionalGeneration(config).eval()
+
+
+def ours_from_hf(hf) -> WhisperTextDecoder:
+    c = hf.config
+    arch = DecoderArch(
+        vocab_size=c.vocab_size, d_model=c.d_model, n_layers=c.decoder_layers, n_heads=c.decoder_attention_heads,
+        ffn_dim=c.decoder_ffn_dim, max_positions=c.max_target_positions, prompt=[1, 5], eot=2, suppress=[7],
+        suppress_begin=[2], specials_from=None,
+    )  # fmt: skip
+    decoder = WhisperTextDecoder(arch, detokenize=lambda ids: " ".join(map(str, ids)))
+    prefix = "model.decoder."
+    sd = {k[len(prefix) :]: v for k, v in hf.state_dict().items() if k.startswith(prefix)}
+    missing, unexpected = decoder.load_state_dict(sd, strict=False)
+    assert not missing and not unexpected
+    return decoder.eval()
+
+
+def test_decoder_logits_match_hugging_face(hf_whisper):
+    ours = ours_from_hf(hf_whisper)
+    states = torch.randn(2, 50, 32)
+    tokens = torch.tensor([[1, 5, 9, 12], [1, 5, 3, 30]])
+    with torch.no_grad():
+        hidden = hf_whisper.model.decoder(input_ids=tokens, encoder_hidden_states=states).last_hidden_state
+        expected = hf_whisper.proj_out(hidden[:, -1])
+        got = ours._step(tokens, 0, ours._cross_cache(states), None)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_with_cache_equals_recomputing_every_step_and_respects_suppression(hf_whisper):
+    ours = ours_from_hf(hf_whisper)
+    torch.manual_seed(4)
+    states = torch.randn(3, 50, 32)
+    lengths = torch.tensor([50, 31, 12])
+    got = ours.greedy(states, lengths, max_tokens=8)
+    for i in range(3):
+        s = states[i : i + 1, : int(lengths[i])]
+        seq = [1, 5]
+        for step in range(8):
+            logits = ours._step(torch.tensor([seq]), 0, ours._cross_cache(s), None)[0]
+            logits[7] = float("-inf")
+            if step == 0:
+                logits[2] = float("-inf")
+            token = int(logits.argmax())
+            if token == 2:
+                break
+            seq.append(token)
+        assert got[i] == seq[2:]
+        assert 7 not in got[i]
+
+
+def test_beam_search_of_width_one_is_greedy_and_wider_beams_score_no_worse(hf_whisper):
+    ours = ours_from_hf(hf_whisper)
+    torch.manual_seed(5)
+    states = torch.randn(1, 50, 32)
+    greedy = ours.greedy(states, max_tokens=6)[0]
+    assert ours.beam_search(states, beam_size=1, max_tokens=6) == greedy
+    assert ours.transcribe(states, max_tokens=6, beam_size=3)[0] == " ".join(map(str, ours.beam_search(states, 3, 6)))
