@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from speechllm.config import BridgeConfig, SpeechLLMConfig
+from speechllm.inference.generation import GenerationConfig, generate
 from speechllm.model.bridge import bridge_embeddings, ctc_bridge, ctc_steps, token_embeddings
 from speechllm.model.whisper_decoder import DecoderArch, WhisperTextDecoder
 
@@ -113,7 +114,11 @@ def test_a_ctc_bridged_model_gives_the_llm_rows_of_its_own_table(tiny_config, to
         assert bool((torch.cdist(rows, table).min(-1).values == 0).all())
     else:  # a convex combination: inside the table's bounding box
         assert bool((rows <= table.max(0).values + 1e-5).all() and (rows >= table.min(0).values - 1e-5).all())
-    answer = model.generate([[{"role": "user", "content": [{"type": "audio", "audio": tone(1.0)}]}]], max_new_tokens=3)
+    answer = generate(
+        model,
+        [[{"role": "user", "content": [{"type": "audio", "audio": tone(1.0)}]}]],
+        GenerationConfig(max_new_tokens=3),
+    )
     assert isinstance(answer[0], str)
 
 

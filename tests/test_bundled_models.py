@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from speechllm.config import EncoderConfig, LLMConfig, SpeechLLMConfig
+from speechllm.inference.generation import GenerationConfig, generate
 from speechllm.model.features import LogMel
 from speechllm.weights.errors import WeightsError
 
@@ -39,7 +40,7 @@ def test_encoder_matches_ctranslate2(tone):
 
 def test_text_generation_matches_transformers(default_model):
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
-    ours = default_model.generate([msgs], max_new_tokens=16)
+    ours = generate(default_model, [msgs], GenerationConfig(max_new_tokens=16))
     tok = default_model.processor.tokenizer
     ids = tok(
         tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False),
@@ -57,7 +58,7 @@ def test_speech_prompt_runs_end_to_end(default_model, tone):
     # 2 s -> 200 mel frames -> 100 encoder frames -> 25 positions after stacking by 4
     assert int((batch.input_ids == default_model.processor.speech_token_id).sum()) == 25
     assert batch.inputs_embeds.shape[-1] == 576
-    out = default_model.generate([conv], max_new_tokens=4)
+    out = generate(default_model, [conv], GenerationConfig(max_new_tokens=4))
     assert isinstance(out[0], str)
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from speechllm.cli import COMMANDS
 from speechllm.cli.extras import DISTRIBUTION_OF, extra_for, optional_dependencies
+from speechllm.inference.generation import GenerationConfig, generate
 
 # Runs speechllm.cli.main(argv) with the modules named in BLOCKED refused, as if not installed.
 RUNNER = textwrap.dedent(
@@ -139,6 +140,6 @@ def test_chat_runs_with_only_the_data_extra(tiny_model, tmp_path):
     done = run_cli(["chat", "--model", str(checkpoint), "--max-new-tokens", "4"], blocked=blocked)
     assert done.returncode == 0, done.stderr
     question = EspeakEngine().synthesize(SAMPLE_QUESTION, voice="en-us", rate=1.0)
-    expected = tiny_model.generate([[{"role": "user", "content": [{"type": "audio", "audio": question}]}]],
-                                   max_new_tokens=4)[0]  # fmt: skip
+    conversation = [{"role": "user", "content": [{"type": "audio", "audio": question}]}]
+    expected = generate(tiny_model, [conversation], GenerationConfig(max_new_tokens=4))[0]
     assert done.stdout == expected + "\n"  # only the answer goes to stdout

@@ -16,7 +16,7 @@ from speechllm.inference.engine import (
     RequestTimeout,
     StopMatcher,
 )
-from speechllm.inference.generation import GenerationConfig
+from speechllm.inference.generation import GenerationConfig, generate
 from speechllm.model import save_pretrained
 
 
@@ -36,7 +36,7 @@ def engine(tiny_model):
 def test_batched_equals_single_and_equals_model_generate(tiny_model, tone):
     convs = [_conv(tone(1.3, seed=0)), _conv(tone(0.6, seed=1), "Hi"), _conv(None, "Only text, longer prompt.")]
     gen = GenerationConfig(max_new_tokens=12)
-    expected = [tiny_model.generate([c], max_new_tokens=12)[0] for c in convs]
+    expected = [generate(tiny_model, [c], GenerationConfig(max_new_tokens=12))[0] for c in convs]
     engine = Engine(tiny_model, max_batch=4, max_queue=8, start=False)
     sizes = []
     prepare = tiny_model.prepare
@@ -66,7 +66,7 @@ def test_stream_deltas_concatenate_to_the_answer(engine, tiny_model, tone):
     done = events[-1]
     assert isinstance(done, Done)
     assert all(d for d in deltas) and "".join(deltas) == done.text
-    assert done.text == tiny_model.generate([conv], max_new_tokens=20)[0]
+    assert done.text == generate(tiny_model, [conv], GenerationConfig(max_new_tokens=20))[0]
     assert done.completion_tokens <= 20 and done.prompt_tokens > 20  # the speech positions count
 
 
@@ -80,7 +80,7 @@ def test_stop_string_cuts_the_answer(engine, tiny_model):
     events = list(request.events())
     assert "".join(e.text for e in events if isinstance(e, Delta)) == cut
     assert events[-1] == Done(cut, "stop", events[-1].prompt_tokens, events[-1].completion_tokens)
-    assert tiny_model.generate([conv], max_new_tokens=16, stop=[stop])[0] == cut
+    assert generate(tiny_model, [conv], GenerationConfig(max_new_tokens=16, stop=[stop]))[0] == cut
 
 
 def test_max_tokens_gives_length(engine):
@@ -157,7 +157,9 @@ def test_transcribe_asks_the_llm(engine, tiny_model, tone):
             "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": "Transcribe the audio."}],
         }
     ]
-    assert engine.transcribe([audio], max_new_tokens=8) == [tiny_model.generate([conv], max_new_tokens=8)[0].strip()]
+    assert engine.transcribe([audio], max_new_tokens=8) == [
+        generate(tiny_model, [conv], GenerationConfig(max_new_tokens=8))[0].strip()
+    ]
 
 
 def _run_cli(argv):

@@ -15,6 +15,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from speechllm.inference.engine import Engine
+from speechllm.inference.generation import GenerationConfig, generate
 from speechllm.serve.app import create_app
 from speechllm.serve.settings import ServeSettings
 
@@ -99,7 +100,7 @@ def test_chat_non_stream(client, tiny_model, tone):
     # the server decodes the WAV exactly (16-bit), so the answer matches the model on the same samples
     same = sf.read(io.BytesIO(wav_bytes(audio)), dtype="float32")[0]
     conv = [{"role": "user", "content": [{"type": "audio", "audio": same}, {"type": "text", "text": "Hi"}]}]
-    assert choice["message"]["content"] == tiny_model.generate([conv], max_new_tokens=8)[0]
+    assert choice["message"]["content"] == generate(tiny_model, [conv], GenerationConfig(max_new_tokens=8))[0]
 
 
 def test_chat_stream_chunks(client, tone):
@@ -295,7 +296,7 @@ def test_transcriptions(client, tiny_model, tone):
             "content": [{"type": "text", "text": "Transcribe the audio."}, {"type": "audio", "audio": same}],
         }
     ]
-    expected = tiny_model.generate([conv], max_new_tokens=256)[0].strip()
+    expected = generate(tiny_model, [conv], GenerationConfig(max_new_tokens=256))[0].strip()
     r = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", data, "audio/wav")}, data={"model": "default"})
     assert r.status_code == 200 and r.json() == {"text": expected}
     form = {"model": "tiny", "response_format": "text"}

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from speechllm.config import LoraConfig
-from speechllm.inference.generation import GenerationConfig, eos_token_ids, stream_generate
+from speechllm.inference.generation import GenerationConfig, eos_token_ids, generate, stream_generate
 from speechllm.model import build_speech_llm, from_pretrained, part_of, save_pretrained
 from speechllm.model.speech_llm import position_ids
 from speechllm.weights.errors import WeightsError
@@ -81,7 +81,7 @@ def test_batch_items_match_their_single_runs(tiny_model, tone):
 
 def test_text_only_generation_matches_transformers(tiny_model):
     msgs = [{"role": "user", "content": "hello there"}]
-    ours = tiny_model.generate([msgs], max_new_tokens=12)
+    ours = generate(tiny_model, [msgs], GenerationConfig(max_new_tokens=12))
     tok = tiny_model.processor.tokenizer
     ids = tok(
         tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False),
@@ -96,8 +96,8 @@ def test_text_only_generation_matches_transformers(tiny_model):
 
 def test_batched_generation_equals_one_by_one(tiny_model, tone):
     convs = [speech_msg(tone(1.0, seed=5)), [{"role": "user", "content": "a longer text only prompt"}]]
-    together = tiny_model.generate(convs, max_new_tokens=8)
-    alone = [tiny_model.generate([c], max_new_tokens=8)[0] for c in convs]
+    together = generate(tiny_model, convs, GenerationConfig(max_new_tokens=8))
+    alone = [generate(tiny_model, [c], GenerationConfig(max_new_tokens=8))[0] for c in convs]
     assert together == alone
 
 
@@ -119,8 +119,8 @@ def test_stream_stops_at_max_new_tokens(tiny_model):
 
 def test_sampling_is_reproducible_with_a_seed(tiny_model):
     msgs = [[{"role": "user", "content": "sample me"}]]
-    a = tiny_model.generate(msgs, max_new_tokens=8, do_sample=True, temperature=1.5, seed=7)
-    b = tiny_model.generate(msgs, max_new_tokens=8, do_sample=True, temperature=1.5, seed=7)
+    a = generate(tiny_model, msgs, GenerationConfig(max_new_tokens=8, do_sample=True, temperature=1.5, seed=7))
+    b = generate(tiny_model, msgs, GenerationConfig(max_new_tokens=8, do_sample=True, temperature=1.5, seed=7))
     assert a == b
 
 
@@ -230,7 +230,9 @@ def test_save_writes_only_owned_weights_and_reloads_identically(tiny_config, tmp
         a = model.prepare(conv).inputs_embeds
         b = reloaded.prepare(conv).inputs_embeds
     torch.testing.assert_close(a, b)
-    assert model.generate(conv, max_new_tokens=6) == reloaded.generate(conv, max_new_tokens=6)
+    assert generate(model, conv, GenerationConfig(max_new_tokens=6)) == generate(
+        reloaded, conv, GenerationConfig(max_new_tokens=6)
+    )
     assert (out_dir / "config.yaml").read_text().count("source:") == 2
 
 
@@ -295,14 +297,14 @@ def test_text_only_prompts_bypass_lora_unless_configured(tiny_config, tone):
     tiny_config.lora = LoraConfig(enabled=True, r=2, alpha=4)
     model = build_speech_llm(tiny_config).eval()
     text = [[{"role": "user", "content": "plain text question"}]]
-    plain = model.generate(text, max_new_tokens=8)
+    plain = generate(model, text, GenerationConfig(max_new_tokens=8))
     with torch.no_grad():
         for n, p in model.llm.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 1.0)
-    assert model.generate(text, max_new_tokens=8) == plain
+    assert generate(model, text, GenerationConfig(max_new_tokens=8)) == plain
     model.config.lora_on_text = True
-    assert model.generate(text, max_new_tokens=8) != plain
+    assert generate(model, text, GenerationConfig(max_new_tokens=8)) != plain
 
 
 def test_adaptor_selection_keeps_non_blank_positions(tiny_config, tone):

@@ -16,7 +16,7 @@ import torch
 
 from speechllm.data.audio import decode_audio_bytes
 from speechllm.inference.engine import Audio, Delta, Done, Engine
-from speechllm.inference.generation import GenerationConfig, eos_token_ids, stream_generate
+from speechllm.inference.generation import GenerationConfig, eos_token_ids, generate, stream_generate
 from speechllm.model import save_pretrained
 from speechllm.speech_out.config import SpeechDecoderConfig, VocoderConfig
 from speechllm.speech_out.decoder import SpeechDecoder
@@ -174,7 +174,9 @@ def test_chat_speak_writes_a_wav(tiny_model, speech, tmp_path, monkeypatch, caps
     assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16") and info.frames > 0
     assert played == [(out, info.frames, 16000)]
     text = capsys.readouterr().out
-    assert text == tiny_model.generate([SAY], max_new_tokens=12)[0] + "\n"  # only the answer on stdout
+    assert (
+        text == generate(tiny_model, [SAY], GenerationConfig(max_new_tokens=12))[0] + "\n"
+    )  # only the answer on stdout
 
     monkeypatch.setattr(speechllm.defaults, "DEFAULT_SPEECH", tmp_path / "not-shipped")
     assert main([*argv, "--speak", str(tmp_path / "x.wav")]) == 2

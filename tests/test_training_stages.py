@@ -12,6 +12,7 @@ from speechllm.data.audio import save_wav
 from speechllm.data.encoding import encoder_fn
 from speechllm.data.feature_cache import FeatureCache, encode_manifest
 from speechllm.data.manifest import Sample, write_manifest
+from speechllm.inference.generation import GenerationConfig, generate
 from speechllm.model import from_pretrained, part_of
 from speechllm.training.stages import STAGES, StageModel, ctc_greedy
 from speechllm.training.train import load_train_config, main, setup
@@ -112,9 +113,9 @@ def test_distill_leaves_text_answers_unchanged(tiny_data, tmp_path, tiny_llm_dir
     config = stage_config("distill", tiny_data, tmp_path, tiny_llm_dir, tiny_whisper_dir)
     stage_model, _, _ = setup(config)
     prompt = [[{"role": "user", "content": "a typed question"}]]
-    before = stage_model.model.generate(prompt, max_new_tokens=6)
+    before = generate(stage_model.model, prompt, GenerationConfig(max_new_tokens=6))
     main(config)
-    after = from_pretrained(tmp_path / "distill" / "model").generate(prompt, max_new_tokens=6)
+    after = generate(from_pretrained(tmp_path / "distill" / "model"), prompt, GenerationConfig(max_new_tokens=6))
     assert before == after
 
 

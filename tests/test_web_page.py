@@ -18,6 +18,7 @@ sync_playwright = pytest.importorskip("playwright.sync_api", reason="pip install
 pytest.importorskip("uvicorn")
 
 from speechllm.inference.engine import Engine  # noqa: E402
+from speechllm.inference.generation import GenerationConfig, generate  # noqa: E402
 from speechllm.serve.app import create_app  # noqa: E402
 from speechllm.serve.background import serve_in_thread  # noqa: E402
 from speechllm.serve.settings import ServeSettings  # noqa: E402
@@ -79,7 +80,9 @@ def test_record_send_and_see_the_answer(tiny_model, tone, tmp_path):
     audio = [p["audio"] for p in conversation[-1]["content"] if p["type"] == "audio"]
     assert len(audio) == 1 and 1.0 < audio[0].shape[0] / 16000 < 3.5  # about the 1.5 s recorded
     assert request.finished and shown, "an answer should appear (the tiny model may answer whitespace)"
-    assert shown == tiny_model.generate([conversation], max_new_tokens=12)[0]  # the whole answer, streamed in
+    assert (
+        shown == generate(tiny_model, [conversation], GenerationConfig(max_new_tokens=12))[0]
+    )  # the whole answer, streamed in
     assert "What did I say?" in user
 
 
@@ -116,6 +119,8 @@ def test_speak_toggle_plays_the_answer(tiny_model, tmp_path):
             browser.close()
     conversation = [{"role": "user", "content": [{"type": "text", "text": "Say something."}]}]
     _, expected = offline_speech(tiny_model, speech, conversation, GenerationConfig(max_new_tokens=12))
-    assert shown == tiny_model.generate([conversation], max_new_tokens=12)[0]  # the transcript, streamed in
+    assert (
+        shown == generate(tiny_model, [conversation], GenerationConfig(max_new_tokens=12))[0]
+    )  # the transcript, streamed in
     assert played["scheduled"] >= 2 and played["samples"] == expected.size  # every piece handed to Web Audio
     assert played["state"] == "running" and played["end"] >= expected.size / 16000  # queued one after another

@@ -222,9 +222,13 @@ def model_answerer(model: Any, max_new_tokens: int) -> Answerer:
     """Greedy answers of a `SpeechLLM` (LoRA bypassed for text-only batches, as `generate` does)."""
     import torch
 
+    from speechllm.inference.generation import GenerationConfig, generate
+
     def answer(conversations: list[list[dict[str, Any]]]) -> list[str]:
         with torch.inference_mode():
-            return list(model.generate(conversations, max_new_tokens=max_new_tokens, do_sample=False))
+            return list(
+                generate(model, conversations, GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False))
+            )
 
     return answer
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -327,15 +326,9 @@ class SpeechLLM(nn.Module):
         allowed = allowed | (q == k)  # a pad query attends to itself, so no row is empty
         return allowed[:, None]
 
-    # ------------------------------------------------------------------ generate
-    # Saving and loading are functions of speechllm.model.checkpoint (save_pretrained(model, dir),
-    # from_pretrained(dir)): the checkpoint code builds a SpeechLLM, so the class does not import it.
-
-    def generate(self, conversations: list[list[Message]], **generation: Any) -> list[str]:
-        """Answers to a batch of conversations; keyword arguments are GenerationConfig fields."""
-        from speechllm.inference.generation import GenerationConfig, generate
-
-        return generate(self, conversations, GenerationConfig(**generation))
+    # Saving, loading and generating are functions of the layers above (speechllm.model.checkpoint:
+    # save_pretrained(model, dir), from_pretrained(dir); speechllm.inference: generate(model,
+    # conversations, GenerationConfig(...))): they use a SpeechLLM, so the class imports none of them.
 
     # ------------------------------------------------------------------ forward
 
