@@ -424,6 +424,8 @@ class Engine:
                     row.fail(e)
             rows[:] = [row for row in rows if not row.done]
             self.running = len(rows)
+            if not rows:
+                batch = None  # the next batch gets its own sampling settings and generator
         for row in rows:
             row.fail(EngineClosed("the engine is shutting down"))
         self.running = 0

@@ -4,7 +4,11 @@ Routes: `POST /v1/chat/completions` (JSON or server-sent events; spoken answers 
 has a speech output, see speechllm.serve.speech), `POST /v1/audio/transcriptions` (multipart),
 `GET /v1/models`, `GET /health`, `GET /` (the web page). Limits come from
 `ServeSettings`: body size 413 (GuardMiddleware), audio duration 400, queue full 429, engine not
-ready or shutting down 503, deadline passed 504, missing or wrong API key 401.
+ready or shutting down 503, deadline passed 504, missing or wrong API key 401, a prompt that does
+not fit the LLM's context with its max_tokens 400 (`context_length_exceeded`). A request whose
+client goes away is cancelled (its slot freed at the next decode step or prefill chunk): the
+non-streamed handlers poll for the disconnect, a streamed answer's generator is closed by the
+streaming response.
 """
 
 from __future__ import annotations
@@ -26,14 +30,16 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from speechllm.inference.engine import (
-    ASR_INSTRUCTION,
     Audio,
+    Cancelled,
     Delta,
     Done,
     Engine,
     EngineClosed,
+    PromptTooLong,
     QueueFull,
     RequestTimeout,
+    asr_conversation,
 )
 from speechllm.inference.engine import Request as EngineRequest
 from speechllm.inference.generation import GenerationConfig
@@ -97,10 +103,14 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
         body = oa.parse_json(await request.body())
         parsed = oa.parse_chat(body, settings, speech=speaks, transcript=transcripts.get)
         await run_in_threadpool(oa.decode_messages, parsed.messages, settings.max_audio_seconds)
-        handle = _submit(engine, parsed.messages, parsed.gen, settings, speak=parsed.audio is not None)
+        handle = await _submit(engine, parsed.messages, parsed.gen, settings, speak=parsed.audio is not None)
         cid = oa.completion_id()
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, handle))
         if not parsed.stream:
-            done, chunks = await _collect(handle)
+            try:
+                done, chunks = await _collect(handle)
+            finally:
+                watcher.cancel()
             audio = None
             if parsed.audio is not None:
                 aid = sp.audio_id()
@@ -121,7 +131,10 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
         events = handle.aevents()
         # Wait for the first event before answering 200, so errors before the first token (bad
         # audio, timeout in the queue) still get their proper status code.
-        first = await _first(handle, events)
+        try:
+            first = await _first(handle, events)
+        finally:
+            watcher.cancel()  # from here on, the streaming response notices a client that goes away
         voice = None
         if parsed.audio is not None:
             voice = sp.AudioDeltas(sp.audio_id(), sample_rate, transcripts.remember)
@@ -145,11 +158,13 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
         name = upload.filename or "file"
         limit = settings.max_audio_seconds
         audio = await run_in_threadpool(oa.decode_audio, data, name, limit, limit)
-        conversation = [
-            {"role": "user", "content": [{"type": "text", "text": ASR_INSTRUCTION}, {"type": "audio", "audio": audio}]}
-        ]
         gen = GenerationConfig(max_new_tokens=settings.default_max_tokens)
-        text = (await _collect(_submit(engine, conversation, gen, settings)))[0].text.strip()
+        handle = await _submit(engine, asr_conversation(audio), gen, settings)
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, handle))
+        try:
+            text = (await _collect(handle))[0].text.strip()
+        finally:
+            watcher.cancel()
         return PlainTextResponse(text) if fmt == "text" else JSONResponse({"text": text})
 
     return app
@@ -168,17 +183,33 @@ def _auth_check(settings: ServeSettings) -> Any:
     return check
 
 
-def _submit(
+async def _submit(
     engine: Engine, messages: list[dict[str, Any]], gen: GenerationConfig, s: ServeSettings, speak: bool = False
 ) -> EngineRequest:
+    """Queue a request; its prompt is measured in a worker thread (tokenizing a long text takes a while)."""
+    loop = asyncio.get_running_loop()
     try:
-        return engine.submit(messages, gen, timeout=s.timeout, loop=asyncio.get_running_loop(), speak=speak)
+        return await run_in_threadpool(lambda: engine.submit(messages, gen, timeout=s.timeout, loop=loop, speak=speak))
     except QueueFull:
         raise ApiError(
             429, "the server is busy: too many requests are waiting; retry later", code="queue_full"
         ) from None
     except EngineClosed:
         raise ApiError(503, "the server is not ready or is shutting down", code="unavailable") from None
+    except PromptTooLong as e:
+        raise ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
+    except ValueError as e:  # the model's processor refused the conversation
+        raise ApiError(400, str(e), param="messages", code="invalid_request") from None
+
+
+async def _cancel_on_disconnect(request: Request, handle: EngineRequest, every: float = 0.1) -> None:
+    """Cancel `handle` once the client has gone away (checked every `every` seconds until cancelled)."""
+    while not handle.finished:
+        if await request.is_disconnected():
+            log.info("client went away: cancelling request %d", handle.id)
+            handle.cancel()
+            return
+        await asyncio.sleep(every)
 
 
 def _engine_error(e: BaseException) -> ApiError:
@@ -188,6 +219,8 @@ def _engine_error(e: BaseException) -> ApiError:
         return ApiError(504, "the request did not finish in time", code="timeout")
     if isinstance(e, EngineClosed):
         return ApiError(503, "the server is shutting down", code="unavailable")
+    if isinstance(e, Cancelled):  # the client went away: nobody reads this answer
+        return ApiError(499, "the client closed the request", code="cancelled")
     if isinstance(e, ValueError):  # the model refused the conversation (e.g. too long for it)
         return ApiError(400, str(e), code="invalid_request")
     log.error("generation failed", exc_info=e)
