@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import LLMCalls
+from conftest import wait_until as _wait
 from speechllm.inference.engine import Done, Engine, EngineClosed, PromptTooLong, RequestTimeout
 from speechllm.inference.generation import DecodeBatch, GenerationConfig, pick_tokens
 
@@ -19,40 +21,6 @@ def _conv(text: str, audio=None):
     if audio is not None:
         parts.insert(0, {"type": "audio", "audio": audio})
     return [{"role": "user", "content": parts}]
-
-
-class LLMCalls:
-    """A forward pre-hook on the LLM: records (rows, positions, is_prefill) of every call, optionally
-    sleeps (so a test can act while a request runs) and runs `on_call(n)` on the worker thread."""
-
-    def __init__(self, model, delay: float = 0.0, on_call=None) -> None:
-        self.calls: list[tuple[int, int, bool]] = []
-        self.delay = delay
-        self.on_call = on_call
-        self._hook = model.llm.register_forward_pre_hook(self, with_kwargs=True)
-
-    def __call__(self, module, args, kwargs) -> None:
-        x = kwargs.get("inputs_embeds")
-        prefill = x is not None
-        shape = x.shape if prefill else kwargs["input_ids"].shape
-        self.calls.append((int(shape[0]), int(shape[1]), prefill))
-        if self.on_call is not None:
-            self.on_call(len(self.calls))
-        if self.delay:
-            time.sleep(self.delay)
-
-    def decode_rows(self) -> list[int]:
-        return [rows for rows, _, prefill in self.calls if not prefill]
-
-    def remove(self) -> None:
-        self._hook.remove()
-
-
-def _wait(predicate, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
 
 
 # ---------------------------------------------------------------------- continuous batching
