@@ -2,7 +2,7 @@
 
 Routes: `POST /v1/chat/completions` (JSON or server-sent events; spoken answers when the engine
 has a speech output, see speechllm.serve.speech), `POST /v1/audio/transcriptions` (multipart),
-`GET /v1/models`, `GET /health`, `GET /` (the web page). Limits come from
+`GET /v1/models`, `GET /health`, `GET /` (the web page), `GET /openapi.json` (speechllm.serve.schema). Limits come from
 `ServeSettings`: body size 413 (GuardMiddleware), audio duration 400, queue full 429, engine not
 ready or shutting down 503, deadline passed 504, missing or wrong API key 401, a prompt that does
 not fit the LLM's context with its max_tokens 400 (`context_length_exceeded`). A request whose
@@ -44,6 +44,7 @@ from speechllm.inference.engine import (
 from speechllm.inference.engine import Request as EngineRequest
 from speechllm.inference.generation import GenerationConfig
 from speechllm.serve import openai_api as oa
+from speechllm.serve import schema
 from speechllm.serve import speech as sp
 from speechllm.serve.errors import ApiError, GuardMiddleware, api_error_body, error_body
 from speechllm.serve.settings import ServeSettings
@@ -54,7 +55,7 @@ log = logging.getLogger("speechllm.serve")
 def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI:
     """An app serving `engine`; the caller owns the engine (starts and closes it)."""
     settings = settings or ServeSettings()
-    app = FastAPI(title="speechllm", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="speechllm", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.engine = engine
     app.state.settings = settings
     _add_error_handlers(app)
@@ -76,7 +77,7 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
         html = resources.files("speechllm.serve").joinpath("static/index.html").read_text(encoding="utf-8")
         return HTMLResponse(html)
 
-    @app.get("/health")
+    @app.get("/health", responses={503: {"description": "the engine is not running"}})
     async def health() -> JSONResponse:
         ok = engine.ready
         body = {
@@ -87,7 +88,7 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/v1/models", dependencies=[auth])
+    @app.get("/v1/models", dependencies=[auth], responses=schema.errors(401))
     async def models() -> dict[str, Any]:
         output = ["text", "audio"] if speaks else ["text"]
         card = {
@@ -98,7 +99,12 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
         }
         return {"object": "list", "data": [{"id": settings.model_name, **card}, {"id": "default", **card}]}
 
-    @app.post("/v1/chat/completions", dependencies=[auth])
+    @app.post(
+        "/v1/chat/completions",
+        dependencies=[auth],
+        openapi_extra=schema.chat_openapi(settings),
+        responses=schema.CHAT_ANSWERS,
+    )
     async def chat(request: Request) -> Response:
         body = oa.parse_json(await request.body())
         parsed = oa.parse_chat(body, settings, speech=speaks, transcript=transcripts.get)
@@ -144,7 +150,12 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @app.post("/v1/audio/transcriptions", dependencies=[auth])
+    @app.post(
+        "/v1/audio/transcriptions",
+        dependencies=[auth],
+        openapi_extra=schema.transcription_openapi(settings),
+        responses=schema.TRANSCRIPTION_ANSWERS,
+    )
     async def transcriptions(request: Request) -> Response:
         form = await request.form(max_files=1, max_fields=16)
         upload = form.get("file")
