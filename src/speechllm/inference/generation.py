@@ -108,12 +108,14 @@ def _left_pad(x: Tensor, width: int, dim: int) -> Tensor:
     return torch.cat([x.new_zeros(shape), x], dim=dim)
 
 
-def _layers(cache: DynamicCache) -> list[DynamicLayer]:
-    layers = list(cache.layers)
-    for layer in layers:
-        if type(layer) is not DynamicLayer:
-            raise ValueError(f"rows can only join a cache of full-attention layers, got {type(layer).__name__}")
-    return layers
+def _kv(cache: DynamicCache) -> list[tuple[DynamicLayer, Tensor, Tensor]]:
+    """Each layer of a filled cache with its keys and values (B, H, L, D)."""
+    out = []
+    for layer in cache.layers:
+        if type(layer) is not DynamicLayer or layer.keys is None or layer.values is None:
+            raise ValueError(f"rows can only join a filled cache of full-attention layers, got {type(layer).__name__}")
+        out.append((layer, layer.keys, layer.values))
+    return out
 
 
 def _cat_hidden(a: Tensor | None, n_a: int, b: Tensor | None, n_b: int) -> Tensor | None:
@@ -188,9 +190,9 @@ class DecodeBatch:
         old = self.state
         n_old, n_new = old.mask.shape[0], new.mask.shape[0]
         width = max(old.mask.shape[1], new.mask.shape[1])
-        for a, b in zip(_layers(old.cache), _layers(new.cache), strict=True):
-            a.keys = torch.cat([_left_pad(a.keys, width, 2), _left_pad(b.keys, width, 2)])  # B, H, L, D
-            a.values = torch.cat([_left_pad(a.values, width, 2), _left_pad(b.values, width, 2)])
+        for (layer, ka, va), (_, kb, vb) in zip(_kv(old.cache), _kv(new.cache), strict=True):
+            layer.keys = torch.cat([_left_pad(ka, width, 2), _left_pad(kb, width, 2)])  # B, H, L, D
+            layer.values = torch.cat([_left_pad(va, width, 2), _left_pad(vb, width, 2)])
         old.mask = torch.cat([_left_pad(old.mask, width, 1), _left_pad(new.mask, width, 1)])
         old.next_pos = torch.cat([old.next_pos, new.next_pos])
         old.logits = torch.cat([old.logits, new.logits])
@@ -217,8 +219,8 @@ class DecodeBatch:
             s.mask, s.next_pos, tokens = s.mask[rows], s.next_pos[rows], tokens[rows]
             first = int(s.mask.any(0).long().argmax())  # columns before it are padding in every row left
             if first:
-                for layer in _layers(s.cache):
-                    layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+                for layer, k, v in _kv(s.cache):
+                    layer.keys, layer.values = k[:, :, first:], v[:, :, first:]
                 s.mask = s.mask[:, first:]
         s.mask = torch.cat([s.mask, s.mask.new_ones(s.mask.shape[0], 1)], dim=1)
         out = self.llm(
