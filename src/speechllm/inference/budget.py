@@ -1,9 +1,11 @@
 """How many LLM positions a prompt takes, checked against the context before any work is done.
 
-A 60,000-word prompt must be refused in milliseconds, not after minutes of prefill: the text is
-first bounded from below without tokenizing it (no token spells more characters than the longest
-vocabulary entry), each audio from above by the positions its length can give; only a prompt that
-passes the cheap bound is rendered and tokenized for the exact count.
+A 60,000-word prompt must be refused in milliseconds, not after minutes of prefill. A long text is
+bounded from below by tokenizing prefixes of it of doubling length, cut before a space (byte-level
+BPE splits text into words before merging, so the tokens of such a prefix are a prefix of the
+text's tokens), until one holds more tokens than the context has room for; each audio is bounded
+by the positions its length can give. Only a prompt within these bounds is rendered and tokenized
+for the exact count.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from speechllm.model.features import HOP
 from speechllm.model.processor import Message
 from speechllm.model.speech_llm import SpeechLLM
 
+PROBE_CHARS_PER_POSITION = 4
+"""Characters per position of the first prefix tried (English takes ~4-5 characters a token)."""
+
 
 class PromptBudget:
     """How many positions a prompt takes in the LLM, checked against its context before any work."""
@@ -26,9 +31,6 @@ class PromptBudget:
     def __init__(self, model: SpeechLLM) -> None:
         self.model = model
         self.context: int | None = getattr(model.llm.config, "max_position_embeddings", None)
-        # No token spells more characters than the longest vocabulary entry, so characters / this
-        # is a lower bound on the tokens of a text, known without tokenizing it.
-        self._max_token_chars = max(1, max(len(t) for t in model.processor.tokenizer.get_vocab()))
 
     def speech_positions(self, audio: Any) -> int:
         """The most LLM positions an audio (16 kHz samples) can take: exact for stack and pool compressors,
@@ -45,12 +47,27 @@ class PromptBudget:
             return 0
         texts, audios = _parts(conversation)
         speech = sum(self.speech_positions(a) for a in audios)
-        lower = sum(len(t) for t in texts) // self._max_token_chars + speech
+        lower = speech
+        for text in texts:
+            lower += self._tokens_at_least(text, self.context - max_new_tokens - lower)
         self._refuse(lower, max_new_tokens, "at least ")
         rendered = self.model.processor.render(conversation)
         positions = len(rendered.input_ids) - len(rendered.audios) + speech
         self._refuse(positions, max_new_tokens, "")
         return positions
+
+    def _tokens_at_least(self, text: str, limit: int) -> int:
+        """A lower bound on the tokens of `text` that exceeds `limit` if the text clearly does, else 0.
+        Tokenizes prefixes of doubling length, so the cost is a few times that of `limit` tokens."""
+        probe = PROBE_CHARS_PER_POSITION * max(limit, 1)
+        while probe < len(text):
+            cut = text.rfind(" ", 0, probe)
+            prefix = text[: cut if cut > 0 else probe]
+            n = len(self.model.processor.tokenizer(prefix, add_special_tokens=False).input_ids)
+            if n > limit:
+                return n
+            probe *= 2
+        return 0
 
     def _refuse(self, positions: int, max_new_tokens: int, qualifier: str) -> None:
         assert self.context is not None
