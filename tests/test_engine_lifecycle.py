@@ -241,3 +241,27 @@ def test_seeded_requests_run_alone(tiny_model):
         engine.close()
     assert set(calls.decode_rows()) == {1}
     assert texts[0] == texts[1] == texts[2]
+
+
+def test_a_request_that_cannot_join_is_not_overtaken(tiny_model):
+    """A sampling request waits behind a running greedy batch; a greedy one behind it does not join first."""
+    engine = Engine(tiny_model, max_batch=4, start=False)
+    greedy = GenerationConfig(max_new_tokens=4)
+    sampled = GenerationConfig(max_new_tokens=4, do_sample=True, temperature=0.7)
+    late: list = []
+
+    def arrive(n: int) -> None:
+        if n == 5:
+            late.extend([engine.submit(_conv("sampled"), sampled), engine.submit(_conv("greedy"), greedy)])
+
+    calls = LLMCalls(tiny_model, on_call=arrive)
+    try:
+        first = engine.submit(_conv("Go on."), GenerationConfig(max_new_tokens=30))
+        engine.start()
+        first.result()
+        for r in _wait_for(late, 2):
+            r.result()
+    finally:
+        calls.remove()
+        engine.close()
+    assert set(calls.decode_rows()) == {1}, "the greedy request must not overtake the sampling one"
