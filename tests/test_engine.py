@@ -46,7 +46,7 @@ def test_batched_equals_single_and_equals_model_generate(tiny_model, tone):
     finally:
         del tiny_model.prepare
         engine.close()
-    assert sizes == [1] * 6  # each request is prefilled alone, then joins the batch
+    assert sizes == [3, 1, 1, 1]  # the three waiting ones are prefilled together
     assert batched == singles == expected
 
 

@@ -8,8 +8,9 @@ in the caller's thread, a prompt that cannot fit the LLM's context with the answ
 
 One worker thread owns the model, so nothing else needs a lock. It keeps one `DecodeBatch` (rows
 decoding over one left-padded KV cache) and loops: admit waiting requests into free slots,
-prefill each alone (in chunks, giving up between chunks if its caller cancelled, its deadline
-passed or the engine is closing) and join it to the batch; pick every row's next token; route
+prefill the ones admitted together as one left-padded group (in chunks, giving up between chunks
+once all of them are cancelled or past their deadline, or the engine is closing) and join them to
+the batch; pick every row's next token; route
 each token to its row; drop the rows that are finished and feed the rest. So a new request joins
 at the next step instead of waiting for the longest answer (continuous batching;
 `continuous=False` admits only into an empty batch, the old dynamic batching, for comparison).
@@ -17,7 +18,8 @@ A request joins only a batch that can share its sampling settings (all greedy on
 ones with the same temperature/top_p; a seeded one runs alone so its result does not depend on its
 neighbours), and only from the head of the queue, so nobody waits forever behind later arrivals.
 
-A cancelled or expired request stops at the next step or prefill chunk and frees its slot.
+A cancelled or expired request stops at the next decode step and frees its slot; its prefill
+stops at the next chunk unless others prefilled with it still want theirs.
 `close` fails the waiting requests with `EngineClosed` (HTTP 503) at once, lets the running ones
 finish for up to `timeout` seconds, then fails them too: it never hangs.
 
@@ -351,8 +353,8 @@ class Engine:
         rows: list[_Row] = []
         batch: DecodeBatch | None = None
         while (admitted := self._admit(rows)) is not None:
-            for request in admitted:
-                batch = self._start(request, batch, rows)
+            if admitted:
+                batch = self._start(admitted, batch, rows)
             if not rows:
                 batch = None
                 continue
@@ -371,33 +373,47 @@ class Engine:
             row.fail(EngineClosed("the engine is shutting down"))
         self.running = 0
 
-    def _start(self, request: Request, batch: DecodeBatch | None, rows: list[_Row]) -> DecodeBatch | None:
-        """Prefill one request and add it to the batch (a new one when None); failures are its own."""
+    def _start(self, requests: list[Request], batch: DecodeBatch | None, rows: list[_Row]) -> DecodeBatch | None:
+        """Prefill requests admitted together as one left-padded group and add them to the batch (a new
+        one when None). A conversation the model refuses fails alone: the others are started one by one."""
 
         def keep_going() -> bool:
-            return not (request.cancelled or request.expired() or self._abort.is_set())
+            alive = any(not (r.cancelled or r.expired()) for r in requests)
+            return alive and not self._abort.is_set()
 
         try:
-            prepared = self.model.prepare([request.conversation], left_pad=True)
+            prepared = self.model.prepare([r.conversation for r in requests], left_pad=True)
+        except Exception as e:
+            if len(requests) == 1:
+                log.info("request %d failed before decoding: %s", requests[0].id, e)
+                requests[0].emit(Failed(e))
+                return batch if rows else None
+            for r in requests:  # find the request at fault; the others still get their answers
+                batch = self._start([r], batch, rows)
+            return batch
+        try:
             mask = self.model.attention_mask_for(prepared.attention_mask, prepared.prefix_lengths)
-            batch = batch or DecodeBatch(self.model.llm, request.gen, chunk=self.prefill_chunk)
+            batch = batch or DecodeBatch(self.model.llm, requests[0].gen, chunk=self.prefill_chunk)
             prefilled = batch.prefill(
                 prepared.inputs_embeds,
                 prepared.attention_mask,
                 full_mask=mask if mask.dim() == 4 else None,
-                want_hidden=request.speak,
+                want_hidden=any(r.speak for r in requests),
                 keep_going=keep_going,
             )
         except Exception as e:
-            log.info("request %d failed before decoding: %s", request.id, e)
-            request.emit(Failed(e))
+            log.exception("prefill failed for %d request(s)", len(requests))
+            for r in requests:
+                r.emit(Failed(e))
             return batch if rows else None
         if prefilled is None:
-            request.emit(Failed(self._stop_reason(request)))
+            for r in requests:
+                r.emit(Failed(self._stop_reason(r)))
             return batch if rows else None
         batch.join(prefilled)
-        rows.append(_Row(request, TextStream(self.model.processor.decode, request.gen.stop),
-                         int(prepared.attention_mask.sum()), self._voice(request)))  # fmt: skip
+        decode = self.model.processor.decode
+        for r, n in zip(requests, prepared.attention_mask.sum(1).tolist()):
+            rows.append(_Row(r, TextStream(decode, r.gen.stop), int(n), self._voice(r)))
         self.running = len(rows)
         return batch
 
