@@ -46,7 +46,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -72,9 +72,6 @@ from speechllm.inference.request import (
 from speechllm.model.processor import Message
 from speechllm.model.speech_llm import SpeechLLM
 
-if TYPE_CHECKING:
-    from speechllm.speech_out.streaming import SpeechOutput, SpeechStream
-
 __all__ = [
     "ASR_INSTRUCTION", "Audio", "Cancelled", "Delta", "Done", "Engine", "EngineClosed", "EngineError", "Event",
     "Failed", "PromptTooLong", "QueueFull", "Request", "RequestTimeout", "asr_conversation",
@@ -91,6 +88,31 @@ def asr_conversation(audio: Any) -> list[Message]:
     """The prompt that asks for a transcript of `audio`, as the model was trained: audio, then instruction.
     The engine's `transcribe` and the server's /v1/audio/transcriptions both use it."""
     return [{"role": "user", "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": ASR_INSTRUCTION}]}]
+
+
+class SpeechStream(Protocol):
+    """One answer's speech as its tokens come (speechllm.speech_out.streaming.SpeechStream is one)."""
+
+    def push(self, hidden: Tensor, token: int) -> np.ndarray:
+        """The audio (N,) that token (with the LLM state (D,) that predicted it) makes final; often empty."""
+        ...
+
+    def finish(self) -> np.ndarray:
+        """The rest of the audio, at the end of the answer."""
+        ...
+
+
+class SpeechOutput(Protocol):
+    """What the engine needs of a speech output (speechllm.speech_out.streaming.SpeechOutput is one),
+    so that this layer imports nothing from speech_out."""
+
+    sample_rate: int
+    decoder: Any
+    """Its `config.llm_dim` must be the LLM's width; its parameters' device receives the hidden states."""
+
+    def stream(self) -> SpeechStream: ...
+
+    def eval(self) -> Any: ...
 
 
 def _batch_key(gen: GenerationConfig, request_id: int) -> tuple[Any, ...]:
