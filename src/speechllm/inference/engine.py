@@ -4,15 +4,16 @@ Callers (HTTP handlers, the CLI) `submit` a conversation and get a `Request` bac
 speechllm.inference.request); they read its events (`Delta` text pieces, `Audio` chunks when it
 speaks, then one `Done` or `Failed`) from their own thread or event loop. `submit` refuses at once,
 in the caller's thread, a prompt that cannot fit the LLM's context with the answer it asks for
-(`PromptTooLong`, naming both lengths; a cheap bound first, so a huge prompt costs milliseconds).
+(`PromptTooLong`, naming both lengths; see speechllm.inference.budget: a 60,000-word prompt is
+refused after tokenizing about two contexts' worth of it, tens of milliseconds).
 
 One worker thread owns the model, so nothing else needs a lock. It keeps one `DecodeBatch` (rows
 decoding over one left-padded KV cache) and loops: admit waiting requests into free slots,
 prefill the ones admitted together as one left-padded group (in chunks, giving up between chunks
 once all of them are cancelled or past their deadline, or the engine is closing) and join them to
-the batch; pick every row's next token; route
-each token to its row; drop the rows that are finished and feed the rest. So a new request joins
-at the next step instead of waiting for the longest answer (continuous batching;
+the batch; pick every row's next token; route each token to its row; drop the rows that are
+finished and feed the rest. So a new request joins at the next step instead of waiting for the
+longest answer (continuous batching;
 `continuous=False` admits only into an empty batch, the old dynamic batching, for comparison).
 A request joins only a batch that can share its sampling settings (all greedy ones, or sampling
 ones with the same temperature/top_p; a seeded one runs alone so its result does not depend on its
