@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,38 @@ def tone():
         return (0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t) + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
 
     return make
+
+
+class LLMCalls:
+    """A forward pre-hook on the LLM: records (rows, positions, is_prefill) of every call, optionally
+    sleeps (so a test can act while a request runs) and runs `on_call(n)` on the worker thread."""
+
+    def __init__(self, model, delay: float = 0.0, on_call=None) -> None:
+        self.calls: list[tuple[int, int, bool]] = []
+        self.delay = delay
+        self.on_call = on_call
+        self._hook = model.llm.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs) -> None:
+        x = kwargs.get("inputs_embeds")
+        prefill = x is not None
+        shape = x.shape if prefill else kwargs["input_ids"].shape
+        self.calls.append((int(shape[0]), int(shape[1]), prefill))
+        if self.on_call is not None:
+            self.on_call(len(self.calls))
+        if self.delay:
+            time.sleep(self.delay)
+
+    def decode_rows(self) -> list[int]:
+        return [rows for rows, _, prefill in self.calls if not prefill]
+
+    def remove(self) -> None:
+        self._hook.remove()
+
+
+def wait_until(predicate, seconds: float = 10.0) -> None:
+    """Poll `predicate` until it holds; fail the test after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)

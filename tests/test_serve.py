@@ -14,7 +14,7 @@ import soundfile as sf
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
-from speechllm.inference.engine import Engine
+from speechllm.inference.engine import Engine, asr_conversation
 from speechllm.inference.generation import GenerationConfig, generate
 from speechllm.serve.app import create_app
 from speechllm.serve.settings import ServeSettings
@@ -290,12 +290,8 @@ def test_unexpected_error_is_a_generic_500(client, caplog):
 def test_transcriptions(client, tiny_model, tone):
     data = wav_bytes(tone())
     same = sf.read(io.BytesIO(data), dtype="float32")[0]
-    conv = [
-        {
-            "role": "user",
-            "content": [{"type": "text", "text": "Transcribe the audio."}, {"type": "audio", "audio": same}],
-        }
-    ]
+    conv = asr_conversation(same)  # audio first, as the model was trained and as Engine.transcribe asks
+    assert conv[0]["content"][0]["type"] == "audio"
     expected = generate(tiny_model, [conv], GenerationConfig(max_new_tokens=256))[0].strip()
     r = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", data, "audio/wav")}, data={"model": "default"})
     assert r.status_code == 200 and r.json() == {"text": expected}

@@ -116,16 +116,13 @@ def test_stop_string_is_not_spoken(tiny_model, speech):
     np.testing.assert_allclose(_joined(events), expected, atol=1e-5)
 
 
-def test_only_speaking_rows_get_audio_and_hidden_states_only_when_needed(tiny_model, speech, monkeypatch):
-    import speechllm.inference.engine as engine_module
+def test_only_speaking_rows_get_audio_and_hidden_states_only_when_needed(tiny_model, speech):
+    asked: list[bool] = []  # output_hidden_states of every LLM call
 
-    asked: list[bool] = []
+    def spy(module, args, kwargs):
+        asked.append(bool(kwargs.get("output_hidden_states")))
 
-    def spy(model, batch, gen, on_hidden=None):
-        asked.append(on_hidden is not None)
-        return stream_generate(model, batch, gen, on_hidden=on_hidden)
-
-    monkeypatch.setattr(engine_module, "stream_generate", spy)
+    hook = tiny_model.llm.register_forward_pre_hook(spy, with_kwargs=True)
     gen = GenerationConfig(max_new_tokens=10)
     other = [{"role": "user", "content": "Tell me more."}]
     engine = Engine(tiny_model, speech=speech, max_batch=4, start=False)
@@ -133,10 +130,13 @@ def test_only_speaking_rows_get_audio_and_hidden_states_only_when_needed(tiny_mo
         spoken, silent = engine.submit(SAY, gen, speak=True), engine.submit(other, gen)
         engine.start()  # both wait before the worker starts: one batch
         spoken_events, silent_events = list(spoken.events()), list(silent.events())
+        together = len(asked)
         alone = engine.submit(other, gen).result()
     finally:
+        hook.remove()
         engine.close()
-    assert asked == [True, False]
+    assert any(asked[:together]), "the speaking row needs the hidden states"
+    assert not any(asked[together:]), "a batch where no row speaks never asks for them"
     assert any(isinstance(e, Audio) for e in spoken_events)
     assert not any(isinstance(e, Audio) for e in silent_events)
     assert silent_events[-1].text == alone.text

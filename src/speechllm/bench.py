@@ -194,26 +194,26 @@ def _with_texts(sample: Any, texts: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _timed_answer(model: Any, batch: Any, max_new_tokens: int, t0: float) -> dict[str, Any]:
-    """Greedy decoding of one prompt: seconds to first token and to the end (from t0), steps, text."""
-    from speechllm.inference.generation import GenerationConfig, eos_token_ids, stream_generate
-
-    eos, ids, steps, ttft = eos_token_ids(model), [], 0, 0.0
-    for step in stream_generate(model, batch, GenerationConfig(max_new_tokens=max_new_tokens)):
-        steps += 1
-        if steps == 1:
+def _timed_answer(steps: Any, eos: set[int], decode: Any, t0: float) -> dict[str, Any]:
+    """Greedy decoding of one prompt (`steps`: its tokens, one (1,) tensor a step): seconds to first
+    token and to the end (from t0), steps, text."""
+    ids, n, ttft = [], 0, 0.0
+    for step in steps:
+        n += 1
+        if n == 1:
             ttft = time.perf_counter() - t0
         token = int(step[0])
         if token in eos:
             break
         ids.append(token)
     total = time.perf_counter() - t0
-    return {"ttft_s": ttft, "latency_s": total, "steps": steps, "answer": model.processor.decode(ids)}
+    return {"ttft_s": ttft, "latency_s": total, "steps": n, "answer": decode(ids)}
 
 
 def _run_e2e(spec: dict[str, Any]) -> list[dict[str, Any]]:
     from speechllm.defaults import load_model
     from speechllm.eval.runner import speech_conversation
+    from speechllm.inference.generation import GenerationConfig, eos_token_ids, stream_generate
 
     model = load_model(spec["model"])
     inputs = _inputs(spec)
@@ -221,45 +221,30 @@ def _run_e2e(spec: dict[str, Any]) -> list[dict[str, Any]]:
     for i, (sample, audios) in enumerate([inputs[0], *inputs]):  # the first run warms up, untimed
         t0 = time.perf_counter()
         batch = model.prepare([speech_conversation(sample, audios)])
-        row = _timed_answer(model, batch, spec["max_new_tokens"], t0)
+        steps = stream_generate(model, batch, GenerationConfig(max_new_tokens=spec["max_new_tokens"]))
+        row = _timed_answer(steps, eos_token_ids(model), model.processor.decode, t0)
         if i:
             rows.append({"id": sample.id, "audio_s": sum(len(a) for a in audios) / 16000, **row})
     return rows
-
-
-class TextLLM:
-    """The plain LLM with just what `stream_generate` reads from a SpeechLLM (no encoder, no adaptor),
-    so the cascade decodes with exactly the loop the end-to-end model uses."""
-
-    def __init__(self, config: Any) -> None:
-        from speechllm.model.features import LogMel
-        from speechllm.model.processor import SpeechLLMProcessor
-        from speechllm.weights.llm import load_llm
-
-        self.llm, tokenizer = load_llm(config.llm)
-        self.processor = SpeechLLMProcessor(tokenizer, LogMel(80), config.speech_token, config.system_prompt)
-
-    def attention_mask_for(self, attention_mask: Any, prefix_lengths: Any) -> Any:
-        return attention_mask  # a plain causal LM
-
-    def prepare(self, conversation: list[dict[str, Any]]) -> Any:
-        import torch
-
-        from speechllm.model.speech_llm import Batch
-
-        ids = torch.tensor([self.processor.render(conversation).input_ids])  # 1, L
-        return Batch(ids, torch.ones_like(ids), self.llm.get_input_embeddings()(ids), torch.tensor([ids.shape[1]]))
 
 
 def _run_cascade(spec: dict[str, Any]) -> list[dict[str, Any]]:
     import torch
     from faster_whisper import WhisperModel
 
+    from speechllm.inference.generation import GenerationConfig, generate_tokens, llm_eos_ids
+    from speechllm.model.features import LogMel
+    from speechllm.model.processor import SpeechLLMProcessor
+    from speechllm.weights.llm import load_llm
     from speechllm.weights.whisper import resolve_encoder_source
 
     asr = WhisperModel(str(resolve_encoder_source(ASR_SOURCE)), device="cpu", compute_type="int8",
                        cpu_threads=torch.get_num_threads())  # fmt: skip
-    llm = TextLLM(_model_config(spec["model"]))
+    config = _model_config(spec["model"])
+    llm, tokenizer = load_llm(config.llm)  # the plain LLM: decoded with the loop the end-to-end model uses
+    processor = SpeechLLMProcessor(tokenizer, LogMel(80), config.speech_token, config.system_prompt)
+    gen = GenerationConfig(max_new_tokens=spec["max_new_tokens"])
+    eos, pad = llm_eos_ids(llm, tokenizer), tokenizer.pad_token_id
     inputs = _inputs(spec)
     rows = []
     for i, (sample, audios) in enumerate([inputs[0], *inputs]):
@@ -269,7 +254,10 @@ def _run_cascade(spec: dict[str, Any]) -> list[dict[str, Any]]:
             segments, _ = asr.transcribe(audio, language="en", beam_size=1, vad_filter=False)
             texts.append(" ".join(s.text.strip() for s in segments))  # segments is lazy: this decodes
         asr_s = time.perf_counter() - t0
-        row = _timed_answer(llm, llm.prepare(_with_texts(sample, texts)), spec["max_new_tokens"], t0)
+        ids = torch.tensor([processor.render(_with_texts(sample, texts)).input_ids])  # 1, L
+        embeds = llm.get_input_embeddings()(ids).detach()  # 1, L, D
+        steps = generate_tokens(llm, embeds, torch.ones_like(ids), gen, eos=eos, pad_id=pad)
+        row = _timed_answer(steps, eos, processor.decode, t0)
         if i:
             rows.append({"id": sample.id, "audio_s": sum(len(a) for a in audios) / 16000, "asr_s": asr_s,
                          "transcript": " ".join(texts), **row})  # fmt: skip

@@ -1,275 +1,124 @@
-"""A serving engine around a SpeechLLM: a bounded queue, one worker thread, dynamic batching.
+"""A serving engine around a SpeechLLM: a bounded queue, one worker thread, continuous batching.
 
-Callers (HTTP handlers, the CLI) `submit` a conversation and get a `Request` back; they read its
-events (`Delta` text pieces, `Audio` chunks when it speaks, then one `Done` or `Failed`) from their
-own thread or event loop. One worker thread owns the model: it takes the oldest waiting request
-plus up to `max_batch - 1` others that can share its sampling settings, prepares them as one
-left-padded batch (the speech prefix is encoded once), and runs `stream_generate` with the KV
-cache, routing each row's tokens to its request. The model is touched by that thread only, so
-nothing else needs a lock.
+Callers (HTTP handlers, the CLI) `submit` a conversation and get a `Request` back (see
+speechllm.inference.request); they read its events (`Delta` text pieces, `Audio` chunks when it
+speaks, then one `Done` or `Failed`) from their own thread or event loop. `submit` refuses at once,
+in the caller's thread, a prompt that cannot fit the LLM's context with the answer it asks for
+(`PromptTooLong`, naming both lengths; see speechllm.inference.budget: a 60,000-word prompt is
+refused after tokenizing about two contexts' worth of it, tens of milliseconds).
 
-Text is detokenized incrementally: a delta is only emitted once the tokens decode to complete
-characters, and text that could be the start of a stop string is held back until it is known not
-to be one. Joining a request's deltas gives exactly its final answer.
+One worker thread owns the model, so nothing else needs a lock. It keeps one `DecodeBatch` (rows
+decoding over one left-padded KV cache) and loops: admit waiting requests into free slots,
+prefill the ones admitted together as one left-padded group (in chunks, giving up between chunks
+once all of them are cancelled or past their deadline, or the engine is closing) and join them to
+the batch; pick every row's next token; route each token to its row; drop the rows that are
+finished and feed the rest. So a new request joins at the next step instead of waiting for the
+longest answer (continuous batching;
+`continuous=False` admits only into an empty batch, the old dynamic batching, for comparison).
+A request joins only a batch that can share its sampling settings (all greedy ones, or sampling
+ones with the same temperature/top_p; a seeded one runs alone so its result does not depend on its
+neighbours), and only from the head of the queue, so nobody waits forever behind later arrivals.
 
-Speech (`submit(speak=True)`, an engine built with a `SpeechOutput`): the worker asks
-`stream_generate` for the hidden state that predicted each token (only when some row of the batch
-speaks) and pushes each answer token with it into the row's own `SpeechStream`; every piece of
-audio that stream declares final becomes an `Audio` event, and the rest comes out before `Done`.
-Joining a request's audio gives exactly `SpeechOutput.synthesize` of the voiced tokens. A token is
-voiced once its text has been shown: while text is held back (a possible start of a stop string,
-or an unfinished UTF-8 character) its tokens wait, and when a stop string is reached the waiting
-tokens are dropped with it. So the audio never says the stop string; the price at the boundary is
-that text sharing a token with the start of the stop string (e.g. "Paris" of a token "Paris."
-with stop ".") is in the transcript but not spoken.
+A cancelled or expired request stops at the next decode step and frees its slot; its prefill
+stops at the next chunk unless others prefilled with it still want theirs.
+`close` fails the waiting requests with `EngineClosed` (HTTP 503) at once, lets the running ones
+finish for up to `timeout` seconds, then fails them too: it never hangs.
+
+Text is detokenized incrementally (speechllm.inference.detok): a delta is only emitted once the
+tokens decode to complete characters, and text that could be the start of a stop string is held
+back until it is known not to be one. Joining a request's deltas gives exactly its final answer.
+
+Speech (`submit(speak=True)`, an engine built with a `SpeechOutput`): the hidden state that
+predicted each token is asked of the LLM only while some row speaks, and each answer token goes
+with it into the row's own `SpeechStream`; every piece of audio that stream declares final becomes
+an `Audio` event, and the rest comes out before `Done`. Joining a request's audio gives exactly
+`SpeechOutput.synthesize` of the voiced tokens. A token is voiced once its text has been shown:
+while text is held back (a possible start of a stop string, or an unfinished UTF-8 character) its
+tokens wait, and when a stop string is reached the waiting tokens are dropped with it. So the audio
+never says the stop string; the price at the boundary is that text sharing a token with the start
+of the stop string (e.g. "Paris" of a token "Paris." with stop ".") is in the transcript but not spoken.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
-import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from speechllm.inference.generation import GenerationConfig, eos_token_ids, stream_generate
+from speechllm.inference.budget import PromptBudget
+from speechllm.inference.detok import TextStream
+from speechllm.inference.generation import PREFILL_CHUNK, DecodeBatch, GenerationConfig, eos_token_ids
+from speechllm.inference.request import (
+    Audio,
+    Cancelled,
+    Delta,
+    Done,
+    EngineClosed,
+    EngineError,
+    Event,
+    Failed,
+    PromptTooLong,
+    QueueFull,
+    Request,
+    RequestTimeout,
+)
 from speechllm.model.processor import Message
 from speechllm.model.speech_llm import SpeechLLM
 
-if TYPE_CHECKING:
-    from speechllm.speech_out.streaming import SpeechOutput, SpeechStream
+__all__ = [
+    "ASR_INSTRUCTION", "Audio", "Cancelled", "Delta", "Done", "Engine", "EngineClosed", "EngineError", "Event",
+    "Failed", "PromptTooLong", "QueueFull", "Request", "RequestTimeout", "asr_conversation",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 ASR_INSTRUCTION = "Transcribe the audio."
-"""The instruction `transcribe` puts after each audio: the first ASR training prompt, in the training order
-(speechllm.data.builders.build_asr writes the audio part first, then the instruction)."""
+"""The instruction after each audio in an ASR prompt: the first ASR training prompt, in the training
+order (speechllm.data.builders.build_asr writes the audio part first, then the instruction)."""
 
 
-class EngineError(Exception):
-    """A request the engine cannot take or finish (not the caller's input being wrong)."""
+def asr_conversation(audio: Any) -> list[Message]:
+    """The prompt that asks for a transcript of `audio`, as the model was trained: audio, then instruction.
+    The engine's `transcribe` and the server's /v1/audio/transcriptions both use it."""
+    return [{"role": "user", "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": ASR_INSTRUCTION}]}]
 
 
-class QueueFull(EngineError):
-    """The waiting queue holds `max_queue` requests already (HTTP 429)."""
+class SpeechStream(Protocol):
+    """One answer's speech as its tokens come (speechllm.speech_out.streaming.SpeechStream is one)."""
+
+    def push(self, hidden: Tensor, token: int) -> np.ndarray:
+        """The audio (N,) that token (with the LLM state (D,) that predicted it) makes final; often empty."""
+        ...
+
+    def finish(self) -> np.ndarray:
+        """The rest of the audio, at the end of the answer."""
+        ...
 
 
-class EngineClosed(EngineError):
-    """The engine is shutting down or was never started (HTTP 503)."""
+class SpeechOutput(Protocol):
+    """What the engine needs of a speech output (speechllm.speech_out.streaming.SpeechOutput is one),
+    so that this layer imports nothing from speech_out."""
 
-
-class RequestTimeout(EngineError, TimeoutError):
-    """The request did not finish before its deadline (HTTP 504)."""
-
-
-@dataclass(frozen=True)
-class Delta:
-    text: str
-
-
-@dataclass(frozen=True)
-class Done:
-    text: str
-    finish_reason: str
-    """"stop" (end of sequence or a stop string) or "length" (max_new_tokens reached)."""
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True, eq=False)
-class Audio:
-    """A piece of a spoken answer that is final: play or append it as it comes."""
-
-    samples: np.ndarray
-    """float32 mono, (N,) with N > 0."""
     sample_rate: int
+    decoder: Any
+    """Its `config.llm_dim` must be the LLM's width; its parameters' device receives the hidden states."""
 
+    def stream(self) -> SpeechStream: ...
 
-@dataclass(frozen=True)
-class Failed:
-    error: BaseException
-
-
-Event = Delta | Audio | Done | Failed
-
-
-class IncrementalDecoder:
-    """Token ids in, text out, never a broken character: bytes of an unfinished UTF-8 sequence (or
-    a token whose text depends on the next) wait until the window decodes cleanly.
-
-    Decodes a short window (the tokens of the previous delta plus the new ones) rather than the
-    whole answer, so a step costs the same at token 500 as at token 5.
-    """
-
-    def __init__(self, decode: Callable[[list[int]], str]) -> None:
-        self._decode = decode
-        self.ids: list[int] = []
-        self._prefix = 0  # start of the window: the tokens already shown once, for context
-        self._read = 0  # tokens before this index have been emitted
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        shown = self._decode(self.ids[self._prefix : self._read])
-        text = self._decode(self.ids[self._prefix :])
-        if len(text) <= len(shown) or text.endswith("\ufffd"):
-            return ""
-        self._prefix, self._read = self._read, len(self.ids)
-        return text[len(shown) :]
-
-    @property
-    def holding(self) -> bool:
-        """Whether some pushed tokens have not been shown as text yet."""
-        return self._read < len(self.ids)
-
-    def flush(self) -> str:
-        """Whatever is still held (e.g. an unfinished UTF-8 sequence at the very end), as decoded."""
-        shown = self._decode(self.ids[self._prefix : self._read])
-        text = self._decode(self.ids[self._prefix :])
-        self._prefix = self._read = len(self.ids)
-        return text[len(shown) :]
-
-
-class StopMatcher:
-    """Cuts text at the first stop string, holding back any tail that may still grow into one."""
-
-    def __init__(self, stop: list[str]) -> None:
-        self.stop = [s for s in stop if s]
-        self._held = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """(text safe to emit now, whether a stop string was reached)."""
-        held = self._held + text
-        hits = [i for i in (held.find(s) for s in self.stop) if i >= 0]
-        if hits:
-            self._held = ""
-            return held[: min(hits)], True
-        keep = max((k for s in self.stop for k in range(1, len(s)) if held.endswith(s[:k])), default=0)
-        self._held = held[len(held) - keep :]
-        return held[: len(held) - keep], False
-
-    def flush(self) -> str:
-        held, self._held = self._held, ""
-        return held
-
-    @property
-    def holding(self) -> bool:
-        """Whether text is held back as a possible start of a stop string."""
-        return bool(self._held)
-
-
-_ids = itertools.count()
-
-
-@dataclass(eq=False)
-class Request:
-    """One submitted conversation and the events it produces. Read it with `events`/`aevents`."""
-
-    conversation: list[Message]
-    gen: GenerationConfig
-    deadline: float | None = None
-    """time.monotonic() after which the request fails with RequestTimeout."""
-    id: int = field(default_factory=lambda: next(_ids))
-    speak: bool = False
-    """Also produce the answer as speech (`Audio` events before `Done`)."""
-    loop: asyncio.AbstractEventLoop | None = None
-    _sync: queue.SimpleQueue[Event] = field(default_factory=queue.SimpleQueue, repr=False)
-    _async: asyncio.Queue[Event] | None = field(default=None, repr=False)
-    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
-    finished: bool = False
-    """Set by the worker once Done or Failed was emitted."""
-
-    def __post_init__(self) -> None:
-        if self.loop is not None:
-            self._async = asyncio.Queue()
-
-    # ---- the worker's side
-
-    def emit(self, event: Event) -> None:
-        if self.finished:
-            return
-        self.finished = isinstance(event, Done | Failed)
-        if self._async is None:
-            self._sync.put(event)
-            return
-        assert self.loop is not None
-        with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody is listening
-            self.loop.call_soon_threadsafe(self._async.put_nowait, event)
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def expired(self, now: float | None = None) -> bool:
-        return self.deadline is not None and (now or time.monotonic()) >= self.deadline
-
-    # ---- the caller's side
-
-    def cancel(self) -> None:
-        """Stop generating for this request (e.g. the client went away); no more events are read."""
-        self._cancelled.set()
-
-    def _remaining(self) -> float | None:
-        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
-
-    def next_event(self) -> Event:
-        """The next event, blocking; a Failed(RequestTimeout) once the deadline passes."""
-        if self._async is not None:
-            raise RuntimeError("this request was submitted with an event loop; read it with aevents()")
-        try:
-            return self._sync.get(timeout=self._remaining())
-        except queue.Empty:
-            self.cancel()
-            return Failed(RequestTimeout(f"request {self.id} did not finish before its deadline"))
-
-    async def anext_event(self) -> Event:
-        if self._async is None:
-            raise RuntimeError("this request was submitted without an event loop; read it with events()")
-        try:
-            return await asyncio.wait_for(self._async.get(), timeout=self._remaining())
-        except TimeoutError:
-            self.cancel()
-            return Failed(RequestTimeout(f"request {self.id} did not finish before its deadline"))
-
-    def events(self) -> Iterator[Delta | Audio | Done]:
-        """Deltas (and Audio when speaking), then the Done; raises the error of a Failed."""
-        while True:
-            event = self.next_event()
-            if isinstance(event, Failed):
-                raise event.error
-            yield event
-            if isinstance(event, Done):
-                return
-
-    async def aevents(self) -> AsyncIterator[Delta | Audio | Done]:
-        while True:
-            event = await self.anext_event()
-            if isinstance(event, Failed):
-                raise event.error
-            yield event
-            if isinstance(event, Done):
-                return
-
-    def result(self) -> Done:
-        """Block until the request is done; raises its error if it failed."""
-        for event in self.events():
-            if isinstance(event, Done):
-                return event
-        raise AssertionError("events() ended without Done")
+    def eval(self) -> Any: ...
 
 
 def _batch_key(gen: GenerationConfig, request_id: int) -> tuple[Any, ...]:
-    """Requests that can share one stream_generate call: all greedy ones, or sampling ones with the
-    same temperature/top_p. A seeded request runs alone so its result does not depend on its neighbours."""
+    """Requests that can decode in one batch: all greedy ones, or sampling ones with the same
+    temperature/top_p. A seeded request runs alone so its result does not depend on its neighbours."""
     if not gen.do_sample:
         return ("greedy",)
     if gen.seed is not None:
@@ -313,40 +162,30 @@ class _Voice:
 @dataclass
 class _Row:
     request: Request
-    decoder: IncrementalDecoder
-    stops: StopMatcher
+    text: TextStream
     prompt_tokens: int
     voice: _Voice | None = None
-    text: list[str] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)
     done: bool = False
 
-    @property
-    def shown(self) -> bool:
-        """Whether every pushed token's text has been emitted (nothing held back)."""
-        return not (self.decoder.holding or self.stops.holding)
+    def send(self, piece: str) -> None:
+        if piece:
+            self.pieces.append(piece)
+            self.request.emit(Delta(piece))
 
-    def send(self, piece: str) -> bool:
-        """Emit what of `piece` is safe; True once a stop string was reached."""
-        out, stopped = self.stops.feed(piece)
-        if out:
-            self.text.append(out)
-            self.request.emit(Delta(out))
-        return stopped
+    def fail(self, error: BaseException) -> None:
+        self.request.emit(Failed(error))
+        self.done = True
 
     def finish(self, reason: str) -> None:
+        """End the answer: "stop" (end of sequence), "stop-string" or "length"."""
         if not self.done:
             if reason != "stop-string":
-                self.send(self.decoder.flush())
-                tail = self.stops.flush()
-                if tail:
-                    self.text.append(tail)
-                    self.request.emit(Delta(tail))
+                self.send(self.text.flush())
             if self.voice is not None:
                 self.voice.finish(voice_waiting=reason != "stop-string")
-            n = len(self.decoder.ids)
-            self.request.emit(
-                Done("".join(self.text), "length" if reason == "length" else "stop", self.prompt_tokens, n)
-            )
+            finish = "length" if reason == "length" else "stop"
+            self.request.emit(Done("".join(self.pieces), finish, self.prompt_tokens, self.text.n_tokens))
         self.done = True
 
 
@@ -371,22 +210,34 @@ class Engine:
         max_batch: int = 8,
         max_queue: int = 64,
         start: bool = True,
+        continuous: bool = True,
+        prefill_chunk: int = PREFILL_CHUNK,
     ) -> None:
-        """`speech`: what voices answers of requests submitted with speak=True (none: text only)."""
+        """`speech`: what voices answers of requests submitted with speak=True (none: text only);
+        `continuous`: new requests join the running batch at the next step (else only an empty one);
+        `prefill_chunk`: prompt positions per prefill call, the grain at which a prefill can be cancelled."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         check_speech_output(model, speech)
         self.model = model.eval()
         self.speech = speech.eval() if speech is not None else None
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.continuous = continuous
+        self.prefill_chunk = prefill_chunk
+        self.budget = PromptBudget(model)
         self._eos = eos_token_ids(model)
         self._waiting: deque[Request] = deque()
         self._cond = threading.Condition()
         self._closing = False
+        self._abort = threading.Event()  # set when close() stops waiting for the running requests
         self._worker: threading.Thread | None = None
+        self.running = 0
+        """Requests in the running batch (read it for monitoring; the worker writes it)."""
         if start:
             self.start()
 
@@ -408,15 +259,24 @@ class Engine:
         return len(self._waiting)
 
     def close(self, timeout: float | None = 10.0) -> None:
-        """Refuse new requests, fail the waiting ones with EngineClosed, let the running batch end."""
+        """Refuse new requests and fail the waiting ones with EngineClosed at once; let the running ones
+        finish for up to `timeout` seconds, then fail them too (at their next step). Never hangs."""
         with self._cond:
             self._closing = True
             waiting, self._waiting = list(self._waiting), deque()
             self._cond.notify_all()
         for r in waiting:
             r.emit(Failed(EngineClosed("the engine is shutting down")))
-        if self._worker is not None and self._worker is not threading.current_thread():
-            self._worker.join(timeout)
+        worker = self._worker
+        if worker is None or worker is threading.current_thread():
+            self._abort.set()
+            return
+        worker.join(timeout)
+        if worker.is_alive():
+            self._abort.set()
+            worker.join(5.0)  # one decode step or prefill chunk; a daemon thread either way
+            if worker.is_alive():
+                log.warning("the engine's worker did not stop within 5 s of being aborted")
 
     def __enter__(self) -> Engine:
         return self
@@ -439,11 +299,17 @@ class Engine:
         """Queue one conversation. `timeout` (seconds) bounds queueing plus generation; with `loop`,
         events are delivered to that event loop (read them with `aevents`); `speak` adds `Audio` events.
         Raises QueueFull when `max_queue` requests wait already (unless `block`, which waits for room),
-        EngineClosed when closing, ValueError for speak=True on an engine without a speech output."""
+        EngineClosed when closing, PromptTooLong (a ValueError) when the prompt and its max_new_tokens do
+        not fit the LLM's context, ValueError for a malformed conversation or for speak=True on an engine
+        without a speech output."""
         if speak and self.speech is None:
             raise ValueError("speak=True needs a speech output, but this engine has none (Engine(model, speech=...))")
+        gen = gen or GenerationConfig()
+        if self._closing:
+            raise EngineClosed("the engine is shutting down")
+        self.budget.check(conversation, gen.max_new_tokens)
         deadline = None if timeout is None else time.monotonic() + timeout
-        request = Request(conversation, gen or GenerationConfig(), deadline=deadline, speak=speak, loop=loop)
+        request = Request(conversation, gen, deadline=deadline, speak=speak, loop=loop)
         with self._cond:
             while True:
                 if self._closing:
@@ -468,36 +334,41 @@ class Engine:
         if self.model.config.bridge.mode != "continuous":
             with torch.no_grad():
                 return self.model.hear(audios)
-        conversations = [
-            [{"role": "user", "content": [{"type": "audio", "audio": a}, {"type": "text", "text": ASR_INSTRUCTION}]}]
-            for a in audios
-        ]
+        conversations = [asr_conversation(a) for a in audios]
         return [t.strip() for t in self.generate(conversations, GenerationConfig(max_new_tokens=max_new_tokens))]
 
     # ------------------------------------------------------------------ the worker
 
-    def _take(self) -> list[Request] | None:
-        """The next batch: the oldest live request and up to max_batch - 1 compatible ones; None once closing."""
+    def _admit(self, rows: list[_Row]) -> list[Request] | None:
+        """Requests to start now (see the module doc); waits while there is nothing to do; None: stop."""
         with self._cond:
-            while not self._waiting and not self._closing:
+            while not rows and not self._waiting and not self._closing:
                 self._cond.wait()
-            if self._closing:
+            if self._closing and not rows:
                 return None
-            now = time.monotonic()
-            first = self._waiting.popleft()
-            key = _batch_key(first.gen, first.id)
-            batch = [first]
-            for r in list(self._waiting):
-                if len(batch) >= self.max_batch:
-                    break
-                if _batch_key(r.gen, r.id) == key:
+            room = self.max_batch - len(rows) if self.continuous or not rows else 0
+            taken: list[Request] = []
+            if room > 0 and self._waiting:
+                key = _batch_key(rows[0].request.gen, rows[0].request.id) if rows else None
+                if key is None:  # a new batch: the oldest request and any that can share its batch
+                    first = self._waiting.popleft()
+                    key, taken = _batch_key(first.gen, first.id), [first]
+                    candidates = [r for r in self._waiting if _batch_key(r.gen, r.id) == key][: room - 1]
+                else:  # joining: from the head of the queue only, so no one is overtaken for ever
+                    candidates = []
+                    for r in self._waiting:
+                        if len(candidates) >= room or _batch_key(r.gen, r.id) != key:
+                            break
+                        candidates.append(r)
+                for r in candidates:
                     self._waiting.remove(r)
-                    batch.append(r)
-            self._cond.notify_all()  # room in the queue for blocked submitters
+                taken += candidates
+                self._cond.notify_all()  # room in the queue for blocked submitters
+        now = time.monotonic()
         live = []
-        for r in batch:
+        for r in taken:
             if r.cancelled:
-                r.emit(Failed(EngineClosed("cancelled")))
+                r.emit(Failed(Cancelled(f"request {r.id} was cancelled")))
             elif r.expired(now):
                 r.emit(Failed(RequestTimeout(f"request {r.id} waited past its deadline")))
             else:
@@ -506,57 +377,92 @@ class Engine:
 
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
-        while (batch := self._take()) is not None:
-            if batch:
-                self._run(batch)
+        rows: list[_Row] = []
+        batch: DecodeBatch | None = None
+        while (admitted := self._admit(rows)) is not None:
+            if admitted:
+                batch = self._start(admitted, batch, rows)
+            if not rows:
+                batch = None
+                continue
+            assert batch is not None
+            try:
+                self._step(batch, rows)
+            except Exception as e:
+                log.exception("a decode step failed for a batch of %d", len(rows))
+                for row in rows:
+                    row.fail(e)
+            rows[:] = [row for row in rows if not row.done]
+            self.running = len(rows)
+            if not rows:
+                batch = None  # the next batch gets its own sampling settings and generator
+        for row in rows:
+            row.fail(EngineClosed("the engine is shutting down"))
+        self.running = 0
 
-    def _run(self, requests: list[Request]) -> None:
+    def _start(self, requests: list[Request], batch: DecodeBatch | None, rows: list[_Row]) -> DecodeBatch | None:
+        """Prefill requests admitted together as one left-padded group and add them to the batch (a new
+        one when None). A conversation the model refuses fails alone: the others are started one by one."""
+
+        def keep_going() -> bool:
+            alive = any(not (r.cancelled or r.expired()) for r in requests)
+            return alive and not self._abort.is_set()
+
         try:
-            batch = self.model.prepare([r.conversation for r in requests], left_pad=True)
+            prepared = self.model.prepare([r.conversation for r in requests], left_pad=True)
         except Exception as e:
             if len(requests) == 1:
+                log.info("request %d failed before decoding: %s", requests[0].id, e)
                 requests[0].emit(Failed(e))
-            else:  # find the request at fault; the others still get their answers
-                for r in requests:
-                    self._run([r])
-            return
+                return batch if rows else None
+            for r in requests:  # find the request at fault; the others still get their answers
+                batch = self._start([r], batch, rows)
+            return batch
         try:
-            self._generate(requests, batch)
+            mask = self.model.attention_mask_for(prepared.attention_mask, prepared.prefix_lengths)
+            batch = batch or DecodeBatch(self.model.llm, requests[0].gen, chunk=self.prefill_chunk)
+            prefilled = batch.prefill(
+                prepared.inputs_embeds,
+                prepared.attention_mask,
+                full_mask=mask if mask.dim() == 4 else None,
+                want_hidden=any(r.speak for r in requests),
+                keep_going=keep_going,
+            )
         except Exception as e:
-            log.exception("generation failed for a batch of %d", len(requests))
+            log.exception("prefill failed for %d request(s)", len(requests))
             for r in requests:
                 r.emit(Failed(e))
-
-    def _generate(self, requests: list[Request], batch: Any) -> None:
-        first = requests[0].gen
-        gen = replace(first, max_new_tokens=max(r.gen.max_new_tokens for r in requests), stop=[])
-        prompt_tokens = batch.attention_mask.sum(1).tolist()
+            return batch if rows else None
+        if prefilled is None:
+            for r in requests:
+                r.emit(Failed(self._stop_reason(r)))
+            return batch if rows else None
+        batch.join(prefilled)
         decode = self.model.processor.decode
-        rows = [
-            _Row(r, IncrementalDecoder(decode), StopMatcher(r.gen.stop), int(n), self._voice(r))
-            for r, n in zip(requests, prompt_tokens)
-        ]
-        hidden: list[Tensor] = []  # the current step's hidden states (B, D), when some row speaks
+        for r, n in zip(requests, prepared.attention_mask.sum(1).tolist()):
+            rows.append(_Row(r, TextStream(decode, r.gen.stop), int(n), self._voice(r)))
+        self.running = len(rows)
+        return batch
 
-        def keep_hidden(h: Tensor) -> None:
-            hidden[:] = [h.to(self._speech_device)]
+    def _stop_reason(self, request: Request) -> EngineError:
+        if self._abort.is_set():
+            return EngineClosed("the engine is shutting down")
+        if request.cancelled:
+            return Cancelled(f"request {request.id} was cancelled")
+        return RequestTimeout(f"request {request.id} did not finish before its deadline")
 
-        speaking = any(row.voice is not None for row in rows)
-        # Rows that do not speak cost nothing extra: hidden states are only asked for when one does.
-        steps = stream_generate(self.model, batch, gen, on_hidden=keep_hidden if speaking else None)
-        try:
-            for step in steps:
-                now = time.monotonic()
-                for i, (row, token) in enumerate(zip(rows, step.tolist())):
-                    if not row.done:
-                        self._advance(row, token, now, hidden[0][i] if row.voice is not None else None)
-                if all(row.done for row in rows):
-                    break
-        finally:
-            if isinstance(steps, Generator):  # frees the KV cache now, not at garbage collection
-                steps.close()
-        for row in rows:
-            row.finish("length")
+    def _step(self, batch: DecodeBatch, rows: list[_Row]) -> None:
+        """One token for every row; the finished rows leave the batch, the others are fed their token."""
+        tokens = batch.pick()
+        hidden = batch.hidden
+        if hidden is not None and any(row.voice is not None for row in rows):
+            hidden = hidden.to(self._speech_device)
+        now = time.monotonic()
+        for i, (row, token) in enumerate(zip(rows, tokens.tolist())):
+            self._advance(row, token, now, hidden[i] if row.voice is not None and hidden is not None else None)
+        keep = torch.tensor([not row.done for row in rows], device=tokens.device)
+        speaking = any(row.voice is not None and not row.done for row in rows)
+        batch.advance(tokens, keep, want_hidden=speaking)
 
     def _voice(self, request: Request) -> _Voice | None:
         return _Voice(self.speech, request) if request.speak and self.speech is not None else None
@@ -569,21 +475,21 @@ class Engine:
     def _advance(self, row: _Row, token: int, now: float, hidden: Tensor | None) -> None:
         """One new token of a row; `hidden` (D,) predicted it (given for speaking rows only)."""
         r = row.request
-        if r.cancelled:
-            row.done = True
+        if r.cancelled or self._abort.is_set():
+            row.fail(self._stop_reason(r))
             return
         if r.expired(now):
-            r.emit(Failed(RequestTimeout(f"request {r.id} did not finish before its deadline")))
-            row.done = True
+            row.fail(RequestTimeout(f"request {r.id} did not finish before its deadline"))
             return
         if token in self._eos:
             row.finish("stop")
             return
-        if row.send(row.decoder.push(token)):
+        row.send(row.text.push(token))
+        if row.text.stopped:
             row.finish("stop-string")  # this token carries (the end of) the stop string: not voiced
             return
         if row.voice is not None:
             assert hidden is not None
-            row.voice.add(hidden, token, shown=row.shown)
-        if len(row.decoder.ids) >= r.gen.max_new_tokens:
+            row.voice.add(hidden, token, shown=not row.text.holding)
+        if row.text.n_tokens >= r.gen.max_new_tokens:
             row.finish("length")

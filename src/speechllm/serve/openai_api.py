@@ -135,7 +135,7 @@ def _messages(value: Any, transcript: Transcript | None) -> list[dict[str, Any]]
         if not isinstance(m, dict):
             raise ApiError(400, f"{where} must be an object, got {type(m).__name__}", param=where)
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise ApiError(400, f"{where}.role must be one of {sorted(ROLES)}, got {role!r}", param=f"{where}.role")
         if role == "assistant" and m.get("content") is None and "audio" in m:
             out.append({"role": "assistant", "content": _cited_audio(m["audio"], where, transcript)})
