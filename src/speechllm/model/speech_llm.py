@@ -202,7 +202,7 @@ class SpeechLLM(nn.Module):
         c = self.compressor(h, h_lengths)
         logits = self.adaptor.ctc_logits(self.adaptor(c.x), self.embedding_table())
         _, _, paths = ctc_bridge(logits, c.lengths, self.embedding_table(), "top1", bridge.blank_threshold)
-        return [self.processor.tokenizer.decode(p).strip() for p in paths]
+        return [str(self.processor.tokenizer.decode(p)).strip() for p in paths]
 
     def embedding_table(self) -> Tensor:
         """The LLM's input embedding matrix (V, D_llm)."""

@@ -107,6 +107,7 @@ class WhisperTextDecoder(nn.Module):
     def _cross_cache(self, states: Tensor) -> list[dict[str, Tensor]]:
         caches = []
         for layer in self.layers:
+            assert isinstance(layer, _DecoderLayer)
             att = layer.encoder_attn
             caches.append({"xk": att.heads(att.k_proj(states)), "xv": att.heads(att.v_proj(states))})
         return caches
