@@ -19,6 +19,7 @@ import httpx
 
 from conftest import LLMCalls, wait_until
 from speechllm.inference.engine import Engine
+from speechllm.model import save_pretrained
 from speechllm.serve.app import create_app
 from speechllm.serve.background import free_port, serve_in_thread
 from speechllm.serve.settings import ServeSettings
@@ -117,7 +118,7 @@ def test_after_abuse_short_requests_are_served_as_on_an_idle_server(server):
 
 
 def test_speechllm_serve_with_an_api_key(tiny_model, tmp_path):
-    ckpt = tiny_model.save_pretrained(tmp_path / "ckpt")
+    ckpt = save_pretrained(tiny_model, tmp_path / "ckpt")
     port = free_port()
     env = {**os.environ, "SPEECHLLM_API_KEY": "s3cret", "NO_PROXY": "127.0.0.1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "speechllm.cli", "serve", "--model", str(ckpt), "--port", str(port)]
