@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,19 +25,19 @@ CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 
 
-def save_pretrained(model: SpeechLLM, directory: str | Path) -> Path:
+def write_directory(directory: str | Path, write: Callable[[Path], None]) -> Path:
+    """Fill a temporary sibling of `directory` with `write(tmp)`, then rename it into place: a
+    reader sees the old folder or the whole new one, never a half-written one."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    keep = model.saved_parameter_names()
-    tensors = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if n in keep}
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is an ordinary directory
     try:
-        save_config(model.config, tmp / CONFIG_FILE)
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "speechllm": "1"})
-        (tmp / WEIGHTS_FILE).chmod(0o666 & ~umask)
+        write(tmp)
+        for f in tmp.iterdir():
+            f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
             os.replace(directory, old)
@@ -47,6 +48,17 @@ def save_pretrained(model: SpeechLLM, directory: str | Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def save_pretrained(model: SpeechLLM, directory: str | Path) -> Path:
+    keep = model.saved_parameter_names()
+    tensors = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if n in keep}
+
+    def write(tmp: Path) -> None:
+        save_config(model.config, tmp / CONFIG_FILE)
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "speechllm": "1"})
+
+    return write_directory(directory, write)
 
 
 def load_weights(model: SpeechLLM, path: Path, *, require_owned: bool = True) -> list[str]:

@@ -36,9 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--switch-penalty", type=float, help="override the units' switch_penalty (see UnitsConfig)")
     p.set_defaults(func=_units_extract)
 
-    from speechllm.speech_out import vocoder_train
+    from speechllm.speech_out import duration_train, vocoder_train
 
-    vocoder_train.add_parser(sub)
+    commands = vocoder_train.add_parser(sub)
+    p = commands.add_parser("train-durations", help="give a trained vocoder a new duration predictor")
+    duration_train.add_arguments(p)
+    p.set_defaults(func=lambda a: bool(duration_train.train_durations(a)) and 0)
 
     speech = sub.add_parser("speech", help="the speech decoder and the packed speech output")
     ssub = speech.add_subparsers(dest="speech_command", required=True)

@@ -27,10 +27,10 @@ from speechllm.data.audio import load_audio, save_wav
 from speechllm.data.manifest import read_manifest
 from speechllm.eval.metrics import wer
 from speechllm.eval.whisper_asr import WhisperTranscriber
+from speechllm.model.ctc import run_lengths
+from speechllm.speech_out.answers import SAY_PROMPT, answer_states, prompts_from_questions
 from speechllm.speech_out.config import SAMPLE_RATE
 from speechllm.speech_out.streaming import SpeechOutput, load_speech_output
-from speechllm.speech_out.train_decoder import SAY_PROMPT, answer_states, prompts_from_questions
-from speechllm.speech_out.units import dedup
 
 
 def intelligibility(speech: SpeechOutput, model: Any, samples: list[Any], out_dir: Path) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def intelligibility(speech: SpeechOutput, model: Any, samples: list[Any], out_di
         save_wav(out_dir / "wav" / f"{s.id}.wav", audio, SAMPLE_RATE)
         row = {"id": s.id, "text": s.target, "generated": judge(audio), "source": judge(load_audio(s.audio[0]))}
         if s.units:
-            units, durations = dedup(s.units)
+            units, durations = run_lengths(s.units)
             resynth = speech.vocoder.synthesize(units, torch.tensor(durations))
             row["resynthesis"] = judge(resynth)
             # The same units with durations from the predictor: what the duration predictor costs.

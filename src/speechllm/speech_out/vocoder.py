@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from speechllm.config import from_dict, to_dict
+from speechllm.model.checkpoint import write_directory
 from speechllm.speech_out.config import HOP_SAMPLES, SAMPLE_RATE, VocoderConfig
 
 CONFIG_FILE = "vocoder.yaml"
@@ -352,14 +353,13 @@ class UnitVocoder(nn.Module):
 
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write `vocoder.safetensors` (weights) and `vocoder.yaml` (config) into `directory`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        # Temporary names then rename: a directory holding both files holds a whole model.
-        save_file(tensors, str(directory / (WEIGHTS_FILE + ".part")), metadata={"format": "pt"})
-        (directory / (CONFIG_FILE + ".part")).write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
-        os.replace(directory / (WEIGHTS_FILE + ".part"), directory / WEIGHTS_FILE)
-        os.replace(directory / (CONFIG_FILE + ".part"), directory / CONFIG_FILE)
+
+        def write(tmp: Path) -> None:  # a temporary folder renamed into place: never half a model
+            save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+            (tmp / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
+
+        write_directory(directory, write)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> UnitVocoder:
