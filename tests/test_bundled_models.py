@@ -80,9 +80,9 @@ def test_gguf_of_unsupported_architecture_is_rejected(tmp_path):
 
 def test_shipped_speech_output_speaks_an_answer_of_the_bundled_llm(default_model):
     from speechllm.defaults import DEFAULT_CHECKPOINT
+    from speechllm.speech_out.answers import SAY_PROMPT, answer_states
     from speechllm.speech_out.config import HOP_SAMPLES
     from speechllm.speech_out.streaming import load_speech_output
-    from speechllm.speech_out.train_decoder import SAY_PROMPT, answer_states
 
     speech = load_speech_output(DEFAULT_CHECKPOINT / "speech", default_model.llm)
     text = "Paris is the capital of France."

@@ -313,6 +313,10 @@ class UnitVocoder(nn.Module):
         frame_units = torch.repeat_interleave(ids, frames).to(self._device)  # N -> sum(durations)
         return self.frames_to_audio(frame_units[None])[0].float().cpu().numpy()
 
+    @property
+    def num_units(self) -> int:
+        return self.config.num_units
+
     def streaming(self) -> VocoderStream:
         """A stream for one utterance: push units as they come, get the audio that is final."""
         return VocoderStream(self)
