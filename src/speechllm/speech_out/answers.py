@@ -43,11 +43,11 @@ def answer_states(
     pad = model.processor.tokenizer.pad_token_id or 0
     table = model.llm.get_input_embeddings()
     out: list[tuple[Tensor, Tensor, Tensor]] = []
+    # Batches of similar lengths waste little on padding; the results come back in the given order.
+    order = sorted(range(len(answers)), key=lambda i: len(prompts[i]) + len(answers[i]))
     for start in tqdm(range(0, len(answers), batch_size), desc="LLM states", disable=not progress):
-        rendered = [
-            model.processor.render([{"role": "user", "content": p}], a)
-            for p, a in zip(prompts[start : start + batch_size], answers[start : start + batch_size], strict=True)
-        ]
+        rows = order[start : start + batch_size]
+        rendered = [model.processor.render([{"role": "user", "content": prompts[i]}], answers[i]) for i in rows]
         width = max(len(r.input_ids) for r in rendered)
         ids = torch.full((len(rendered), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -64,7 +64,8 @@ def answer_states(
             # The state at position p predicts the token at p + 1.
             h = hidden[i, r.prompt_length - 1 : r.prompt_length - 1 + n]
             out.append((h.to(torch.float16), tokens, table(tokens).to(torch.float16)))
-    return out
+    where = {row: k for k, row in enumerate(order)}
+    return [out[where[i]] for i in range(len(answers))]
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,30 @@ def spoken_answers(model: Any, samples: list[Any], max_new_tokens: int) -> list[
     return out
 
 
+def cached_answers(path: Path, model: Any, samples: list[Any], max_new_tokens: int) -> list[SpokenAnswer]:
+    """`spoken_answers`, kept in `path` (safetensors: states and tokens; metadata: ids, texts, first-token
+    times) so that a rerun voices the same answers without generating them again."""
+    from safetensors.torch import load_file, save_file
+
+    meta_path = path.with_suffix(".json")
+    if path.is_file() and meta_path.is_file():
+        meta, tensors = json.loads(meta_path.read_text()), load_file(str(path))
+        asked = [s.id for s in samples]
+        if meta["questions"][: len(asked)] == asked and meta["max_new_tokens"] == max_new_tokens:  # a prefix will do
+            return [
+                SpokenAnswer(a["id"], a["text"], tensors[f"{a['id']}.tokens"], tensors[f"{a['id']}.hidden"], a["first"])
+                for a in meta["answers"]
+                if a["id"] in set(asked)
+            ]
+    answers = spoken_answers(model, samples, max_new_tokens)
+    tensors = {f"{a.id}.{k}": v.contiguous() for a in answers for k, v in (("tokens", a.tokens), ("hidden", a.hidden))}
+    save_file(tensors, str(path))
+    rows = [{"id": a.id, "text": a.text, "first": a.first_token_s} for a in answers]
+    meta = {"questions": [s.id for s in samples], "max_new_tokens": max_new_tokens, "answers": rows}
+    meta_path.write_text(json.dumps(meta, indent=1) + "\n")
+    return answers
+
+
 def voicings(speech: SpeechOutput | None, kmeans: SpeechOutput | None) -> dict[str, Voicing]:
     """Path name -> answer -> 16 kHz audio."""
     paths: dict[str, Voicing] = {}

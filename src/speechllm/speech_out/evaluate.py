@@ -80,6 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num", type=int, default=100, help="spoken questions (and --manifest answers) to voice")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--latency-num", type=int, default=10)
+    p.add_argument("--answers-only", action="store_true", help="generate and keep the answers, voice nothing")
     p.add_argument("--manifest", help="k-means only: units manifest of held-out TTS answers (resynthesis figures)")
     p.add_argument("--out", type=Path, default=Path("runs/speech/eval"))
 
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     model = load_model(args.model).eval()
     directory = args.speech or DEFAULT_CHECKPOINT / "speech"
-    speech = load_speech_output(directory, model.llm)
+    speech: SpeechOutput | None = load_speech_output(directory, model.llm)
     kmeans = load_speech_output(args.kmeans, model.llm) if args.kmeans else None
     if speech.config.units == "kmeans":
         speech, kmeans = (kmeans, speech) if kmeans is None or kmeans.config.units == "phonemes" else (None, speech)
@@ -109,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
         save()
     if args.questions:
         samples = read_manifest(args.questions)[: args.num]
-        answers = compare.spoken_answers(model, samples, args.max_new_tokens)
+        answers = compare.cached_answers(args.out / "answers.safetensors", model, samples, args.max_new_tokens)
+        if args.answers_only:
+            print(f"{len(answers)} answers in {args.out / 'answers.safetensors'}")
+            return 0
         figures["first_token_s_median_all"] = float(np.median([a.first_token_s for a in answers]))
         if speech is not None:
             figures["phoneme_error_rate"] = compare.phoneme_error_rate(speech, answers)

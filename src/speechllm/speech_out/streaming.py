@@ -42,12 +42,12 @@ CONFIG_FILE = "speech_output.yaml"
 class StreamingConfig:
     """speech_output.yaml: which units, and how the stream hands them to the vocoder."""
 
-    units: str = "kmeans"
-    """"phonemes" (a Piper voice renders them, see `voice`) or "kmeans" (the folder's `vocoder/`)."""
     first_chunk_units: int = 10
     """k-means: units before the first audio chunk (~0.2-0.4 s of speech): the latency knob."""
     chunk_units: int = 20
     """k-means: units per later chunk: fewer, larger vocoder calls."""
+    units: str = "kmeans"
+    """"phonemes" (a Piper voice renders them, see `voice`) or "kmeans" (the folder's `vocoder/`)."""
     voice: VoiceConfig = field(default_factory=VoiceConfig)
     """phonemes: the voice and its chunking."""
 
