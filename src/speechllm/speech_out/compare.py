@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from speechllm.data.audio import load_audio, save_wav
 from speechllm.eval.metrics import wer
-from speechllm.speech_out.config import SAMPLE_RATE
+from speechllm.speech_out.config import SAMPLE_RATE, VoiceConfig
 from speechllm.speech_out.piper_voice import PiperVoice
 from speechllm.speech_out.streaming import SpeechOutput
 
@@ -117,28 +117,36 @@ def cached_answers(path: Path, model: Any, samples: list[Any], max_new_tokens: i
     return answers
 
 
-def voicings(speech: SpeechOutput | None, kmeans: SpeechOutput | None) -> dict[str, Voicing]:
-    """Path name -> answer -> 16 kHz audio."""
-    paths: dict[str, Voicing] = {}
+PATHS = ("phonemes", "text_tts", "text_tts_whole", "kmeans")
+
+
+def voicings(speech: SpeechOutput | None, kmeans: SpeechOutput | None, names: list[str]) -> dict[str, Voicing]:
+    """Path name -> answer -> 16 kHz audio, for the `names` that the given folders allow. The text
+    paths use the phoneme folder's voice settings (or the defaults when there is none)."""
+    voice = speech.vocoder if speech is not None else PiperVoice(VoiceConfig())
+    assert isinstance(voice, PiperVoice)
+    whole = PiperVoice(dataclasses.replace(voice.config, first_chunk_words=10_000, chunk_words=10_000))
+    paths: dict[str, Voicing] = {
+        "text_tts": lambda a: voice.synthesize(voice.inventory.encode(a.text)),
+        "text_tts_whole": lambda a: whole.synthesize(whole.inventory.encode(a.text)),
+    }
     if speech is not None:
-        voice = speech.vocoder
-        assert isinstance(voice, PiperVoice)
-        whole = PiperVoice(dataclasses.replace(voice.config, first_chunk_words=10_000, chunk_words=10_000))
         paths["phonemes"] = lambda a: speech.synthesize(a.hidden, a.tokens)
-        paths["text_tts"] = lambda a: voice.synthesize(voice.inventory.encode(a.text))
-        paths["text_tts_whole"] = lambda a: whole.synthesize(whole.inventory.encode(a.text))
     if kmeans is not None:
         paths["kmeans"] = lambda a: kmeans.synthesize(a.hidden, a.tokens)
-    return paths
+    missing = [n for n in names if n not in paths]
+    if missing:
+        raise ValueError(f"paths {missing} need a {'phoneme' if 'phonemes' in missing else 'k-means'} speech folder")
+    return {n: paths[n] for n in names}
 
 
 def intelligibility(paths: dict[str, Voicing], answers: list[SpokenAnswer], out: Path) -> dict[str, Any]:
     from speechllm.eval.whisper_asr import WhisperTranscriber
 
     judge = WhisperTranscriber()
-    rows: list[dict[str, Any]] = [{"id": a.id, "text": a.text} for a in answers]
     figures: dict[str, Any] = {"answers": len(answers)}
     for name, voice in paths.items():
+        rows: list[dict[str, Any]] = [{"id": a.id, "text": a.text} for a in answers]
         seconds = audio_seconds = 0.0
         for a, row in tqdm(list(zip(answers, rows, strict=True)), desc=name):
             t = time.perf_counter()
@@ -150,8 +158,9 @@ def intelligibility(paths: dict[str, Voicing], answers: list[SpokenAnswer], out:
             row[name] = judge(audio) if len(audio) else ""
         figures[f"wer_{name}"] = wer([r["text"] for r in rows], [r[name] for r in rows])
         figures[f"rtf_{name}"] = seconds / max(audio_seconds, 1e-9)
-    with open(out / "per_answer.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+        figures[f"audio_s_{name}"] = audio_seconds
+        with open(out / f"per_answer.{name}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
     return figures
 
 
@@ -179,16 +188,17 @@ class _FirstAudio:
 
 def first_audio(
     model: Any, speech: SpeechOutput, samples: list[Any], max_new_tokens: int, text_tts: bool
-) -> list[float]:
-    """Seconds to the first audio chunk per question: from the decoder's stream, or (text_tts) from
-    the text cascade (the first chunk's words complete in the text, phonemized, rendered)."""
-    latencies = []
+) -> tuple[list[float], list[float]]:
+    """Seconds to the first audio chunk per question, from the decoder's stream, or (text_tts) from
+    the text cascade (the first chunk's words complete in the text, phonemized, rendered); and, from
+    the same runs, seconds to the first text token."""
+    latencies, first_tokens = [], []
     for s in samples:
         audio = load_audio(s.audio[0])
         probe = _FirstAudio(model, speech, text_tts)
-        generate(model, audio, max_new_tokens, probe)
+        first_tokens.append(generate(model, audio, max_new_tokens, probe))
         latencies.append(probe.seconds)
-    return latencies
+    return latencies, first_tokens
 
 
 def cascade_chunk(speech: SpeechOutput, text: str) -> bool:

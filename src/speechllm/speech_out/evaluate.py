@@ -79,8 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--questions", help="spoken-question manifest: answers voiced every way, WER, latency, RTF")
     p.add_argument("--num", type=int, default=100, help="spoken questions (and --manifest answers) to voice")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--latency-num", type=int, default=10)
+    p.add_argument("--latency-num", type=int, default=10, help="questions timed per path (0: none)")
     p.add_argument("--answers-only", action="store_true", help="generate and keep the answers, voice nothing")
+    p.add_argument("--paths", nargs="+", choices=["phonemes", "text_tts", "text_tts_whole", "kmeans"],
+                   help="voice only these (default: all the folders allow); figures add to summary.json")  # fmt: skip
     p.add_argument("--manifest", help="k-means only: units manifest of held-out TTS answers (resynthesis figures)")
     p.add_argument("--out", type=Path, default=Path("runs/speech/eval"))
 
@@ -100,10 +102,12 @@ def run(args: argparse.Namespace) -> int:
     if speech.config.units == "kmeans":
         speech, kmeans = (kmeans, speech) if kmeans is None or kmeans.config.units == "phonemes" else (None, speech)
     (args.out / "wav").mkdir(parents=True, exist_ok=True)
-    figures: dict[str, Any] = {"speech": str(directory), "kmeans": str(args.kmeans or "")}
+    summary = args.out / "summary.json"
+    figures: dict[str, Any] = json.loads(summary.read_text()) if summary.is_file() else {}  # runs add to it
+    figures |= {"speech": str(directory), "kmeans": str(args.kmeans or "")}
 
     def save() -> None:  # after each part: a later failure keeps what was measured
-        (args.out / "summary.json").write_text(json.dumps(figures, indent=2) + "\n")
+        summary.write_text(json.dumps(figures, indent=2) + "\n")
 
     if args.manifest and kmeans is not None:
         figures["kmeans_manifest"] = intelligibility(kmeans, model, read_manifest(args.manifest)[: args.num], args.out)
@@ -115,24 +119,23 @@ def run(args: argparse.Namespace) -> int:
             print(f"{len(answers)} answers in {args.out / 'answers.safetensors'}")
             return 0
         figures["first_token_s_median_all"] = float(np.median([a.first_token_s for a in answers]))
-        if speech is not None:
+        if speech is not None and (not args.paths or "phonemes" in args.paths):
             figures["phoneme_error_rate"] = compare.phoneme_error_rate(speech, answers)
         save()
-        figures |= compare.intelligibility(compare.voicings(speech, kmeans), answers, args.out)
+        names = args.paths or [p for p in compare.PATHS if p != "phonemes" or speech is not None]
+        names = [n for n in names if n != "kmeans" or kmeans is not None or args.paths]
+        figures |= compare.intelligibility(compare.voicings(speech, kmeans, names), answers, args.out)
         save()
         latency = samples[: args.latency_num]
         runs = {"kmeans": (kmeans, False), "phonemes": (speech, False), "text_tts": (speech, True)}
         for name, (out, text_tts) in runs.items():
-            if out is None:
+            if out is None or not args.latency_num or (args.paths and name not in args.paths):
                 continue
-            first = compare.first_audio(model, out, latency, args.max_new_tokens, text_tts)
+            first, first_token = compare.first_audio(model, out, latency, args.max_new_tokens, text_tts)
             figures[f"first_audio_s_median_{name}"] = float(np.nanmedian(first))
+            figures[f"first_token_s_median_{name}"] = float(np.nanmedian(first_token))  # the same runs
             if not text_tts:
                 figures |= {f"{k}_{name}": v for k, v in compare.step_costs(out, answers).items()}
             save()
-        figures["first_token_s_median_latency_questions"] = float(
-            np.median([a.first_token_s for a in answers[: args.latency_num]])
-        )
-        save()
     print(json.dumps(figures, indent=2))
     return 0
