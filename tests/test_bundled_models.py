@@ -78,14 +78,13 @@ def test_gguf_of_unsupported_architecture_is_rejected(tmp_path):
         load_llm(LLMConfig(source=str(path)))
 
 
-@pytest.mark.parametrize("folder", ["speech", "speech/kmeans"])  # the default (phonemes) and the k-means option
-def test_shipped_speech_output_speaks_an_answer_of_the_bundled_llm(default_model, folder):
+def test_shipped_speech_output_speaks_an_answer_of_the_bundled_llm(default_model):
     from speechllm.defaults import DEFAULT_CHECKPOINT
     from speechllm.speech_out.answers import SAY_PROMPT, answer_states
     from speechllm.speech_out.config import HOP_SAMPLES
     from speechllm.speech_out.streaming import load_speech_output
 
-    speech = load_speech_output(DEFAULT_CHECKPOINT / folder, default_model.llm)
+    speech = load_speech_output(DEFAULT_CHECKPOINT / "speech", default_model.llm)
     text = "Paris is the capital of France."
     [(hidden, tokens, _)] = answer_states(default_model, [SAY_PROMPT], [text], progress=False)
     audio = speech.synthesize(hidden.float(), tokens)

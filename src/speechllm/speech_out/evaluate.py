@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         latency = samples[: args.latency_num]
         runs = {"kmeans": (kmeans, False), "phonemes": (speech, False), "text_tts": (speech, True)}
         for name, (out, text_tts) in runs.items():
-            if out is None or not args.latency_num or (args.paths and name not in args.paths):
+            if out is None or not args.latency_num:
                 continue
             first, first_token = compare.first_audio(model, out, latency, args.max_new_tokens, text_tts)
             figures[f"first_audio_s_median_{name}"] = float(np.nanmedian(first))
