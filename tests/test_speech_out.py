@@ -215,3 +215,14 @@ def test_pack_stores_float16_that_loads_back_as_float32(tmp_path):
         again.synthesize(units, [2, 1, 3, 1]), vocoder.synthesize(units, [2, 1, 3, 1]), atol=1e-2
     )
     assert "chunk_units: 7" in (tmp_path / "speech" / "speech_output.yaml").read_text()
+
+
+def test_decoder_save_is_atomic_and_replaces_the_folder(tmp_path):
+    first, second = tiny_decoder(), tiny_decoder()
+    torch.nn.init.zeros_(second.out.weight)
+    first.save(tmp_path / "dec")
+    (tmp_path / "dec" / "stale.txt").write_text("from an older save")
+    second.save(tmp_path / "dec")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dec"]  # no temporary or old folder left behind
+    assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == ["speech_decoder.safetensors", "speech_decoder.yaml"]
+    assert torch.equal(SpeechDecoder.load(tmp_path / "dec").out.weight, second.out.weight)
