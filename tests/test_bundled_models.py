@@ -82,14 +82,15 @@ def test_gguf_of_unsupported_architecture_is_rejected(tmp_path):
 
 def test_shipped_speech_output_speaks_an_answer_of_the_bundled_llm(default_model):
     from speechllm.defaults import DEFAULT_CHECKPOINT
+    from speechllm.speech_out.answers import SAY_PROMPT, answer_states
     from speechllm.speech_out.config import HOP_SAMPLES
     from speechllm.speech_out.streaming import load_speech_output
-    from speechllm.speech_out.train_decoder import SAY_PROMPT, answer_states
 
     speech = load_speech_output(DEFAULT_CHECKPOINT / "speech", default_model.llm)
     text = "Paris is the capital of France."
     [(hidden, tokens, _)] = answer_states(default_model, [SAY_PROMPT], [text], progress=False)
     audio = speech.synthesize(hidden.float(), tokens)
     # Six words are about 2 s of speech; a broken pack gives silence, noise bursts or nothing.
-    assert audio.dtype == np.float32 and len(audio) % HOP_SAMPLES == 0 and np.isfinite(audio).all()
+    assert audio.dtype == np.float32 and np.isfinite(audio).all()
+    assert speech.config.units == "phonemes" or len(audio) % HOP_SAMPLES == 0
     assert 0.5 < len(audio) / 16000 < 6.0 and 0.01 < float(np.abs(audio).max()) <= 1.5

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from speechllm.speech_out.config import SpeechDecoderConfig, UnitsConfig, VocoderConfig
-from speechllm.speech_out.decoder import CTCCollapse, SpeechDecoder
-from speechllm.speech_out.units import UnitExtractor, dedup
+from speechllm.speech_out.decoder import SpeechDecoder
+from speechllm.speech_out.units import UnitExtractor
 
 K = 10
 
@@ -19,11 +19,6 @@ def tiny_decoder(llm_dim: int = 16, **kw) -> SpeechDecoder:
     torch.manual_seed(0)
     base = dict(llm_dim=llm_dim, num_units=K, upsample=4, layers=2, dim=32, heads=2, ffn_dim=64, window=7)
     return SpeechDecoder(SpeechDecoderConfig(**{**base, **kw})).eval()
-
-
-def test_dedup_returns_runs():
-    assert dedup([3, 3, 1, 1, 1, 3, 7]) == ([3, 1, 3, 7], [2, 3, 1, 1])
-    assert dedup([]) == ([], [])
 
 
 def test_smoothed_labels_are_the_cheapest_path():
@@ -121,11 +116,6 @@ def test_answers_over_the_upsample_are_refused_or_dropped():
         drop_over_upsample(items[1:2], 4)
 
 
-def test_ctc_collapse_keeps_repeats_collapsed_across_calls():
-    c = CTCCollapse(blank=K)
-    assert c.push([1, 1, K, 2]) + c.push([2, 2, K, 2, 3]) == [1, 2, 2, 3]
-
-
 def test_incremental_decoding_equals_offline_beyond_the_window():
     dec = tiny_decoder()
     n = 9  # 36 positions, far beyond the 7-position window
@@ -150,7 +140,7 @@ def test_incremental_decoding_equals_offline_beyond_the_window():
 def test_answer_states_match_generation(tiny_model):
     """The states the decoder trains on (teacher forcing) are the ones generation hands it."""
     from speechllm.inference.generation import GenerationConfig, eos_token_ids, stream_generate
-    from speechllm.speech_out.train_decoder import answer_states
+    from speechllm.speech_out.answers import answer_states
 
     conversation = [{"role": "user", "content": "hello there"}]
     batch = tiny_model.prepare([conversation])
@@ -225,3 +215,14 @@ def test_pack_stores_float16_that_loads_back_as_float32(tmp_path):
         again.synthesize(units, [2, 1, 3, 1]), vocoder.synthesize(units, [2, 1, 3, 1]), atol=1e-2
     )
     assert "chunk_units: 7" in (tmp_path / "speech" / "speech_output.yaml").read_text()
+
+
+def test_decoder_save_is_atomic_and_replaces_the_folder(tmp_path):
+    first, second = tiny_decoder(), tiny_decoder()
+    torch.nn.init.zeros_(second.out.weight)
+    first.save(tmp_path / "dec")
+    (tmp_path / "dec" / "stale.txt").write_text("from an older save")
+    second.save(tmp_path / "dec")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dec"]  # no temporary or old folder left behind
+    assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == ["speech_decoder.safetensors", "speech_decoder.yaml"]
+    assert torch.equal(SpeechDecoder.load(tmp_path / "dec").out.weight, second.out.weight)

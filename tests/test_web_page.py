@@ -119,8 +119,7 @@ def test_speak_toggle_plays_the_answer(tiny_model, tmp_path):
             browser.close()
     conversation = [{"role": "user", "content": [{"type": "text", "text": "Say something."}]}]
     _, expected = offline_speech(tiny_model, speech, conversation, GenerationConfig(max_new_tokens=12))
-    assert (
-        shown == generate(tiny_model, [conversation], GenerationConfig(max_new_tokens=12))[0]
-    )  # the transcript, streamed in
-    assert played["scheduled"] >= 2 and played["samples"] == expected.size  # every piece handed to Web Audio
+    assert shown == generate(tiny_model, [conversation], GenerationConfig(max_new_tokens=12))[0]  # the transcript
+    pcm16_samples = round(expected.size * 24000 / 16000)  # pcm16 comes at 24 kHz
+    assert played["scheduled"] >= 2 and played["samples"] == pcm16_samples  # every piece handed to Web Audio
     assert played["state"] == "running" and played["end"] >= expected.size / 16000  # queued one after another

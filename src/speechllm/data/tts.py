@@ -58,6 +58,8 @@ _ESPEAK_RATE_WPM = 175  # espeak's default words per minute
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _CHARS_UTF8 = 1
 _PARAM_RATE = 1
+_PHONEMES_IPA = 0x02
+_TERMINATORS = ".?!,:;"
 
 
 class EspeakEngine:
@@ -128,6 +130,34 @@ class EspeakEngine:
             raise TTSError(f"eSpeak NG failed on {text[:60]!r} with voice {voice!r} (status {status})")
         audio = np.concatenate(chunks).astype(np.float32) / 32768.0
         return resample(audio, self._sr, SAMPLE_RATE)
+
+    def phonemize(self, text: str, voice: str = "en-us") -> list[tuple[str, str]]:
+        """`text` -> (IPA phonemes, terminator) per clause, as Piper's voices were trained on: the
+        terminator is the clause's closing punctuation (one of ``.?!,:;``) or "" when it has none."""
+        lib = self._lib
+        if not hasattr(self, "_phonemes_ready"):
+            lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+            lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
+            self._phonemes_ready = True
+        data = text.encode("utf-8")
+        buf = ctypes.create_string_buffer(data)
+        start = ctypes.addressof(buf)
+        pointer = ctypes.c_char_p(start)
+        clauses: list[tuple[str, str]] = []
+        with self._lock:
+            if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                raise TTSError(f"eSpeak NG has no voice {voice!r}; try one of {self.voices()[:6]} ...")
+            while pointer.value is not None:
+                before = ctypes.cast(pointer, ctypes.c_void_p).value or start
+                phonemes = lib.espeak_TextToPhonemes(ctypes.byref(pointer), _CHARS_UTF8, _PHONEMES_IPA)
+                after = ctypes.cast(pointer, ctypes.c_void_p).value
+                # eSpeak has read one character past the clause: its punctuation is the last one read.
+                read = data[before - start : (after - start) if after else len(data)].decode("utf-8", "replace")
+                ends = [c for c in read if c in _TERMINATORS]
+                clauses.append(((phonemes or b"").decode("utf-8"), ends[-1] if ends else ""))
+                if not after:
+                    break
+        return clauses
 
 
 class PiperEngine:

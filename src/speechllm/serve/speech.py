@@ -10,10 +10,11 @@ As with OpenAI's audio models, a chat completion speaks when asked with `modalit
   of samples, so they can be decoded and played one by one), and a last `delta.audio` holds the
   `expires_at`.
 
-pcm16 here is 16-bit little-endian mono at the speech output's rate, 16 kHz (OpenAI's is 24 kHz;
-resampling would only add latency and a dependency for every chunk, and the WAV form states its
-rate). Until `expires_at`, a later request may cite an answer as `{"role": "assistant", "audio":
-{"id": ...}}`, as OpenAI's multi-turn audio conversations do: `Transcripts` keeps the text for that.
+pcm16 is 16-bit little-endian mono at 24 kHz, the rate OpenAI clients assume: the speech output's
+16 kHz is resampled with soxr (streamed: one resampler per answer, so pieces join without seams;
+its last few samples come with the final `delta.audio`). WAV stays at 16 kHz and states its rate.
+Until `expires_at`, a later request may cite an answer as `{"role": "assistant", "audio": {"id":
+...}}`, as OpenAI's multi-turn audio conversations do: `Transcripts` keeps the text for that.
 """
 
 from __future__ import annotations
@@ -30,11 +31,14 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from speechllm.data.audio import resample
 from speechllm.serve.errors import ApiError
 
 VOICES = ("default",)
 FORMATS = ("wav", "pcm16")
 MODALITIES = ("text", "audio")
+PCM16_RATE = 24000
+"""Sample rate of pcm16 audio, streamed or not (OpenAI's)."""
 MAX_TRANSCRIPTS = 4096
 """Answers whose audio id can be cited at once; the oldest is forgotten first."""
 
@@ -106,8 +110,8 @@ def wav(samples: np.ndarray, sample_rate: int) -> bytes:
 
 
 def encode(samples: np.ndarray, sample_rate: int, fmt: str) -> str:
-    """The base64 `data` of `samples` in the requested format."""
-    raw = wav(samples, sample_rate) if fmt == "wav" else pcm16(samples)
+    """The base64 `data` of `samples` in the requested format (pcm16: resampled to PCM16_RATE)."""
+    raw = wav(samples, sample_rate) if fmt == "wav" else pcm16(resample(samples, sample_rate, PCM16_RATE))
     return base64.b64encode(raw).decode("ascii")
 
 
@@ -150,10 +154,13 @@ class AudioDeltas:
     """
 
     def __init__(self, aid: str, sample_rate: int, remember: Callable[[str, str], int]) -> None:
+        import soxr
+
         self.id = aid
         self.sample_rate = sample_rate
         self.remember = remember
         self._sent: set[str] = set()
+        self._resampler = soxr.ResampleStream(sample_rate, PCM16_RATE, 1, dtype="float32", quality="HQ")
 
     def first(self) -> dict[str, Any]:
         return {"role": "assistant", "refusal": None}
@@ -162,11 +169,17 @@ class AudioDeltas:
         return self._delta("transcript", text)
 
     def data(self, samples: np.ndarray) -> dict[str, Any]:
-        return self._delta("data", encode(samples, self.sample_rate, "pcm16"))
+        """Speech-output samples -> a `data` delta of pcm16 at PCM16_RATE (the resampler keeps a few back)."""
+        out = self._resampler.resample_chunk(np.asarray(samples, dtype=np.float32))
+        return self._delta("data", base64.b64encode(pcm16(out)).decode("ascii"))
 
     def end(self, transcript: str) -> dict[str, Any]:
-        """The last audio delta, once the whole `transcript` is known."""
-        return {"audio": {"id": self.id, "expires_at": self.remember(self.id, transcript)}}
+        """The last audio delta, once the whole `transcript` is known; it carries the resampler's last samples."""
+        audio: dict[str, Any] = {"id": self.id, "expires_at": self.remember(self.id, transcript)}
+        tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        if len(tail):
+            audio["data"] = base64.b64encode(pcm16(tail)).decode("ascii")
+        return {"audio": audio}
 
     def _delta(self, key: str, value: str) -> dict[str, Any]:
         audio = {key: value} if key in self._sent else {"id": self.id, key: value}

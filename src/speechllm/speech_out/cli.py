@@ -4,7 +4,7 @@ speechllm units fit --manifest M --out DIR [--layer 3 --k 100]     k-means over 
 speechllm units extract --model DIR --manifest M --out OUT.jsonl   frame-level units of each sample
 speechllm vocoder train|synth ...                                  the unit vocoder
 speechllm speech train-decoder --units U --out DIR                 the CTC speech decoder
-speechllm speech pack --decoder D --vocoder V --out DIR            one speech-output folder
+speechllm speech pack [--units phonemes] --decoder D [--vocoder V] --out DIR   one speech-output folder
 speechllm speech eval --speech DIR --manifest M                    intelligibility, latency, RTF
 """
 
@@ -36,9 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--switch-penalty", type=float, help="override the units' switch_penalty (see UnitsConfig)")
     p.set_defaults(func=_units_extract)
 
-    from speechllm.speech_out import vocoder_train
+    from speechllm.speech_out import duration_train, vocoder_train
 
-    vocoder_train.add_parser(sub)
+    commands = vocoder_train.add_parser(sub)
+    p = commands.add_parser("train-durations", help="give a trained vocoder a new duration predictor")
+    duration_train.add_arguments(p)
+    p.set_defaults(func=lambda a: bool(duration_train.train_durations(a)) and 0)
 
     speech = sub.add_parser("speech", help="the speech decoder and the packed speech output")
     ssub = speech.add_subparsers(dest="speech_command", required=True)
@@ -48,8 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     train_decoder.add_arguments(p)
     p.set_defaults(func=lambda a: bool(train_decoder.train(a)) and 0)
     p = ssub.add_parser("pack", help="put a trained decoder and vocoder into one speech-output folder")
+    p.add_argument("--units", choices=["phonemes", "kmeans"], default="kmeans", help="what the decoder predicts")
     p.add_argument("--decoder", required=True, type=Path)
-    p.add_argument("--vocoder", required=True, type=Path)
+    p.add_argument("--vocoder", type=Path, help="k-means units: the trained unit vocoder (phonemes: none, the voice)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--first-chunk-units", type=int, default=10)
     p.add_argument("--chunk-units", type=int, default=20)
@@ -96,12 +100,19 @@ def _pack(args: argparse.Namespace) -> int:
     import torch
 
     from speechllm.speech_out.decoder import SpeechDecoder
-    from speechllm.speech_out.streaming import StreamingConfig, save_parts
+    from speechllm.speech_out.streaming import StreamingConfig, check_parts, save_parts
     from speechllm.speech_out.vocoder import UnitVocoder
 
-    config = StreamingConfig(first_chunk_units=args.first_chunk_units, chunk_units=args.chunk_units)
+    if (args.vocoder is None) != (args.units == "phonemes"):
+        raise ValueError(f"--units {args.units} needs {'no' if args.units == 'phonemes' else 'a'} --vocoder")
+    config = StreamingConfig(units=args.units, first_chunk_units=args.first_chunk_units, chunk_units=args.chunk_units)
     dtype = getattr(torch, args.dtype)
-    decoder, vocoder = SpeechDecoder.load(args.decoder).to(dtype), UnitVocoder.load(args.vocoder).to(dtype)
+    decoder = SpeechDecoder.load(args.decoder).to(dtype)
+    vocoder = UnitVocoder.load(args.vocoder).to(dtype) if args.vocoder else None
+    if vocoder is None:
+        from speechllm.speech_out.piper_voice import PiperVoice
+
+        check_parts(decoder, PiperVoice(config.voice))
     save_parts(args.out, decoder, vocoder, config)
     print(args.out)
     return 0

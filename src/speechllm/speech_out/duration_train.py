@@ -18,15 +18,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
+from speechllm.speech_out.unit_data import duration_batch, duration_l1, duration_sequences, read_units_manifest
 from speechllm.speech_out.vocoder import DurationPredictor, UnitVocoder
-from speechllm.speech_out.vocoder_train import duration_batch, duration_l1, read_units_manifest, run_lengths
 from speechllm.training.loop import Batches, LoopConfig, ResumableSampler, fit
 
-Sequences = list[tuple[np.ndarray, np.ndarray]]
+Sequences = list[tuple[list[int], list[int]]]
 
 
 class DurationObjective(nn.Module):
@@ -58,7 +57,7 @@ def duration_metrics(predictor: DurationPredictor, sequences: Sequences) -> dict
 
 
 def read_sequences(path: Path, num_units: int) -> Sequences:
-    return [run_lengths(np.asarray(item.units, dtype=np.int64)) for item in read_units_manifest(path, num_units)]
+    return duration_sequences(read_units_manifest(path, num_units))
 
 
 def train_durations(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,14 +1,14 @@
 """`speechllm speech eval`: is the speech output intelligible, fast, and flat per step?
 
+With `--questions` (spoken questions), the phoneme path, the text-to-speech cascade and the
+k-means path voice the same answers in one run (speechllm.speech_out.compare). With `--manifest`
+(k-means only, the earlier evaluation on reference answers):
 - intelligibility: Whisper tiny.en (faster-whisper, greedy) transcribes the speech made from
   each held-out text answer (LLM states by teacher forcing -> speech decoder -> vocoder) and
   we report its WER against the text; for reference, the WER on the TTS recording the units
   came from (`source`), on the vocoder fed those recordings' own units and durations
   (`resynthesis`), and on the same units with predicted durations (`resynthesis_predicted_durations`);
-- speed: real-time factor of the speech path (decoder + vocoder seconds per second of audio);
-- flatness: mean `SpeechStream.push` time at tokens 1-20 vs 191-210 of a long answer;
-- latency: for spoken questions, seconds from the end of the question (its waveform in memory)
-  to the first audio chunk, through the real model (encoding, prefill, generation, speech).
+- speed: real-time factor of the speech path (decoder + vocoder seconds per second of audio).
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ from speechllm.data.audio import load_audio, save_wav
 from speechllm.data.manifest import read_manifest
 from speechllm.eval.metrics import wer
 from speechllm.eval.whisper_asr import WhisperTranscriber
+from speechllm.model.ctc import run_lengths
+from speechllm.speech_out.answers import SAY_PROMPT, answer_states, prompts_from_questions
 from speechllm.speech_out.config import SAMPLE_RATE
 from speechllm.speech_out.streaming import SpeechOutput, load_speech_output
-from speechllm.speech_out.train_decoder import SAY_PROMPT, answer_states, prompts_from_questions
-from speechllm.speech_out.units import dedup
+from speechllm.speech_out.vocoder import UnitVocoder
 
 
 def intelligibility(speech: SpeechOutput, model: Any, samples: list[Any], out_dir: Path) -> dict[str, Any]:
+    """k-means speech of reference answers (teacher forcing), with the vocoder's resynthesis figures."""
     judge = WhisperTranscriber()
     prompts = prompts_from_questions()
     states = answer_states(model, [prompts.get(s.target, SAY_PROMPT) for s in samples], [s.target for s in samples])
@@ -48,7 +50,9 @@ def intelligibility(speech: SpeechOutput, model: Any, samples: list[Any], out_di
         save_wav(out_dir / "wav" / f"{s.id}.wav", audio, SAMPLE_RATE)
         row = {"id": s.id, "text": s.target, "generated": judge(audio), "source": judge(load_audio(s.audio[0]))}
         if s.units:
-            units, durations = dedup(s.units)
+            if not isinstance(speech.vocoder, UnitVocoder):
+                raise ValueError(f"{s.id}: resynthesis of k-means units needs a unit vocoder, this output has none")
+            units, durations = run_lengths(s.units)
             resynth = speech.vocoder.synthesize(units, torch.tensor(durations))
             row["resynthesis"] = judge(resynth)
             # The same units with durations from the predictor: what the duration predictor costs.
@@ -71,86 +75,71 @@ def intelligibility(speech: SpeechOutput, model: Any, samples: list[Any], out_di
     return figures
 
 
-def step_costs(speech: SpeechOutput, llm_dim: int, tokens: int = 210, seed: int = 0) -> dict[str, float]:
-    """Mean push time (ms) at tokens 1-20 and 191-210 of one long stream (random states)."""
-    g = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(tokens, llm_dim, generator=g)
-    ids = torch.randint(100, 1000, (tokens,), generator=g)
-    stream = speech.stream()
-    times = []
-    for i in range(tokens):
-        t = time.perf_counter()
-        stream.push(hidden[i], int(ids[i]))
-        times.append(time.perf_counter() - t)
-    stream.finish()
-    return {
-        "push_ms_tokens_1_20": 1e3 * float(np.mean(times[:20])),
-        "push_ms_tokens_191_210": 1e3 * float(np.mean(times[190:210])),
-    }
-
-
-def first_audio_latency(speech: SpeechOutput, model: Any, manifest: str, n: int) -> dict[str, float]:
-    """Seconds from a spoken question (in memory) to its first audio chunk, median over n questions."""
-    from speechllm.inference.generation import GenerationConfig, eos_token_ids, stream_generate
-
-    eos = eos_token_ids(model)
-    latencies, first_tokens = [], []
-    for s in read_manifest(manifest)[:n]:
-        audio = load_audio(s.audio[0])
-        conversation = [{"role": "user", "content": [{"type": "audio", "audio": audio}]}]
-        t0 = time.perf_counter()
-        batch = model.prepare([conversation])
-        stream, states = speech.stream(), list[torch.Tensor]()
-        first_token = first_audio = float("nan")
-        for step, token in enumerate(stream_generate(model, batch, GenerationConfig(max_new_tokens=60), states.append)):
-            if step == 0:
-                first_token = time.perf_counter() - t0
-            if int(token[0]) in eos:
-                break
-            if len(stream.push(states[-1][0], int(token[0]))):
-                first_audio = time.perf_counter() - t0
-                break
-        latencies.append(first_audio)
-        first_tokens.append(first_token)
-    return {
-        "first_audio_s_median": float(np.nanmedian(latencies)),
-        "first_token_s_median": float(np.median(first_tokens)),
-        "questions": float(len(latencies)),
-    }
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speech", type=Path, help="speech-output folder (default: the embedded default)")
+    p.add_argument("--kmeans", type=Path, help="a k-means speech-output folder to compare in the same run")
     p.add_argument("--model", help="speech LLM directory (default: the embedded default)")
-    p.add_argument("--manifest", help="units manifest of held-out TTS answers (text + audio + units)")
-    p.add_argument("--num", type=int, default=100)
-    p.add_argument("--questions", help="spoken-question manifest for the first-audio latency")
-    p.add_argument("--latency-num", type=int, default=5)
+    p.add_argument("--questions", help="spoken-question manifest: answers voiced every way, WER, latency, RTF")
+    p.add_argument("--num", type=int, default=100, help="spoken questions (and --manifest answers) to voice")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--latency-num", type=int, default=10, help="questions timed per path (0: none)")
+    p.add_argument("--answers-only", action="store_true", help="generate and keep the answers, voice nothing")
+    p.add_argument("--paths", nargs="+", choices=["phonemes", "text_tts", "text_tts_whole", "kmeans"],
+                   help="voice only these (default: all the folders allow); figures add to summary.json")  # fmt: skip
+    p.add_argument("--manifest", help="k-means only: units manifest of held-out TTS answers (resynthesis figures)")
     p.add_argument("--out", type=Path, default=Path("runs/speech/eval"))
 
 
 def run(args: argparse.Namespace) -> int:
     from speechllm.defaults import DEFAULT_CHECKPOINT, load_model
+    from speechllm.speech_out import compare
 
     for flag, path in (("--manifest", args.manifest), ("--questions", args.questions)):
         if path and not Path(path).is_file():  # before minutes of work, not after
             raise FileNotFoundError(f"{flag} {path} does not exist")
+    torch.set_num_threads(1)
     model = load_model(args.model).eval()
     directory = args.speech or DEFAULT_CHECKPOINT / "speech"
-    speech = load_speech_output(directory, model.llm)
-    args.out.mkdir(parents=True, exist_ok=True)
-    figures: dict[str, Any] = {"speech": str(directory)}
+    loaded = load_speech_output(directory, model.llm)
+    speech: SpeechOutput | None = loaded
+    kmeans = load_speech_output(args.kmeans, model.llm) if args.kmeans else None
+    if loaded.config.units == "kmeans":
+        speech, kmeans = (kmeans, speech) if kmeans is None or kmeans.config.units == "phonemes" else (None, speech)
+    (args.out / "wav").mkdir(parents=True, exist_ok=True)
+    summary = args.out / "summary.json"
+    figures: dict[str, Any] = json.loads(summary.read_text()) if summary.is_file() else {}  # runs add to it
+    figures |= {"speech": str(directory), "kmeans": str(args.kmeans or "")}
 
     def save() -> None:  # after each part: a later failure keeps what was measured
-        (args.out / "summary.json").write_text(json.dumps(figures, indent=2) + "\n")
+        summary.write_text(json.dumps(figures, indent=2) + "\n")
 
-    if args.manifest:
-        figures |= intelligibility(speech, model, read_manifest(args.manifest)[: args.num], args.out)
+    if args.manifest and kmeans is not None:
+        figures["kmeans_manifest"] = intelligibility(kmeans, model, read_manifest(args.manifest)[: args.num], args.out)
         save()
-    figures |= step_costs(speech, model.llm.config.hidden_size)
-    save()
     if args.questions:
-        figures |= first_audio_latency(speech, model, args.questions, args.latency_num)
+        samples = read_manifest(args.questions)[: args.num]
+        answers = compare.cached_answers(args.out / "answers.safetensors", model, samples, args.max_new_tokens)
+        if args.answers_only:
+            print(f"{len(answers)} answers in {args.out / 'answers.safetensors'}")
+            return 0
+        figures["first_token_s_median_all"] = float(np.median([a.first_token_s for a in answers]))
+        if speech is not None and (not args.paths or "phonemes" in args.paths):
+            figures["phoneme_error_rate"] = compare.phoneme_error_rate(speech, answers)
         save()
+        names = args.paths or [p for p in compare.PATHS if p != "phonemes" or speech is not None]
+        names = [n for n in names if n != "kmeans" or kmeans is not None or args.paths]
+        figures |= compare.intelligibility(compare.voicings(speech, kmeans, names), answers, args.out)
+        save()
+        latency = samples[: args.latency_num]
+        runs = {"kmeans": (kmeans, False), "phonemes": (speech, False), "text_tts": (speech, True)}
+        for name, (out, text_tts) in runs.items():
+            if out is None or not args.latency_num:
+                continue
+            first, first_token = compare.first_audio(model, out, latency, args.max_new_tokens, text_tts)
+            figures[f"first_audio_s_median_{name}"] = float(np.nanmedian(first))
+            figures[f"first_token_s_median_{name}"] = float(np.nanmedian(first_token))  # the same runs
+            if not text_tts:
+                figures |= {f"{k}_{name}": v for k, v in compare.step_costs(out, answers).items()}
+            save()
     print(json.dumps(figures, indent=2))
     return 0

@@ -1,19 +1,26 @@
 """Speech output while the text is being written: LLM states -> units -> audio chunks.
 
 `SpeechOutput` holds the speech decoder, the vocoder and the LLM's input embedding table (not
-ours; read only). `stream()` gives a `SpeechStream`; the generation loop pushes every answer
-token with the hidden state that predicted it (`stream_generate(on_hidden=...)`), the stream
-decodes that token's λ unit positions incrementally and hands units to the vocoder's stream in
-chunks: the first after `first_chunk_units` units (low latency), then every `chunk_units`.
-Neither part recomputes history, and the audio of a stream equals `synthesize` on the whole
-answer for any chunking: both parts are causal with bounded left context, and the vocoder
-holds back its overlap-add tail until the next frames arrive (see speechllm.speech_out.vocoder).
+ours; read only). Two kinds of units (`units` in speech_output.yaml):
+- "phonemes": the decoder predicts a Piper voice's phoneme ids and the voice renders them phrase
+  by phrase (speechllm.speech_out.piper_voice); the folder holds only the decoder;
+- "kmeans": the decoder predicts k-means units of Whisper encoder frames and our unit vocoder
+  (speechllm.speech_out.vocoder, folder `vocoder/`) renders them.
+`stream()` gives a `SpeechStream`; the generation loop pushes every answer token with the hidden
+state that predicted it (`stream_generate(on_hidden=...)`), the stream decodes that token's λ unit
+positions incrementally and hands units to the vocoder's stream: k-means units in chunks (the
+first after `first_chunk_units` units, then every `chunk_units`), phonemes at once (the voice's
+stream cuts them at word ends). Neither part recomputes history, and the audio of a stream equals
+`synthesize` on the whole answer for any chunking: the decoder is causal with bounded left
+context, the unit vocoder holds back its overlap-add tail until the next frames arrive, and the
+voice cuts the same chunks whenever the units arrive.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,21 +28,32 @@ import yaml
 from torch import Tensor, nn
 
 from speechllm.config import from_dict, save_config
-from speechllm.speech_out.config import SAMPLE_RATE
+from speechllm.speech_out.config import SAMPLE_RATE, UNIT_KINDS, VoiceConfig
 from speechllm.speech_out.decoder import SpeechDecoder
 from speechllm.speech_out.vocoder import UnitVocoder
+
+if TYPE_CHECKING:
+    from speechllm.speech_out.piper_voice import PiperVoice
 
 CONFIG_FILE = "speech_output.yaml"
 
 
 @dataclass
 class StreamingConfig:
+    """speech_output.yaml: which units, and how the stream hands them to the vocoder."""
+
     first_chunk_units: int = 10
-    """Units before the first audio chunk (~0.2-0.4 s of speech): the latency knob."""
+    """k-means: units before the first audio chunk (~0.2-0.4 s of speech): the latency knob."""
     chunk_units: int = 20
-    """Units per later chunk: fewer, larger vocoder calls."""
+    """k-means: units per later chunk: fewer, larger vocoder calls."""
+    units: str = "kmeans"
+    """"phonemes" (a Piper voice renders them, see `voice`) or "kmeans" (the folder's `vocoder/`)."""
+    voice: VoiceConfig = field(default_factory=VoiceConfig)
+    """phonemes: the voice and its chunking."""
 
     def __post_init__(self) -> None:
+        if self.units not in UNIT_KINDS:
+            raise ValueError(f"units must be one of {list(UNIT_KINDS)}, got {self.units!r}")
         for name in ("first_chunk_units", "chunk_units"):
             if getattr(self, name) < 1:
                 raise ValueError(f"streaming.{name} must be >= 1, got {getattr(self, name)}")
@@ -47,7 +65,7 @@ class SpeechOutput(nn.Module):
     def __init__(
         self,
         decoder: SpeechDecoder,
-        vocoder: UnitVocoder,
+        vocoder: UnitVocoder | PiperVoice,
         embed_tokens: nn.Embedding | None,
         config: StreamingConfig | None = None,
     ) -> None:
@@ -60,6 +78,15 @@ class SpeechOutput(nn.Module):
         # A plain attribute, not a submodule: the table belongs to the LLM and is never saved here.
         self.__dict__["embed_tokens"] = embed_tokens
         self.config = config or StreamingConfig()
+        kind = "kmeans" if isinstance(vocoder, UnitVocoder) else "phonemes"
+        if self.config.units != kind:
+            raise ValueError(f"speech_output config says units {self.config.units!r} but the vocoder reads {kind}")
+
+    def units_per_push(self, first: bool) -> int:
+        """Units the stream gathers before handing them to the vocoder's stream."""
+        if self.config.units == "phonemes":
+            return 1  # the voice's stream cuts at word ends itself
+        return self.config.first_chunk_units if first else self.config.chunk_units
 
     def embed(self, tokens: Tensor) -> Tensor | None:
         """Token ids (N,) -> their LLM input embeddings (N, D_llm) in float32, or None if unused."""
@@ -84,7 +111,8 @@ class SpeechOutput(nn.Module):
         return self.vocoder.synthesize(units) if units else np.zeros(0, dtype=np.float32)
 
     def save(self, directory: str | Path) -> None:
-        save_parts(directory, self.decoder, self.vocoder, self.config)
+        vocoder = self.vocoder if isinstance(self.vocoder, UnitVocoder) else None
+        save_parts(directory, self.decoder, vocoder, self.config)
 
     @classmethod
     def load(cls, directory: str | Path, embed_tokens: nn.Embedding | None) -> SpeechOutput:
@@ -92,7 +120,14 @@ class SpeechOutput(nn.Module):
         if not (d / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{d} holds no speech output ({CONFIG_FILE} missing)")
         config = from_dict(StreamingConfig, yaml.safe_load((d / CONFIG_FILE).read_text()))
-        return cls(SpeechDecoder.load(d / "decoder"), UnitVocoder.load(d / "vocoder"), embed_tokens, config)
+        vocoder: UnitVocoder | PiperVoice
+        if config.units == "phonemes":
+            from speechllm.speech_out.piper_voice import PiperVoice
+
+            vocoder = PiperVoice(config.voice)
+        else:
+            vocoder = UnitVocoder.load(d / "vocoder")
+        return cls(SpeechDecoder.load(d / "decoder"), vocoder, embed_tokens, config)
 
 
 class SpeechStream:
@@ -118,8 +153,7 @@ class SpeechStream:
         new = self.decoder_state.push(hidden.float().reshape(-1), None if embed is None else embed[0])
         self.units += new
         self.pending += new
-        need = self.speech.config.first_chunk_units if self.chunks == 0 else self.speech.config.chunk_units
-        if len(self.pending) < need:
+        if not self.pending or len(self.pending) < self.speech.units_per_push(first=self.chunks == 0):
             return np.zeros(0, dtype=np.float32)
         return self._vocode()
 
@@ -143,20 +177,24 @@ class SpeechStream:
         return audio.astype(np.float32, copy=False)
 
 
-def check_parts(decoder: SpeechDecoder, vocoder: UnitVocoder) -> None:
+def check_parts(decoder: SpeechDecoder, vocoder: UnitVocoder | PiperVoice) -> None:
     """ValueError unless the vocoder reads the units the decoder predicts."""
-    if decoder.config.num_units != vocoder.config.num_units:
-        raise ValueError(
-            f"speech decoder predicts {decoder.config.num_units} units, vocoder reads {vocoder.config.num_units}"
-        )
+    if decoder.config.num_units != vocoder.num_units:
+        raise ValueError(f"speech decoder predicts {decoder.config.num_units} units, vocoder reads {vocoder.num_units}")
 
 
-def save_parts(directory: str | Path, decoder: SpeechDecoder, vocoder: UnitVocoder, config: StreamingConfig) -> None:
-    """A speech-output folder: decoder/, vocoder/ and the streaming settings (no LLM weights)."""
-    check_parts(decoder, vocoder)
+def save_parts(
+    directory: str | Path, decoder: SpeechDecoder, vocoder: UnitVocoder | None, config: StreamingConfig
+) -> None:
+    """A speech-output folder: decoder/, vocoder/ (k-means units only: a Piper voice comes from its
+    package) and the streaming settings (no LLM weights)."""
+    if (vocoder is None) != (config.units == "phonemes"):
+        raise ValueError(f"units {config.units!r} need {'no' if config.units == 'phonemes' else 'a'} vocoder folder")
     d = Path(directory)
     decoder.save(d / "decoder")
-    vocoder.save(d / "vocoder")
+    if vocoder is not None:
+        check_parts(decoder, vocoder)
+        vocoder.save(d / "vocoder")
     save_config(config, d / CONFIG_FILE)
 
 

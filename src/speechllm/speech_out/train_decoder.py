@@ -1,13 +1,15 @@
-"""Train the speech decoder with the LLM frozen: (text answer, units of that answer spoken by TTS).
+"""Train the speech decoder with the LLM frozen, on the LLM's states over answers (speechllm.speech_out.answers).
 
-The LLM reads each conversation with its answer once (teacher forcing) and we keep, for every
-answer token, the last-layer state that predicted it and the token's input embedding: exactly
-what `stream_generate(on_hidden=...)` hands the decoder at inference. These are cached on disk
-(fp16) so that training touches only the small decoder. Targets are the deduplicated units of the
-TTS audio of the answer (`speechllm units extract`). Loss: CTC; evaluation: unit error rate.
+Two kinds of targets (`SpeechDecoderConfig` is the same for both; only K differs):
+- `--answers A.jsonl` (phoneme units): the answers' text phonemized for the Piper voice
+  (speechllm.speech_out.phonemes); no audio. With recipes/default_speech_answers.py the answers
+  are the LLM's own, greedy, as it will voice them;
+- `--units M_units.jsonl` (k-means units): the deduplicated units of TTS recordings of each answer
+  (`speechllm units extract`).
+Loss: CTC; held-out figure: unit (phoneme) error rate of greedy CTC.
 
-    speechllm speech train-decoder --units data_out/speech/train_units.jsonl \\
-        --dev-units data_out/speech/test_units.jsonl --out runs/speech/decoder
+    speechllm speech train-decoder --answers data_out/speech_phonemes/answers/train.jsonl \
+        --dev-answers data_out/speech_phonemes/answers/test.jsonl --out runs/speech/phoneme_decoder
 """
 
 from __future__ import annotations
@@ -19,97 +21,42 @@ from typing import Any
 import jiwer
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from speechllm.data.builders import read_questions, shipped_text
-from speechllm.data.manifest import Sample, read_manifest
-from speechllm.model.speech_llm import SpeechLLM
+from speechllm.data.manifest import read_manifest
+from speechllm.model.ctc import run_lengths
+from speechllm.speech_out.answers import SAY_PROMPT, Answer, StateCache, prompts_from_questions, read_answers
 from speechllm.speech_out.config import SpeechDecoderConfig
 from speechllm.speech_out.decoder import SpeechDecoder, suggested_upsample, units_per_token
-from speechllm.speech_out.units import dedup
 from speechllm.training.loop import Batches, LoopConfig, ResumableSampler, fit
 
-SAY_PROMPT = "Say something."
-"""User turn for a training text that answers no known question (a plain sentence)."""
+
+def units_targets(path: str | Path, prompts: dict[str, str]) -> tuple[list[Answer], list[list[int]]]:
+    """A units manifest -> its answers and their deduplicated k-means units."""
+    samples = read_manifest(path)
+    missing = [s.id for s in samples if not s.units]
+    if missing:
+        raise ValueError(f"{path}: sample {missing[0]} has no units: run `speechllm units extract` on it first")
+    answers = [Answer(s.id, prompts.get(s.target, SAY_PROMPT), s.target) for s in samples]
+    return answers, [run_lengths(s.units or [])[0] for s in samples]
 
 
-def prompts_from_questions(path: str | Path | None = None) -> dict[str, str]:
-    """Answer text -> the question it answers (the shipped questions.jsonl by default)."""
-    questions = read_questions(path or shipped_text("questions.jsonl"))
-    return {q.answer: q.question for q in questions if q.answer}
+def phoneme_targets(paths: list[str]) -> tuple[list[Answer], list[list[int]]]:
+    """Answers JSONL files -> their answers and their phoneme units for the Piper voice."""
+    from speechllm.speech_out.phonemes import PhonemeInventory
+
+    inventory = PhonemeInventory.from_voice_config()
+    answers = [a for path in paths for a in read_answers(path)]
+    return answers, [inventory.encode(a.text) for a in answers]
 
 
-@torch.no_grad()
-def answer_states(
-    model: SpeechLLM, prompts: list[str], answers: list[str], *, batch_size: int = 16, progress: bool = True
-) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """For each (prompt, answer): (hidden (N, D) fp16, tokens (N,), embeds (N, D) fp16) over the N
-    answer tokens before the end of the turn; hidden[i] is the state that predicted tokens[i]."""
-    from speechllm.inference.generation import eos_token_ids
-
-    eos = eos_token_ids(model)
-    pad = model.processor.tokenizer.pad_token_id or 0
-    table = model.llm.get_input_embeddings()
-    out: list[tuple[Tensor, Tensor, Tensor]] = []
-    for start in tqdm(range(0, len(answers), batch_size), desc="LLM states", disable=not progress):
-        rendered = [
-            model.processor.render([{"role": "user", "content": p}], a)
-            for p, a in zip(prompts[start : start + batch_size], answers[start : start + batch_size], strict=True)
-        ]
-        width = max(len(r.input_ids) for r in rendered)
-        ids = torch.full((len(rendered), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rendered):
-            ids[i, : len(r.input_ids)] = torch.tensor(r.input_ids)
-            mask[i, : len(r.input_ids)] = 1
-        # The body without the LM head: its last state (after the final norm) is hidden_states[-1] of the full
-        # model, and skipping the vocabulary projection of every position makes this several times faster.
-        hidden = model.llm.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # B, L, D
-        for i, r in enumerate(rendered):
-            answer = r.input_ids[r.prompt_length :]
-            n = next((j for j, t in enumerate(answer) if t in eos), len(answer))
-            tokens = torch.tensor(answer[:n], dtype=torch.long)
-            # The state at position p predicts the token at p + 1.
-            h = hidden[i, r.prompt_length - 1 : r.prompt_length - 1 + n]
-            out.append((h.to(torch.float16), tokens, table(tokens).to(torch.float16)))
-    return out
-
-
-class StateCache:
-    """The LLM states of a units manifest, computed once and kept in one safetensors file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load_or_build(self, model: SpeechLLM, samples: list[Sample], prompts: dict[str, str]) -> list[dict[str, Any]]:
-        ids = [s.id for s in samples]
-        if self.path.is_file():
-            stored = load_file(str(self.path))
-            if all(f"{i}.hidden" in stored for i in ids):
-                return [self._item(stored, s) for s in samples]
-        states = answer_states(model, [prompts.get(s.target, SAY_PROMPT) for s in samples], [s.target for s in samples])
-        tensors: dict[str, Tensor] = {}
-        for s, (h, t, e) in zip(samples, states, strict=True):
-            tensors[f"{s.id}.hidden"], tensors[f"{s.id}.tokens"], tensors[f"{s.id}.embeds"] = h, t, e
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-        tmp.replace(self.path)
-        return [self._item(tensors, s) for s in samples]
-
-    @staticmethod
-    def _item(stored: dict[str, Tensor], s: Sample) -> dict[str, Any]:
-        if s.units is None:
-            raise ValueError(f"sample {s.id} has no units: run `speechllm units extract` on its manifest first")
-        return {
-            "id": s.id,
-            "hidden": stored[f"{s.id}.hidden"],
-            "tokens": stored[f"{s.id}.tokens"],
-            "embeds": stored[f"{s.id}.embeds"],
-            "units": dedup(s.units)[0],
-        }
+def load_items(model: Any, path: Any, kind: str, cache: Path, prompts: dict[str, str]) -> list[dict[str, Any]]:
+    """LLM states (cached) + targets ("units": list of ids) of each answer with at least one unit."""
+    answers, targets = phoneme_targets(path) if kind == "phonemes" else units_targets(path, prompts)
+    items = StateCache(cache).load_or_build(model, answers)
+    for item, units in zip(items, targets, strict=True):
+        item["units"] = units
+    return [it for it in items if it["units"] and it["hidden"].shape[0]]
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -168,16 +115,26 @@ def check_upsample(items: list[dict[str, Any]], upsample: int) -> float:
 def train(args: argparse.Namespace) -> dict[str, float]:
     from speechllm.defaults import load_model
 
+    if (args.units is None) == (args.answers is None):
+        raise ValueError("give exactly one of --units (k-means units manifest) and --answers (phoneme targets)")
+    torch.set_num_threads(args.threads)
     model = load_model(args.model).eval()
     prompts = prompts_from_questions(args.questions)
     out = Path(args.out)
-    train_samples = read_manifest(args.units)
-    num_units = int(args.num_units or 1 + max(u for s in train_samples for u in (s.units or [0])))
-    items = StateCache(out / "states_train.safetensors").load_or_build(model, train_samples, prompts)
+    kind, train_path = ("phonemes", args.answers) if args.answers else ("kmeans", args.units)
+    items = load_items(model, train_path, kind, out / "states_train.safetensors", prompts)
     dev: list[dict[str, Any]] = []
-    if args.dev_units:
-        dev_samples = read_manifest(args.dev_units)[: args.dev_size]
-        dev = StateCache(out / "states_dev.safetensors").load_or_build(model, dev_samples, prompts)
+    dev_path = args.dev_answers if kind == "phonemes" else args.dev_units
+    if dev_path:
+        dev = load_items(model, dev_path, kind, out / "states_dev.safetensors", prompts)[: args.dev_size]
+    if args.num_units:
+        num_units = int(args.num_units)
+    elif kind == "phonemes":
+        from speechllm.speech_out.phonemes import PhonemeInventory
+
+        num_units = PhonemeInventory.from_voice_config().num_symbols
+    else:
+        num_units = 1 + max(u for it in items for u in it["units"])
     config = SpeechDecoderConfig(
         llm_dim=model.llm.config.hidden_size,
         num_units=num_units,
@@ -201,7 +158,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         lr=args.lr,
         warmup_steps=min(100, args.steps // 10),
         eval_every=args.eval_every if dev else 0,
-        save_every=args.eval_every,
+        save_every=args.save_every or args.eval_every,
         weight_decay=0.01,
     )
 
@@ -225,7 +182,9 @@ def train(args: argparse.Namespace) -> dict[str, float]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = SpeechDecoderConfig()
-    p.add_argument("--units", required=True, help="units manifest of the answers (speechllm units extract)")
+    p.add_argument("--answers", nargs="+", help="answers JSONL files (id, question, answer): phoneme targets, no audio")
+    p.add_argument("--dev-answers", nargs="+", help="held-out answers JSONL: phoneme error rate during training")
+    p.add_argument("--units", help="units manifest of TTS answers (speechllm units extract): k-means targets")
     p.add_argument("--dev-units", help="held-out units manifest: unit error rate during training")
     p.add_argument("--dev-size", type=int, default=100)
     p.add_argument("--out", required=True, type=Path)
@@ -246,4 +205,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--save-every", type=int, help="checkpoint every N steps (default: --eval-every)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--resume", action="store_true")

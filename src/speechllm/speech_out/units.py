@@ -15,7 +15,7 @@ are one frame (20 ms) long, which a decoder that predicts units from text cannot
 `switch_penalty` trades distance for fewer changes (`smooth_labels`); at 32 it did not make the
 end-to-end speech more intelligible (README, Speech output), so the default is 0.
 
-A *frame-level* unit sequence has one id per encoder frame; `dedup` drops consecutive repeats
+A *frame-level* unit sequence has one id per encoder frame; `speechllm.model.ctc.run_lengths` drops consecutive repeats
 and returns the run lengths (durations, in frames) that the vocoder's duration predictor learns.
 """
 
@@ -64,19 +64,6 @@ def smooth_labels(costs: np.ndarray, switch_penalty: float) -> list[int]:
     for t in range(t_frames - 1, 0, -1):
         path[t - 1] = came_from[t, path[t]]
     return path.tolist()
-
-
-def dedup(units: Sequence[int]) -> tuple[list[int], list[int]]:
-    """Frame-level units -> (units without consecutive repeats, frames each one covered)."""
-    out: list[int] = []
-    durations: list[int] = []
-    for u in units:
-        if out and out[-1] == u:
-            durations[-1] += 1
-        else:
-            out.append(int(u))
-            durations.append(1)
-    return out, durations
 
 
 class UnitExtractor:

@@ -33,6 +33,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from speechllm.atomic import atomic_directory
 from speechllm.config import from_dict, to_dict
 from speechllm.speech_out.config import HOP_SAMPLES, SAMPLE_RATE, VocoderConfig
 
@@ -312,6 +313,10 @@ class UnitVocoder(nn.Module):
         frame_units = torch.repeat_interleave(ids, frames).to(self._device)  # N -> sum(durations)
         return self.frames_to_audio(frame_units[None])[0].float().cpu().numpy()
 
+    @property
+    def num_units(self) -> int:
+        return self.config.num_units
+
     def streaming(self) -> VocoderStream:
         """A stream for one utterance: push units as they come, get the audio that is final."""
         return VocoderStream(self)
@@ -352,14 +357,14 @@ class UnitVocoder(nn.Module):
 
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write `vocoder.safetensors` (weights) and `vocoder.yaml` (config) into `directory`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        # Temporary names then rename: a directory holding both files holds a whole model.
-        save_file(tensors, str(directory / (WEIGHTS_FILE + ".part")), metadata={"format": "pt"})
-        (directory / (CONFIG_FILE + ".part")).write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
-        os.replace(directory / (WEIGHTS_FILE + ".part"), directory / WEIGHTS_FILE)
-        os.replace(directory / (CONFIG_FILE + ".part"), directory / CONFIG_FILE)
+
+        def write(tmp: Path) -> None:  # a temporary folder renamed into place: never half a model
+            save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+            (tmp / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
+
+        with atomic_directory(directory) as tmp:
+            write(tmp)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> UnitVocoder:

@@ -39,7 +39,9 @@ from torch import Tensor, nn
 
 from speechllm.config import apply_overrides, from_dict, to_dict
 from speechllm.data.audio import load_audio, save_wav
+from speechllm.model.ctc import run_lengths
 from speechllm.speech_out.config import HOP_SAMPLES, SAMPLE_RATE, VocoderConfig
+from speechllm.speech_out.unit_data import UnitsItem, duration_batch, duration_l1, read_units_manifest
 from speechllm.speech_out.vocoder import CONFIG_FILE, UnitVocoder
 from speechllm.training.distributed import unwrap
 from speechllm.training.loop import Batches, LoopConfig, ResumableSampler, fit
@@ -93,53 +95,6 @@ class VocoderTrainConfig:
 # --- data -----------------------------------------------------------------------------------------
 
 
-@dataclass
-class UnitsItem:
-    id: str
-    audio: Path
-    units: list[int]
-    """Frame-level unit ids, 50 a second."""
-
-
-def read_units_manifest(path: str | Path, num_units: int | None = None) -> list[UnitsItem]:
-    """Read a units manifest; every problem raises ValueError naming the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"units manifest not found: {path}")
-    items = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not valid JSON ({e})") from e
-        if not isinstance(obj, dict) or not {"id", "audio", "units"} <= obj.keys():
-            got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-            raise ValueError(f"{where}: expected an object with id, audio and units, got {got}")
-        units = obj["units"]
-        if not isinstance(units, list) or not units or not all(type(u) is int for u in units):
-            raise ValueError(f"{where}: units must be a non-empty list of ints, got {str(units)[:60]}")
-        if num_units is not None:
-            bad = [u for u in units if not 0 <= u < num_units]
-            if bad:
-                raise ValueError(f"{where}: units must lie in [0, {num_units}), got {bad[0]}")
-        # A speechllm manifest (`speechllm units extract`) lists its audio files; the first is spoken.
-        audio_field = obj["audio"][0] if isinstance(obj["audio"], list) and obj["audio"] else obj["audio"]
-        audio = Path(str(audio_field))
-        items.append(UnitsItem(str(obj["id"]), audio if audio.is_absolute() else path.parent / audio, units))
-    if not items:
-        raise ValueError(f"{path}: the manifest holds no utterances")
-    return items
-
-
-def run_lengths(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Frame-level units (T,) -> (deduplicated units (N,), frames each covered (N,))."""
-    starts = np.flatnonzero(np.r_[True, units[1:] != units[:-1]])
-    return units[starts], np.diff(np.r_[starts, len(units)])
-
-
 class UnitsDataset:
     """Random fixed-length crops of (frame-level units, audio), plus each utterance's whole
     deduplicated units and durations for the duration predictor.
@@ -191,29 +146,6 @@ class UnitsDataset:
             dedup.append(run_lengths(units))
         arrays = {"frame_units": frame_units, "audio": audio, "frame_mask": frame_mask}
         return {k: torch.from_numpy(v) for k, v in arrays.items()} | duration_batch(dedup, self.max_duration)
-
-
-def duration_batch(sequences: list[tuple[np.ndarray, np.ndarray]], max_duration: int) -> dict[str, Tensor]:
-    """(deduplicated units, durations) pairs -> units (B, U) padded with each row's last unit (the
-    predictor's lookahead past the end, as synthesis does), log_durations (B, U) of durations capped
-    at max_duration, unit_mask (B, U) 1 on real units."""
-    longest = max(len(u) for u, _ in sequences)
-    units = np.zeros((len(sequences), longest), dtype=np.int64)
-    log_durations = np.zeros((len(sequences), longest), dtype=np.float32)
-    mask = np.zeros((len(sequences), longest), dtype=np.float32)
-    for row, (u, d) in enumerate(sequences):
-        units[row, : len(u)], units[row, len(u) :] = u, u[-1]
-        # Long silences exceed what the predictor may emit; it learns to saturate at the cap.
-        log_durations[row, : len(u)] = np.log(np.minimum(d, max_duration))
-        mask[row, : len(u)] = 1.0
-    arrays = {"units": units, "log_durations": log_durations, "unit_mask": mask}
-    return {k: torch.from_numpy(v) for k, v in arrays.items()}
-
-
-def duration_l1(log_durations: Tensor, batch: dict[str, Tensor]) -> Tensor:
-    """Mean L1 between predicted log durations (B, U) and the batch's, over its real units."""
-    mask = batch["unit_mask"]
-    return ((log_durations.float() - batch["log_durations"]).abs() * mask).sum() / mask.sum()
 
 
 # --- losses ---------------------------------------------------------------------------------------
@@ -359,8 +291,9 @@ def load_train_config(path: Path | None, args: argparse.Namespace) -> VocoderTra
 # --- command line ---------------------------------------------------------------------------------
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add `vocoder train`, `train-durations` and `synth` to a CLI's subparsers."""
+def add_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    """Add `vocoder train` and `synth` to a CLI's subparsers; returns the `vocoder` subcommands
+    (speechllm.speech_out.cli adds `train-durations`, so this trainer never imports the other)."""
     vocoder = sub.add_parser("vocoder", help="train the unit vocoder, or voice units with it", description=__doc__,
                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     commands = vocoder.add_subparsers(dest="vocoder_command", required=True)
@@ -383,12 +316,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
-    from speechllm.speech_out import duration_train
-
-    p = commands.add_parser("train-durations", help="give a trained vocoder a new duration predictor")
-    duration_train.add_arguments(p)
-    p.set_defaults(func=run)
-
     p = commands.add_parser("synth", help="units -> WAV with a trained vocoder")
     p.add_argument("--model", type=Path, required=True, help="a directory written by training (<out>/model)")
     source = p.add_mutually_exclusive_group(required=True)
@@ -400,10 +327,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         "given: repeats are frames, keep their run lengths (default for --units-file)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="output WAV (16 kHz)")
     p.set_defaults(func=run)
+    return commands
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `speechllm vocoder train`, `train-durations` or `synth`."""
+    """Run `speechllm vocoder train` or `synth`."""
     if args.vocoder_command == "train":
         config = load_train_config(args.config, args)
         metrics = main(config, resume=args.resume)
@@ -412,12 +340,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.vocoder_command == "synth":
         return _synth(args)
-    if args.vocoder_command == "train-durations":
-        from speechllm.speech_out.duration_train import train_durations
-
-        train_durations(args)
-        return 0
-    raise ValueError(f"vocoder command must be train, train-durations or synth, got {args.vocoder_command!r}")
+    raise ValueError(f"vocoder command must be train or synth, got {args.vocoder_command!r}")
 
 
 def parse_units(text: str) -> list[int]:
@@ -441,7 +364,7 @@ def _synth(args: argparse.Namespace) -> int:
         units, mode = chosen.units, args.durations or "given"
     if not units:
         raise ValueError("--units must hold at least one unit id, got none")
-    ids, durations = run_lengths(np.asarray(units, dtype=np.int64))
+    ids, durations = run_lengths(units)
     audio = vocoder.synthesize(ids, durations if mode == "given" else None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_wav(args.out, audio, SAMPLE_RATE)
