@@ -29,6 +29,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from speechllm.data.audio import load_audio
 from speechllm.data.manifest import Sample, read_manifest
 from speechllm.eval.heldout import cached_text_answers, markdown, run_set, whisper_wer
@@ -47,7 +49,12 @@ def load_set(data: Path, name: str, limit: int | None) -> list[Sample]:
     path = manifest_path(data, name)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: build it with `python recipes/heldout_data.py --sets {name}`")
-    return read_manifest(path)[:limit]
+    samples = read_manifest(path)
+    if limit is None or limit >= len(samples):
+        return samples
+    # a fixed random subset, so that a limited run still covers every voice and source
+    chosen = np.random.default_rng(0).permutation(len(samples))[:limit]
+    return [samples[i] for i in sorted(chosen)]
 
 
 def whisper_hypotheses(samples: list[Sample], cache: Path, transcriber: Any) -> dict[str, str]:
@@ -89,7 +96,7 @@ def main() -> None:
     parser.add_argument("--name", help="results folder name under runs/heldout (default: from model + overrides)")
     parser.add_argument("--data", type=Path, default=Path("data_out/heldout"))
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
-    parser.add_argument("--limit", type=int, help="only the first N samples of each set")
+    parser.add_argument("--limit", type=int, help="only N samples of each set (a fixed random subset)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("runs/heldout"))
