@@ -274,6 +274,16 @@ def agree(answer_to_speech: str, answer_to_text: str, threshold: float = 0.8, la
     return token_f1(a, b, language) >= threshold
 
 
+def same_first_sentence(answer_to_speech: str, answer_to_text: str, language: str = "en") -> bool:
+    """The strict agreement: the two answers' first sentences are equal after normalisation.
+
+    Unlike :func:`agree` no token-overlap threshold applies: "Paris is the capital." and "The capital
+    is Paris." do not agree here. Two empty answers agree.
+    """
+    a = normalize(first_sentence(answer_to_speech), language)
+    return a == normalize(first_sentence(answer_to_text), language)
+
+
 def agreement_rate(pairs: Sequence[tuple[str, str]], threshold: float = 0.8, language: str = "en") -> float:
     """Fraction of ``(answer_to_speech, answer_to_text)`` pairs that :func:`agree`."""
     if not pairs:
