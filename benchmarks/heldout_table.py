@@ -5,8 +5,10 @@
     python benchmarks/heldout_table.py [--model DIR] [--override key=value ...] [--name NAME] [--limit N]
 
 Per ASR set (festival, its telephone version, flite, the human dev set and each of its sources):
-the model's WER, asked as `speechllm transcribe` asks ("Transcribe the audio." after the audio;
-greedy), next to Whisper tiny.en's own decoder on the same audio (faster-whisper, beam 5, English).
+the model's WER: for a token-bridge model (`bridge.mode` posterior or top1) of the text its LLM reads
+(`--asr bridge`, the default, as `speechllm transcribe` does), otherwise (or `--asr llm`) the LLM asked
+"Transcribe the audio." after the audio, greedy; next to Whisper tiny.en's own decoder on the same audio
+(faster-whisper, beam 5, English).
 Per spoken-question set (spoken_qa and its telephone version), the model answers each question
 twice, spoken and typed (`meta.question`), greedy, same max_new_tokens:
 - agreement: the first sentences of the two answers are equal after normalisation
@@ -34,7 +36,7 @@ import numpy as np
 from speechllm.data.audio import load_audio
 from speechllm.data.manifest import Sample, read_manifest
 from speechllm.eval.heldout import cached_text_answers, markdown, run_set, whisper_wer
-from speechllm.eval.runner import Answerer, EvalConfig, model_answerer
+from speechllm.eval.runner import Answerer, EvalConfig, bridge_answerer, model_answerer
 from speechllm.eval.whisper_asr import WhisperTranscriber
 
 SETS = ("festival", "festival_tel", "flite", "human", "spoken_qa", "spoken_qa_tel")
@@ -100,6 +102,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("runs/heldout"))
+    parser.add_argument(
+        "--asr",
+        choices=["bridge", "llm"],
+        default="bridge",
+        help="ASR of a token-bridge model: the text its LLM reads (bridge) or the LLM asked to transcribe",
+    )
     parser.add_argument("--whisper-only", action="store_true", help="only Whisper tiny.en's own decoder, n and WER")
     args = parser.parse_args()
     import torch
@@ -110,16 +118,17 @@ def main() -> None:
         whisper_only(args, whisper_dir)
         return
     from speechllm.defaults import DEFAULT_CHECKPOINT
-    from speechllm.model.speech_llm import SpeechLLM
+    from speechllm.model.checkpoint import from_pretrained
 
     model_dir = Path(args.model) if args.model else DEFAULT_CHECKPOINT
     name = args.name or "_".join([model_dir.name if args.model else "default", *args.override]).replace("/", "-")
     out = args.out / name
     out.mkdir(parents=True, exist_ok=True)
-    setting = {"model": str(model_dir), "overrides": args.override, "limit": args.limit,
+    setting = {"model": str(model_dir), "overrides": args.override, "limit": args.limit, "asr": args.asr,
                "max_new_tokens": args.max_new_tokens, "whisper_beam": WHISPER_BEAM}  # fmt: skip
     config = EvalConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
     answer: Answerer | None = None
+    hear: Answerer | None = None
     results = []
     for set_name in args.sets:
         done = out / f"{set_name}.summary.json"
@@ -129,10 +138,12 @@ def main() -> None:
         samples = load_set(args.data, set_name, args.limit)
         hyps = whisper_hypotheses(samples, whisper_dir / f"{set_name}.jsonl", lambda: WhisperTranscriber(WHISPER_BEAM))
         if answer is None:
-            answer = cached_text_answers(
-                model_answerer(SpeechLLM.from_pretrained(model_dir, args.override), config.max_new_tokens)
-            )
-        result = run_set(set_name, samples, answer, config, hyps)
+            model = from_pretrained(model_dir, args.override)
+            answer = cached_text_answers(model_answerer(model, config.max_new_tokens))
+            # A token bridge's ASR is the text its LLM reads; `--asr llm` asks the LLM to transcribe instead.
+            hear = bridge_answerer(model) if args.asr == "bridge" and model.config.bridge.mode != "continuous" else None
+        asr = hear if hear is not None and not set_name.startswith("spoken_qa") else answer
+        result = run_set(set_name, samples, asr, config, hyps)
         rows = result.pop("rows")
         (out / f"{set_name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         done.write_text(json.dumps({**result, "setting": setting}, indent=2))

@@ -69,3 +69,4 @@ def unique_transcripts(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]
         if folded not in seen:
             seen.add(folded)
             out.append((key, transcript))
+    return out

@@ -233,6 +233,27 @@ def model_answerer(model: Any, max_new_tokens: int) -> Answerer:
     return answer
 
 
+def bridge_answerer(model: Any) -> Answerer:
+    """ASR by a token-bridge model: the text its LLM reads for each conversation's (one) audio,
+    the bridge's path (`SpeechLLM.hear`), with no LLM generation."""
+    import torch
+
+    def answer(conversations: list[list[dict[str, Any]]]) -> list[str]:
+        audios = []
+        for i, conversation in enumerate(conversations):
+            parts = [p for m in conversation if isinstance(m["content"], list) for p in m["content"]]
+            found = [p["audio"] for p in parts if p.get("type") == "audio"]
+            if len(found) != 1:
+                raise ValueError(
+                    f"bridge ASR needs exactly one audio per conversation; conversation {i} has {len(found)}"
+                )
+            audios.append(found[0])
+        with torch.inference_mode():
+            return list(model.hear(audios))
+
+    return answer
+
+
 def write_results(out_dir: str | Path, rows: list[Row], summary: dict[str, Any], title: str) -> dict[str, Path]:
     """per_sample.jsonl, summary.json and summary.md in `out_dir`; returns their paths."""
     out = Path(out_dir)
