@@ -7,7 +7,7 @@
 #    one CPU thread each (two torch jobs with two threads each slow each other down ~10x); when the
 #    decoder is done the vocoder is stopped after a checkpoint and resumed with both threads, then
 #    given a second learning-rate cycle; then its duration predictor is replaced by one with lookahead.
-# 3. Both are packed into src/speechllm/assets/default/speech, which `speechllm chat --speak` loads.
+# 3. Both are packed into src/speechllm/assets/default/speech_kmeans, an option: `speechllm chat --speak a.wav --speech src/speechllm/assets/default/speech_kmeans`.
 set -euo pipefail
 OUT=${OUT:-data_out/speech}
 RUNS=${RUNS:-runs/speech}
@@ -43,4 +43,4 @@ OMP_NUM_THREADS=1 speechllm vocoder train-durations --model "$RUNS/vocoder/model
   --dev-units "$OUT/test_units.jsonl" --lookahead 4 --layers 3 --steps 3000 --out "$RUNS/durations" --quiet
 
 speechllm speech pack --decoder "$RUNS/decoder/model" --vocoder "$RUNS/durations/model" \
-  --out src/speechllm/assets/default/speech
+  --out src/speechllm/assets/default/speech_kmeans

@@ -25,7 +25,7 @@ speechllm speech train-decoder --answers "$DATA/answers/train.jsonl" "$DATA/answ
 speechllm speech pack --units phonemes --decoder "$RUNS/phoneme_decoder/model" --out "$RUNS/phoneme_pack"
 python recipes/default_speech_questions.py --out data_out/speech_eval/questions
 # The three paths on the same 50 answers (generated once, kept in answers.safetensors), then the table.
-speechllm speech eval --speech "$RUNS/phoneme_pack" --kmeans src/speechllm/assets/default/speech \
+speechllm speech eval --speech "$RUNS/phoneme_pack" --kmeans src/speechllm/assets/default/speech_kmeans \
   --questions data_out/speech_eval/questions/instruct.jsonl --num 50 --max-new-tokens 48 --latency-num 10 \
   --out "$RUNS/eval_phonemes"
 python benchmarks/speech_eval_table.py "$RUNS/eval_phonemes"

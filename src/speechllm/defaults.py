@@ -14,7 +14,9 @@ log = logging.getLogger(__name__)
 # Trained weights shipped inside the package (written by the training recipe, see README).
 DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "default"
 DEFAULT_SPEECH = DEFAULT_CHECKPOINT / "speech"
-"""The speech output (decoder + vocoder) trained for the default model, when shipped (loaded by the CLI)."""
+"""The default speech output (loaded by the CLI): the answer's text spoken by Piper's `joe` voice."""
+KMEANS_SPEECH = DEFAULT_CHECKPOINT / "speech_kmeans"
+"""The k-means speech output (decoder + unit vocoder trained by recipes/default_speech.sh): an option."""
 
 
 def load_model(model_dir: str | Path | None = None) -> SpeechLLM:

@@ -117,7 +117,7 @@ def _speech_output(model: Any, directory: str | None) -> Any:
     from speechllm.speech_out.streaming import load_speech_output
 
     if directory is not None:
-        return load_speech_output(directory, model.llm)
+        return load_speech_output(directory, model.llm, text_decoder(model))
     speech = load_default_speech_output(model)
     if speech is None:
         raise ValueError(
@@ -135,7 +135,13 @@ def load_default_speech_output(model: Any) -> Any:
 
     if not defaults.DEFAULT_SPEECH.is_dir():
         return None
-    return load_speech_output(defaults.DEFAULT_SPEECH, model.llm)
+    return load_speech_output(defaults.DEFAULT_SPEECH, model.llm, text_decoder(model))
+
+
+def text_decoder(model: Any) -> Any:
+    """LLM token ids -> answer text, for a speech output that speaks the text."""
+    tokenizer = model.processor.tokenizer
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def _next_turn(prompt: str = "> ") -> dict[str, Any] | None:

@@ -109,7 +109,8 @@ class SpeechOutput(Protocol):
 
     sample_rate: int
     decoder: Any
-    """Its `config.llm_dim` must be the LLM's width; its parameters' device receives the hidden states."""
+    """Its `config.llm_dim` must be the LLM's width; its parameters' device receives the hidden states
+    (None for an output that speaks the answer's text and reads no state)."""
 
     def stream(self) -> SpeechStream: ...
 
@@ -192,7 +193,8 @@ class _Row:
 def check_speech_output(model: SpeechLLM, speech: SpeechOutput | None) -> None:
     """ValueError when `speech` reads LLM states of another width than `model`'s LLM gives."""
     width = getattr(model.llm.config, "hidden_size", None)
-    if speech is not None and width is not None and speech.decoder.config.llm_dim != width:
+    decoder = getattr(speech, "decoder", None)  # a text-speaking output reads no LLM state
+    if speech is not None and decoder is not None and width is not None and decoder.config.llm_dim != width:
         raise ValueError(
             f"the speech output reads LLM states of width {speech.decoder.config.llm_dim}, but this model's "
             f"LLM gives {width}: it was trained for another LLM"
@@ -470,7 +472,8 @@ class Engine:
     @property
     def _speech_device(self) -> torch.device:
         assert self.speech is not None
-        return next(self.speech.decoder.parameters()).device
+        decoder = self.speech.decoder
+        return next(decoder.parameters()).device if decoder is not None else torch.device("cpu")
 
     def _advance(self, row: _Row, token: int, now: float, hidden: Tensor | None) -> None:
         """One new token of a row; `hidden` (D,) predicted it (given for speaking rows only)."""

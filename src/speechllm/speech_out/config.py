@@ -114,7 +114,7 @@ class VocoderConfig:
             raise ValueError(f"vocoder.n_fft must be a multiple of {HOP_SAMPLES}, got {self.n_fft}")
 
 
-UNIT_KINDS = ("kmeans", "phonemes")
+UNIT_KINDS = ("kmeans", "phonemes", "text")
 
 
 @dataclass

@@ -90,6 +90,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/speech/eval"))
 
 
+def _decoder_output(directory: str | Path, model: Any) -> SpeechOutput:
+    """A speech output with a decoder (phoneme or k-means units) from `directory`."""
+    loaded = load_speech_output(directory, model.llm)
+    if not isinstance(loaded, SpeechOutput):
+        raise ValueError(f"{directory} speaks the answer's text; give a decoder's folder (its path here is text_tts)")
+    return loaded
+
+
 def run(args: argparse.Namespace) -> int:
     from speechllm.defaults import DEFAULT_CHECKPOINT, load_model
     from speechllm.speech_out import compare
@@ -99,10 +107,11 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{flag} {path} does not exist")
     torch.set_num_threads(1)
     model = load_model(args.model).eval()
-    directory = args.speech or DEFAULT_CHECKPOINT / "speech"
-    loaded = load_speech_output(directory, model.llm)
+    # The shipped default speaks the answer's text (path text_tts here); the decoders are measured from their folders.
+    directory = args.speech or DEFAULT_CHECKPOINT / "speech_kmeans"
+    loaded = _decoder_output(directory, model)
     speech: SpeechOutput | None = loaded
-    kmeans = load_speech_output(args.kmeans, model.llm) if args.kmeans else None
+    kmeans = _decoder_output(args.kmeans, model) if args.kmeans else None
     if loaded.config.units == "kmeans":
         speech, kmeans = (kmeans, speech) if kmeans is None or kmeans.config.units == "phonemes" else (None, speech)
     (args.out / "wav").mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,9 @@
 """Speech output while the text is being written: LLM states -> units -> audio chunks.
 
 `SpeechOutput` holds the speech decoder, the vocoder and the LLM's input embedding table (not
-ours; read only). Two kinds of units (`units` in speech_output.yaml):
+ours; read only). Three kinds of speech output (`units` in speech_output.yaml):
+- "text": no decoder; the answer's text is phonemized word by word and a Piper voice renders it
+  (speechllm.speech_out.text_speech, the default: the most intelligible on this CPU's budget);
 - "phonemes": the decoder predicts a Piper voice's phoneme ids and the voice renders them phrase
   by phrase (speechllm.speech_out.piper_voice); the folder holds only the decoder;
 - "kmeans": the decoder predicts k-means units of Whisper encoder frames and our unit vocoder
@@ -33,7 +35,10 @@ from speechllm.speech_out.decoder import SpeechDecoder
 from speechllm.speech_out.vocoder import UnitVocoder
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from speechllm.speech_out.piper_voice import PiperVoice
+    from speechllm.speech_out.text_speech import TextSpeechOutput
 
 CONFIG_FILE = "speech_output.yaml"
 
@@ -47,7 +52,8 @@ class StreamingConfig:
     chunk_units: int = 20
     """k-means: units per later chunk: fewer, larger vocoder calls."""
     units: str = "kmeans"
-    """"phonemes" (a Piper voice renders them, see `voice`) or "kmeans" (the folder's `vocoder/`)."""
+    """"text" (the answer's text, spoken by the `voice`), "phonemes" (the decoder's phoneme ids, spoken
+    by the `voice`) or "kmeans" (the decoder's k-means units, the folder's `vocoder/`)."""
     voice: VoiceConfig = field(default_factory=VoiceConfig)
     """phonemes: the voice and its chunking."""
 
@@ -198,7 +204,19 @@ def save_parts(
     save_config(config, d / CONFIG_FILE)
 
 
-def load_speech_output(directory: str | Path, llm: nn.Module) -> SpeechOutput:
-    """The speech output saved in `directory`, reading `llm`'s input embeddings."""
+def load_speech_output(
+    directory: str | Path, llm: nn.Module, decode: Callable[[list[int]], str] | None = None
+) -> SpeechOutput | TextSpeechOutput:
+    """The speech output saved in `directory`, reading `llm`'s input embeddings; a `text` output
+    speaks the answer's text and needs `decode` (LLM token ids -> text)."""
+    d = Path(directory)
+    if (d / CONFIG_FILE).is_file():
+        config = from_dict(StreamingConfig, yaml.safe_load((d / CONFIG_FILE).read_text()))
+        if config.units == "text":
+            from speechllm.speech_out.text_speech import TextSpeechOutput
+
+            if decode is None:
+                raise ValueError(f"{d} speaks the answer's text: pass decode= (the LLM tokenizer's decode)")
+            return TextSpeechOutput.load(config.voice, decode)
     get = getattr(llm, "get_input_embeddings", None)
     return SpeechOutput.load(directory, get() if get is not None else None)
