@@ -80,13 +80,13 @@ def test_gguf_of_unsupported_architecture_is_rejected(tmp_path):
         load_llm(LLMConfig(source=str(path)))
 
 
-def test_shipped_speech_output_speaks_an_answer_of_the_bundled_llm(default_model):
+def test_shipped_kmeans_speech_output_speaks_an_answer_of_the_bundled_llm(default_model):
     from speechllm.defaults import DEFAULT_CHECKPOINT
     from speechllm.speech_out.answers import SAY_PROMPT, answer_states
     from speechllm.speech_out.config import HOP_SAMPLES
     from speechllm.speech_out.streaming import load_speech_output
 
-    speech = load_speech_output(DEFAULT_CHECKPOINT / "speech", default_model.llm)
+    speech = load_speech_output(DEFAULT_CHECKPOINT / "speech_kmeans", default_model.llm)
     text = "Paris is the capital of France."
     [(hidden, tokens, _)] = answer_states(default_model, [SAY_PROMPT], [text], progress=False)
     audio = speech.synthesize(hidden.float(), tokens)
@@ -94,3 +94,23 @@ def test_shipped_speech_output_speaks_an_answer_of_the_bundled_llm(default_model
     assert audio.dtype == np.float32 and np.isfinite(audio).all()
     assert speech.config.units == "phonemes" or len(audio) % HOP_SAMPLES == 0
     assert 0.5 < len(audio) / 16000 < 6.0 and 0.01 < float(np.abs(audio).max()) <= 1.5
+
+
+def test_default_speech_output_speaks_the_answers_text(default_model):
+    pytest.importorskip("onnxruntime")
+    from speechllm.cli.run import load_default_speech_output
+    from speechllm.inference.generation import GenerationConfig, eos_token_ids, stream_generate
+
+    speech = load_default_speech_output(default_model)
+    conversation = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+    batch = default_model.prepare([conversation])
+    stream, pieces = speech.stream(), []
+    ids = [int(t) for t in stream_generate(default_model, batch, GenerationConfig(max_new_tokens=16))]
+    for token in ids:
+        if token not in eos_token_ids(default_model):
+            pieces.append(stream.push(None, token))
+    pieces.append(stream.finish())
+    audio = np.concatenate(pieces)
+    text = default_model.processor.tokenizer.decode(ids, skip_special_tokens=True)
+    np.testing.assert_array_equal(audio, speech.synthesize_text(text))
+    assert 0.5 < len(audio) / 16000 < 12.0 and 0.01 < float(np.abs(audio).max()) <= 1.5

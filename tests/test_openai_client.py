@@ -16,6 +16,7 @@ from speechllm.inference.engine import Engine  # noqa: E402
 from speechllm.serve.app import create_app  # noqa: E402
 from speechllm.serve.background import serve_in_thread  # noqa: E402
 from speechllm.serve.settings import ServeSettings  # noqa: E402
+from speechllm.serve.speech import PCM16_RATE  # noqa: E402
 
 
 @pytest.fixture()
@@ -102,7 +103,8 @@ def test_spoken_answers_parse_as_openai_types(tiny_model):
                     ids.add(audio.id)
                 transcript += audio.transcript or ""
                 pcm += base64.b64decode(audio.data) if audio.data else b""
-        assert transcript == message.audio.transcript and len(pcm) == 2 * wav.size and len(ids) == 1
+        pcm_samples = round(wav.size * PCM16_RATE / 16000)  # pcm16 comes at 24 kHz, the WAV at 16 kHz
+        assert transcript == message.audio.transcript and len(pcm) == 2 * pcm_samples and len(ids) == 1
 
         follow_up = [
             *messages,
