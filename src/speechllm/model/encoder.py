@@ -30,16 +30,19 @@ class WhisperAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
-        """x: (B, T, D); key_mask: (B, 1, 1, T) bool, True where a key may be attended."""
+    def heads(self, x: Tensor) -> Tensor:
         b, t, d = x.shape
-        # B, T, D -> B, H, T, D/H
-        q, k, v = (
-            p(x).view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
-            for p in (self.q_proj, self.k_proj, self.v_proj)
-        )
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
-        return self.out_proj(y.transpose(1, 2).reshape(b, t, d))  # B, H, T, D/H -> B, T, D
+        return x.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)  # B, T, D -> B, H, T, D/H
+
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """Queries from x (B, T, D) over keys/values (B, H, S, D/H); mask bool, broadcastable to (B, H, T, S)."""
+        y = F.scaled_dot_product_attention(self.heads(self.q_proj(x)), k, v, attn_mask=mask)
+        b, _, t, _ = y.shape
+        return self.out_proj(y.transpose(1, 2).reshape(b, t, -1))  # B, H, T, D/H -> B, T, D
+
+    def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
+        """Self-attention. x: (B, T, D); key_mask: (B, 1, 1, T) bool, True where a key may be attended."""
+        return self.attend(x, self.heads(self.k_proj(x)), self.heads(self.v_proj(x)), key_mask)
 
 
 class WhisperEncoderLayer(nn.Module):

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from speechllm.model.encoder import WhisperAttention
+
 
 @dataclass
 class DecoderArch:
@@ -41,32 +43,12 @@ class DecoderArch:
     """Ids from here on are special tokens (start of transcript, languages, timestamps ...): never emitted."""
 
 
-class _Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int) -> None:
-        super().__init__()
-        self.n_heads = n_heads
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model, bias=False)  # Whisper's key has no bias
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
-
-    def heads(self, x: Tensor) -> Tensor:
-        b, t, d = x.shape
-        return x.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)  # B, T, D -> B, H, T, D/H
-
-    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-        """x: (B, T, D) queries; k, v: (B, H, S, D/H); mask: bool, broadcastable to (B, H, T, S)."""
-        y = F.scaled_dot_product_attention(self.heads(self.q_proj(x)), k, v, attn_mask=mask)
-        b, _, t, _ = y.shape
-        return self.out_proj(y.transpose(1, 2).reshape(b, t, -1))  # B, H, T, D/H -> B, T, D
-
-
 class _DecoderLayer(nn.Module):
     def __init__(self, d_model: int, n_heads: int, ffn_dim: int) -> None:
         super().__init__()
-        self.self_attn = _Attention(d_model, n_heads)
+        self.self_attn = WhisperAttention(d_model, n_heads)
         self.self_attn_layer_norm = nn.LayerNorm(d_model)
-        self.encoder_attn = _Attention(d_model, n_heads)
+        self.encoder_attn = WhisperAttention(d_model, n_heads)
         self.encoder_attn_layer_norm = nn.LayerNorm(d_model)
         self.fc1 = nn.Linear(d_model, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, d_model)
@@ -81,10 +63,10 @@ class _DecoderLayer(nn.Module):
         if "k" in cache:
             k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)  # B, H, S+T, D/H
         cache["k"], cache["v"] = k, v
-        x = x + self.self_attn(h, k, v, self_mask)
+        x = x + self.self_attn.attend(h, k, v, self_mask)
         # One sample's beams share its encoder keys/values: a batch-1 cache is broadcast, not copied.
         xk, xv = (cache[key].expand(x.shape[0], -1, -1, -1) for key in ("xk", "xv"))
-        x = x + self.encoder_attn(self.encoder_attn_layer_norm(x), xk, xv, cross_mask)
+        x = x + self.encoder_attn.attend(self.encoder_attn_layer_norm(x), xk, xv, cross_mask)
         return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
 
 

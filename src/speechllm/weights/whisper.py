@@ -128,6 +128,17 @@ def read_ct2_model(path: str | Path | list[Path]) -> dict[str, np.ndarray]:
     return out
 
 
+def ct2_tensor(variables: dict[str, np.ndarray], name: str) -> Tensor:
+    """One CTranslate2 variable as a float32 tensor (int8 ones dequantized: value = q / scale, one scale a row)."""
+    if name not in variables:
+        raise WeightsError(f"CTranslate2 Whisper model lacks variable {name!r}")
+    value = np.array(variables[name], dtype=np.float32)
+    scale = variables.get(f"{name}_scale")
+    if scale is not None:
+        value = value / np.asarray(scale, dtype=np.float32).reshape(-1, *[1] * (value.ndim - 1))
+    return torch.from_numpy(value)
+
+
 def ct2_encoder_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Map CTranslate2 Whisper encoder variables onto our (HF-named) parameters.
 
@@ -137,13 +148,7 @@ def ct2_encoder_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, 
         raise WeightsError("not a CTranslate2 Whisper model: no variable 'encoder/conv1/weight'")
 
     def t(name: str) -> Tensor:
-        if name not in variables:
-            raise WeightsError(f"CTranslate2 Whisper model lacks variable {name!r}")
-        value = np.array(variables[name], dtype=np.float32)
-        scale = variables.get(f"{name}_scale")
-        if scale is not None:  # int8 quantized: one scale per output row, value = q / scale
-            value = value / np.asarray(scale, dtype=np.float32).reshape(-1, *[1] * (value.ndim - 1))
-        return torch.from_numpy(value)
+        return ct2_tensor(variables, name)
 
     sd = {
         "conv1.weight": t("encoder/conv1/weight"),

@@ -13,22 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from speechllm.weights.errors import WeightsError
-from speechllm.weights.whisper import BUNDLED_ENCODERS, _ct2_parts, bundled_encoder_files, read_ct2_model
+from speechllm.weights.whisper import BUNDLED_ENCODERS, _ct2_parts, bundled_encoder_files, ct2_tensor, read_ct2_model
 from speechllm.weights.whisper import resolve_encoder_source as resolve_whisper_source
-
-
-def _tensor(variables: dict[str, np.ndarray], name: str) -> Tensor:
-    if name not in variables:
-        raise WeightsError(f"CTranslate2 Whisper model lacks variable {name!r}")
-    value = np.array(variables[name], dtype=np.float32)
-    scale = variables.get(f"{name}_scale")
-    if scale is not None:  # int8 quantized: one scale per output row
-        value = value / np.asarray(scale, dtype=np.float32).reshape(-1, *[1] * (value.ndim - 1))
-    return torch.from_numpy(value)
 
 
 def ct2_decoder_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -37,7 +26,7 @@ def ct2_decoder_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, 
         raise WeightsError("not a CTranslate2 Whisper model: no variable 'decoder/embeddings/weight'")
 
     def t(name: str) -> Tensor:
-        return _tensor(variables, name)
+        return ct2_tensor(variables, name)
 
     sd = {
         "embed_tokens.weight": t("decoder/embeddings/weight"),
