@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from speechllm.config import SAMPLE_RATE
+
 log = logging.getLogger(__name__)
 
 # Each per-system metric and the key of its e2e ÷ cascade ratio.
@@ -224,7 +226,7 @@ def _run_e2e(spec: dict[str, Any]) -> list[dict[str, Any]]:
         steps = stream_generate(model, batch, GenerationConfig(max_new_tokens=spec["max_new_tokens"]))
         row = _timed_answer(steps, eos_token_ids(model), model.processor.decode, t0)
         if i:
-            rows.append({"id": sample.id, "audio_s": sum(len(a) for a in audios) / 16000, **row})
+            rows.append({"id": sample.id, "audio_s": sum(len(a) for a in audios) / SAMPLE_RATE, **row})
     return rows
 
 
@@ -259,7 +261,7 @@ def _run_cascade(spec: dict[str, Any]) -> list[dict[str, Any]]:
         steps = generate_tokens(llm, embeds, torch.ones_like(ids), gen, eos=eos, pad_id=pad)
         row = _timed_answer(steps, eos, processor.decode, t0)
         if i:
-            rows.append({"id": sample.id, "audio_s": sum(len(a) for a in audios) / 16000, "asr_s": asr_s,
+            rows.append({"id": sample.id, "audio_s": sum(len(a) for a in audios) / SAMPLE_RATE, "asr_s": asr_s,
                          "transcript": " ".join(texts), **row})  # fmt: skip
     return rows
 

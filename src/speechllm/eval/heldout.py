@@ -17,9 +17,9 @@ from collections import defaultdict
 from typing import Any
 
 from speechllm.data.manifest import Sample
+from speechllm.data.transcripts import spoken_text
 from speechllm.eval import metrics
 from speechllm.eval.runner import Answerer, EvalConfig, evaluate
-from speechllm.training.dataset import spoken_text
 
 
 def whisper_wer(samples: list[Sample], hyps: dict[str, str]) -> float:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from speechllm.config import SAMPLE_RATE
 from speechllm.data.audio import AudioError, decode_audio_bytes
 from speechllm.inference.generation import GenerationConfig
 from speechllm.serve.errors import ApiError
@@ -225,7 +226,7 @@ def decode_messages(messages: list[dict[str, Any]], limit_s: float) -> list[dict
         for j, part in enumerate(m["content"]):
             if part["type"] == "audio":
                 audio = decode_audio(part["audio"], f"messages[{i}].content[{j}].input_audio", budget, limit_s)
-                budget -= audio.shape[0] / 16_000
+                budget -= audio.shape[0] / SAMPLE_RATE
                 part["audio"] = audio
     return messages
 

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from speechllm.config import SAMPLE_RATE
 from speechllm.data.audio import load_audio, save_wav
 from speechllm.eval.metrics import wer
-from speechllm.speech_out.config import SAMPLE_RATE, VoiceConfig
+from speechllm.speech_out.config import VoiceConfig
 from speechllm.speech_out.piper_voice import PiperVoice
 from speechllm.speech_out.streaming import SpeechOutput
 
@@ -237,10 +238,10 @@ def step_costs(speech: SpeechOutput, answers: list[SpokenAnswer], tokens: int = 
 
 def phoneme_error_rate(speech: SpeechOutput, answers: list[SpokenAnswer]) -> float:
     """Greedy CTC phonemes of the decoder vs the answer text's phonemes, edit distance over the latter."""
-    import jiwer
+    from speechllm.eval.metrics import wer
 
     voice = speech.vocoder
     assert isinstance(voice, PiperVoice)
     refs = [" ".join(map(str, voice.inventory.encode(a.text))) for a in answers]
     hyps = [" ".join(map(str, speech.units(a.hidden, a.tokens))) or "-" for a in answers]
-    return float(jiwer.wer(refs, hyps))
+    return wer(refs, hyps, normalize=False)

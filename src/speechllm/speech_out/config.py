@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from speechllm.config import _check_positive
 
-SAMPLE_RATE = 16000
 HOP_SAMPLES = 320
 """Samples per unit frame: Whisper's 10 ms mel hop times its stride-2 convolution."""
 

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from speechllm.config import SAMPLE_RATE
 from speechllm.data.audio import load_audio, save_wav
 from speechllm.data.manifest import read_manifest
 from speechllm.eval.metrics import wer
 from speechllm.eval.whisper_asr import WhisperTranscriber
 from speechllm.model.ctc import run_lengths
 from speechllm.speech_out.answers import SAY_PROMPT, answer_states, prompts_from_questions
-from speechllm.speech_out.config import SAMPLE_RATE
 from speechllm.speech_out.streaming import SpeechOutput, load_speech_output
 from speechllm.speech_out.vocoder import UnitVocoder
 

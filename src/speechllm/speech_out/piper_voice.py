@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from speechllm.config import SAMPLE_RATE
 from speechllm.data.audio import resample
-from speechllm.speech_out.config import SAMPLE_RATE, VoiceConfig
+from speechllm.speech_out.config import VoiceConfig
 from speechllm.speech_out.phonemes import (
     BOS,
     EOS,

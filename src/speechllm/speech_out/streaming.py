@@ -29,8 +29,8 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from speechllm.config import from_dict, save_config
-from speechllm.speech_out.config import SAMPLE_RATE, UNIT_KINDS, VoiceConfig
+from speechllm.config import SAMPLE_RATE, from_dict, save_config
+from speechllm.speech_out.config import UNIT_KINDS, VoiceConfig
 from speechllm.speech_out.decoder import SpeechDecoder
 from speechllm.speech_out.vocoder import UnitVocoder
 

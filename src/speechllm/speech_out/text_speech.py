@@ -19,8 +19,9 @@ from collections.abc import Callable
 import numpy as np
 from torch import Tensor
 
+from speechllm.config import SAMPLE_RATE
 from speechllm.inference.detok import IncrementalDecoder
-from speechllm.speech_out.config import SAMPLE_RATE, VoiceConfig
+from speechllm.speech_out.config import VoiceConfig
 from speechllm.speech_out.phonemes import SPACE
 from speechllm.speech_out.piper_voice import PhraseStream, PiperVoice
 

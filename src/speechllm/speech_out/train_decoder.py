@@ -18,12 +18,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import jiwer
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from speechllm.data.manifest import read_manifest
+from speechllm.eval.metrics import wer
 from speechllm.model.ctc import run_lengths
 from speechllm.speech_out.answers import SAY_PROMPT, Answer, StateCache, prompts_from_questions, read_answers
 from speechllm.speech_out.config import SpeechDecoderConfig
@@ -87,7 +87,7 @@ def unit_error_rate(decoder: SpeechDecoder, items: list[dict[str, Any]]) -> floa
         embeds = it["embeds"].float() if decoder.config.token_embedding else None
         hyps.append(" ".join(map(str, decoder.decode(it["hidden"].float(), embeds))) or "-")
         refs.append(" ".join(map(str, it["units"])))
-    return float(jiwer.wer(refs, hyps))
+    return wer(refs, hyps, normalize=False)
 
 
 def drop_over_upsample(items: list[dict[str, Any]], upsample: int) -> list[dict[str, Any]]:

@@ -34,8 +34,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from speechllm.atomic import atomic_directory
-from speechllm.config import from_dict, to_dict
-from speechllm.speech_out.config import HOP_SAMPLES, SAMPLE_RATE, VocoderConfig
+from speechllm.config import SAMPLE_RATE, from_dict, to_dict
+from speechllm.speech_out.config import HOP_SAMPLES, VocoderConfig
 
 CONFIG_FILE = "vocoder.yaml"
 WEIGHTS_FILE = "vocoder.safetensors"

@@ -37,10 +37,10 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
-from speechllm.config import apply_overrides, from_dict, to_dict
+from speechllm.config import SAMPLE_RATE, apply_overrides, from_dict, to_dict
 from speechllm.data.audio import load_audio, save_wav
 from speechllm.model.ctc import run_lengths
-from speechllm.speech_out.config import HOP_SAMPLES, SAMPLE_RATE, VocoderConfig
+from speechllm.speech_out.config import HOP_SAMPLES, VocoderConfig
 from speechllm.speech_out.unit_data import UnitsItem, duration_batch, duration_l1, read_units_manifest
 from speechllm.speech_out.vocoder import CONFIG_FILE, UnitVocoder
 from speechllm.training.distributed import unwrap

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechllm.model.compressor import CTCCompressor
+from speechllm.model.ctc import collapse
 from speechllm.model.speech_llm import IGNORE_INDEX, SpeechLLM
 
 STAGES: dict[str, list[str]] = {
@@ -45,17 +46,9 @@ def pad_frames(frames: list[Tensor]) -> tuple[Tensor, Tensor]:
 
 
 def ctc_greedy(log_probs: Tensor, lengths: Tensor, blank: int) -> list[list[int]]:
-    """Best path per row of (N, T, C): collapse repeats, drop blanks."""
+    """Best path per row of (N, T, C): collapse repeats, drop blanks (`speechllm.model.ctc.collapse`)."""
     best = log_probs.argmax(-1)
-    out = []
-    for row, n in zip(best.tolist(), lengths.tolist()):
-        ids, prev = [], None
-        for t in row[:n]:
-            if t != prev and t != blank:
-                ids.append(t)
-            prev = t
-        out.append(ids)
-    return out
+    return [collapse(row[:n], blank) for row, n in zip(best.tolist(), lengths.tolist())]
 
 
 class StageModel(nn.Module):
