@@ -13,10 +13,11 @@ import json
 import time
 from pathlib import Path
 
+from speechllm.config import SAMPLE_RATE
 from speechllm.eval.metrics import wer
 from speechllm.eval.whisper_asr import WhisperTranscriber
 from speechllm.speech_out.answers import read_answers
-from speechllm.speech_out.config import SAMPLE_RATE, VoiceConfig
+from speechllm.speech_out.config import VoiceConfig
 from speechllm.speech_out.piper_voice import PiperVoice
 
 SETTINGS = {
