@@ -139,6 +139,40 @@ def ct2_tensor(variables: dict[str, np.ndarray], name: str) -> Tensor:
     return torch.from_numpy(value)
 
 
+def ct2_layer_state_dict(variables: dict[str, np.ndarray], src: str, dst: str) -> dict[str, Tensor]:
+    """A pre-LN Whisper layer's self-attention, feed-forward and their norms (the part encoder and
+    decoder layers share), CTranslate2 `src` -> our (HF) names under `dst`."""
+
+    def t(name: str) -> Tensor:
+        return ct2_tensor(variables, f"{src}/{name}")
+
+    q_w, k_w, v_w = t("self_attention/linear_0/weight").chunk(3, dim=0)  # 3D, D -> 3 x (D, D); q, k, v in order
+    q_b, _k_b, v_b = t("self_attention/linear_0/bias").chunk(3, dim=0)  # Whisper's key has no bias: CT2 stores zeros
+    return {
+        f"{dst}.self_attn.q_proj.weight": q_w,
+        f"{dst}.self_attn.q_proj.bias": q_b,
+        f"{dst}.self_attn.k_proj.weight": k_w,
+        f"{dst}.self_attn.v_proj.weight": v_w,
+        f"{dst}.self_attn.v_proj.bias": v_b,
+        f"{dst}.self_attn.out_proj.weight": t("self_attention/linear_1/weight"),
+        f"{dst}.self_attn.out_proj.bias": t("self_attention/linear_1/bias"),
+        f"{dst}.self_attn_layer_norm.weight": t("self_attention/layer_norm/gamma"),
+        f"{dst}.self_attn_layer_norm.bias": t("self_attention/layer_norm/beta"),
+        f"{dst}.fc1.weight": t("ffn/linear_0/weight"),
+        f"{dst}.fc1.bias": t("ffn/linear_0/bias"),
+        f"{dst}.fc2.weight": t("ffn/linear_1/weight"),
+        f"{dst}.fc2.bias": t("ffn/linear_1/bias"),
+        f"{dst}.final_layer_norm.weight": t("ffn/layer_norm/gamma"),
+        f"{dst}.final_layer_norm.bias": t("ffn/layer_norm/beta"),
+    }
+
+
+def ct2_model_files(source: str) -> tuple[Path, list[Path]]:
+    """The folder `source` names and its CTranslate2 model.bin (or its parts, in order; [] when none)."""
+    directory = resolve_encoder_source(source)
+    return directory, bundled_encoder_files(source) if source in BUNDLED_ENCODERS else _ct2_parts(directory)
+
+
 def ct2_encoder_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Map CTranslate2 Whisper encoder variables onto our (HF-named) parameters.
 
@@ -163,29 +197,7 @@ def ct2_encoder_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, 
     while f"encoder/layer_{n_layers}/ffn/linear_0/weight" in variables:
         n_layers += 1
     for i in range(n_layers):
-        src, dst = f"encoder/layer_{i}", f"layers.{i}"
-        qkv_w, qkv_b = t(f"{src}/self_attention/linear_0/weight"), t(f"{src}/self_attention/linear_0/bias")
-        q_w, k_w, v_w = qkv_w.chunk(3, dim=0)  # 3D, D -> 3 x (D, D); CT2 fuses q, k, v in that order
-        q_b, _k_b, v_b = qkv_b.chunk(3, dim=0)  # Whisper's key has no bias: CT2 stores zeros there
-        sd.update(
-            {
-                f"{dst}.self_attn.q_proj.weight": q_w,
-                f"{dst}.self_attn.q_proj.bias": q_b,
-                f"{dst}.self_attn.k_proj.weight": k_w,
-                f"{dst}.self_attn.v_proj.weight": v_w,
-                f"{dst}.self_attn.v_proj.bias": v_b,
-                f"{dst}.self_attn.out_proj.weight": t(f"{src}/self_attention/linear_1/weight"),
-                f"{dst}.self_attn.out_proj.bias": t(f"{src}/self_attention/linear_1/bias"),
-                f"{dst}.self_attn_layer_norm.weight": t(f"{src}/self_attention/layer_norm/gamma"),
-                f"{dst}.self_attn_layer_norm.bias": t(f"{src}/self_attention/layer_norm/beta"),
-                f"{dst}.fc1.weight": t(f"{src}/ffn/linear_0/weight"),
-                f"{dst}.fc1.bias": t(f"{src}/ffn/linear_0/bias"),
-                f"{dst}.fc2.weight": t(f"{src}/ffn/linear_1/weight"),
-                f"{dst}.fc2.bias": t(f"{src}/ffn/linear_1/bias"),
-                f"{dst}.final_layer_norm.weight": t(f"{src}/ffn/layer_norm/gamma"),
-                f"{dst}.final_layer_norm.bias": t(f"{src}/ffn/layer_norm/beta"),
-            }
-        )
+        sd.update(ct2_layer_state_dict(variables, f"encoder/layer_{i}", f"layers.{i}"))
     arch = {
         "n_mels": sd["conv1.weight"].shape[1],
         "d_model": sd["conv1.weight"].shape[0],
@@ -252,8 +264,7 @@ def hf_encoder_state_dict(directory: Path) -> tuple[dict[str, Tensor], dict[str,
 def whisper_encoder_weights(config: EncoderConfig) -> tuple[dict[str, Tensor], dict[str, Any], Path]:
     """The encoder weights `config.source` names (not `random`), their architecture (the
     EncoderConfig fields d_model, n_layers, n_heads, ffn_dim, max_positions) and their folder."""
-    directory = resolve_encoder_source(config.source)
-    parts = bundled_encoder_files(config.source) if config.source in BUNDLED_ENCODERS else _ct2_parts(directory)
+    directory, parts = ct2_model_files(config.source)
     if parts:
         sd, arch = ct2_encoder_state_dict(read_ct2_model(parts))
     elif (directory / "config.json").is_file():

@@ -16,8 +16,7 @@ import numpy as np
 from torch import Tensor
 
 from speechllm.weights.errors import WeightsError
-from speechllm.weights.whisper import BUNDLED_ENCODERS, _ct2_parts, bundled_encoder_files, ct2_tensor, read_ct2_model
-from speechllm.weights.whisper import resolve_encoder_source as resolve_whisper_source
+from speechllm.weights.whisper import ct2_layer_state_dict, ct2_model_files, ct2_tensor, read_ct2_model
 
 
 def ct2_decoder_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -39,36 +38,23 @@ def ct2_decoder_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, 
         n_layers += 1
     for i in range(n_layers):
         src, dst = f"decoder/layer_{i}", f"layers.{i}"
-        q_w, k_w, v_w = t(f"{src}/self_attention/linear_0/weight").chunk(3, dim=0)  # 3D, D -> 3 x (D, D)
-        q_b, _k_b, v_b = t(f"{src}/self_attention/linear_0/bias").chunk(3, dim=0)  # the key's bias is zeros
-        xk_w, xv_w = t(f"{src}/attention/linear_1/weight").chunk(2, dim=0)  # 2D, D -> 2 x (D, D)
-        _xk_b, xv_b = t(f"{src}/attention/linear_1/bias").chunk(2, dim=0)
-        pairs = {
-            "self_attn.q_proj": (q_w, q_b),
-            "self_attn.k_proj": (k_w, None),
-            "self_attn.v_proj": (v_w, v_b),
-            "self_attn.out_proj": (
-                t(f"{src}/self_attention/linear_1/weight"),
-                t(f"{src}/self_attention/linear_1/bias"),
-            ),
-            "encoder_attn.q_proj": (t(f"{src}/attention/linear_0/weight"), t(f"{src}/attention/linear_0/bias")),
-            "encoder_attn.k_proj": (xk_w, None),
-            "encoder_attn.v_proj": (xv_w, xv_b),
-            "encoder_attn.out_proj": (t(f"{src}/attention/linear_2/weight"), t(f"{src}/attention/linear_2/bias")),
-            "fc1": (t(f"{src}/ffn/linear_0/weight"), t(f"{src}/ffn/linear_0/bias")),
-            "fc2": (t(f"{src}/ffn/linear_1/weight"), t(f"{src}/ffn/linear_1/bias")),
-        }
-        for name, (w, b) in pairs.items():
-            sd[f"{dst}.{name}.weight"] = w
-            if b is not None:
-                sd[f"{dst}.{name}.bias"] = b
-        for name, ct2 in (
-            ("self_attn_layer_norm", "self_attention"),
-            ("encoder_attn_layer_norm", "attention"),
-            ("final_layer_norm", "ffn"),
-        ):
-            sd[f"{dst}.{name}.weight"] = t(f"{src}/{ct2}/layer_norm/gamma")
-            sd[f"{dst}.{name}.bias"] = t(f"{src}/{ct2}/layer_norm/beta")
+        sd.update(ct2_layer_state_dict(variables, src, dst))
+        # Cross-attention: q in linear_0, k and v fused in linear_1 (2D, D -> 2 x (D, D)), output in linear_2.
+        xk_w, xv_w = t(f"{src}/attention/linear_1/weight").chunk(2, dim=0)
+        _xk_b, xv_b = t(f"{src}/attention/linear_1/bias").chunk(2, dim=0)  # the key's bias is zeros
+        sd.update(
+            {
+                f"{dst}.encoder_attn.q_proj.weight": t(f"{src}/attention/linear_0/weight"),
+                f"{dst}.encoder_attn.q_proj.bias": t(f"{src}/attention/linear_0/bias"),
+                f"{dst}.encoder_attn.k_proj.weight": xk_w,
+                f"{dst}.encoder_attn.v_proj.weight": xv_w,
+                f"{dst}.encoder_attn.v_proj.bias": xv_b,
+                f"{dst}.encoder_attn.out_proj.weight": t(f"{src}/attention/linear_2/weight"),
+                f"{dst}.encoder_attn.out_proj.bias": t(f"{src}/attention/linear_2/bias"),
+                f"{dst}.encoder_attn_layer_norm.weight": t(f"{src}/attention/layer_norm/gamma"),
+                f"{dst}.encoder_attn_layer_norm.bias": t(f"{src}/attention/layer_norm/beta"),
+            }
+        )
     arch = {
         "vocab_size": sd["embed_tokens.weight"].shape[0],
         "d_model": sd["embed_tokens.weight"].shape[1],
@@ -121,8 +107,7 @@ def read_whisper_decoder(source: str) -> tuple[dict[str, Tensor], dict[str, Any]
     names), its architecture and special tokens (`DecoderArch` fields), and its `tokenizers.Tokenizer`."""
     from tokenizers import Tokenizer
 
-    directory = resolve_whisper_source(source)
-    parts = bundled_encoder_files(source) if source in BUNDLED_ENCODERS else _ct2_parts(directory)
+    directory, parts = ct2_model_files(source)
     if not parts:
         raise WeightsError(f"{directory}: the Whisper decoder loads from CTranslate2 checkpoints (model.bin) only")
     sd, arch = ct2_decoder_state_dict(read_ct2_model(parts))
