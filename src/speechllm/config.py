@@ -150,6 +150,11 @@ class BridgeConfig:
     beam_size: int = 1
     """Beam width of the `whisper` recognizer (1: greedy; 5: as Whisper's own decoding by default)."""
 
+    @property
+    def reads_whisper(self) -> bool:
+        """Whether the LLM reads the path of the encoder checkpoint's own text decoder."""
+        return self.mode != "continuous" and self.recognizer == "whisper"
+
     def __post_init__(self) -> None:
         _check_choice("bridge.mode", self.mode, BRIDGE_MODES)
         _check_choice("bridge.recognizer", self.recognizer, RECOGNIZERS)
@@ -232,7 +237,7 @@ class SpeechLLMConfig:
                 f"bridge.mode {bridge.mode!r} with the ctc recognizer needs the adaptor's CTC head: "
                 "set adaptor.select to blank_removal or frame_average (got 'none')"
             )
-        if bridge.mode != "continuous" and bridge.recognizer == "whisper" and self.encoder.padding != "30s":
+        if bridge.reads_whisper and self.encoder.padding != "30s":
             raise ValueError(
                 "bridge.recognizer 'whisper' reads Whisper's 30 s window: set encoder.padding to '30s' "
                 f"(got {self.encoder.padding!r})"

@@ -62,6 +62,6 @@ def build_speech_llm(config: SpeechLLMConfig) -> SpeechLLM:
     encoder = load_whisper_encoder(config.encoder)
     llm, tokenizer = load_llm(config.llm)
     recognizer = None
-    if config.bridge.mode != "continuous" and config.bridge.recognizer == "whisper":
+    if config.bridge.reads_whisper:
         recognizer = load_whisper_decoder(config.encoder.source)
     return assemble(config, encoder, llm, tokenizer, recognizer)

@@ -155,17 +155,9 @@ class WhisperEncoder(nn.Module):
         if features.shape[-1] <= WINDOW_FRAMES:
             return self(features, lengths)
         b = features.shape[0]
-        windows, win_lengths, owner = [], [], []
-        for i in range(b):
-            n = int(lengths[i])
-            for start in range(0, max(n, 1), WINDOW_FRAMES):
-                w = features[i, :, start : start + WINDOW_FRAMES]
-                windows.append(F.pad(w, (0, WINDOW_FRAMES - w.shape[-1])))
-                win_lengths.append(min(WINDOW_FRAMES, max(n - start, 1)))
-                owner.append(i)
-        wl = torch.tensor(win_lengths, device=features.device)
+        windows, wl, owner = split_windows(features, lengths)
         t_max = int(encoder_output_lengths(wl).max())
-        h, out_l = self(torch.stack(windows)[..., : 2 * t_max], wl)  # W, D, T -> W, T', D
+        h, out_l = self(windows[..., : 2 * t_max], wl)  # W, n_mels, T -> W, T', D
         pieces: list[list[Tensor]] = [[] for _ in range(b)]
         for j, i in enumerate(owner):
             pieces[i].append(h[j, : int(out_l[j])])
@@ -180,6 +172,19 @@ class WhisperEncoder(nn.Module):
             h.update(name.encode())
             h.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+def split_windows(features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, list[int]]:
+    """Cut each input (B, n_mels, T) into 30 s windows, the last zero-padded: windows
+    (W, n_mels, 3000), their real frames (W,), and the input each came from (W,)."""
+    windows, win_lengths, owner = [], [], []
+    for i, n in enumerate(lengths.tolist()):
+        for start in range(0, max(int(n), 1), WINDOW_FRAMES):
+            w = features[i, :, start : start + WINDOW_FRAMES]
+            windows.append(F.pad(w, (0, WINDOW_FRAMES - w.shape[-1])))
+            win_lengths.append(min(WINDOW_FRAMES, max(int(n) - start, 1)))
+            owner.append(i)
+    return torch.stack(windows), torch.tensor(win_lengths, device=features.device), owner
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:

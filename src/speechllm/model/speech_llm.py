@@ -21,7 +21,7 @@ from speechllm.config import PARTS, SpeechLLMConfig
 from speechllm.model.adaptor import Adaptor
 from speechllm.model.bridge import ctc_bridge, token_embeddings
 from speechllm.model.compressor import Compressor
-from speechllm.model.encoder import WINDOW_FRAMES, WhisperEncoder
+from speechllm.model.encoder import WINDOW_FRAMES, WhisperEncoder, split_windows
 from speechllm.model.processor import Message, Rendered, SpeechLLMProcessor
 from speechllm.model.whisper_decoder import WhisperTextDecoder
 
@@ -67,7 +67,7 @@ class SpeechLLM(nn.Module):
         recognizer: WhisperTextDecoder | None = None,
     ) -> None:
         super().__init__()
-        if config.bridge.mode != "continuous" and config.bridge.recognizer == "whisper" and recognizer is None:
+        if config.bridge.reads_whisper and recognizer is None:
             raise ValueError("bridge.recognizer is 'whisper' but no Whisper text decoder was passed in")
         if adaptor.input_dim != compressor.output_dim(encoder.dim):
             raise ValueError(
@@ -136,7 +136,7 @@ class SpeechLLM(nn.Module):
 
     @property
     def uses_whisper_bridge(self) -> bool:
-        return self.config.bridge.mode != "continuous" and self.config.bridge.recognizer == "whisper"
+        return self.config.bridge.reads_whisper
 
     def embed_frames(self, frames: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Encoder frames (N, T, D_enc) -> LLM inputs (N, S, D_llm); also the entry point for cached features."""
@@ -145,19 +145,29 @@ class SpeechLLM(nn.Module):
                 "the whisper bridge reads its own 30 s windows, not cached encoder frames: "
                 "give audio, or use bridge.recognizer=ctc"
             )
+        if self.config.bridge.mode != "continuous":
+            embeds, out_lengths, _, ctc_logits = self._ctc_bridge(frames, lengths, self.config.bridge.mode)
+            return embeds, out_lengths, ctc_logits
         c = self.compressor(frames, lengths)  # N, S, D_c
         y = self.adaptor(c.x)  # N, S, D_llm
-        bridge = self.config.bridge
-        if bridge.mode != "continuous":
-            logits = self.adaptor.ctc_logits(y, self.embedding_table())  # N, S, V+1
-            embeds, out_lengths, _ = ctc_bridge(
-                logits, c.lengths, self.embedding_table(), bridge.mode, bridge.blank_threshold, bridge.temperature
-            )
-            return embeds, out_lengths, c.ctc_logits
         if self.adaptor.config.select == "none":
             return y, c.lengths, c.ctc_logits
         y, out_lengths = self.adaptor.select(y, c.lengths, self.embedding_table())  # N, S', D_llm
         return y, out_lengths, c.ctc_logits
+
+    def _ctc_bridge(
+        self, frames: Tensor, lengths: Tensor, mode: str
+    ) -> tuple[Tensor, Tensor, list[list[int]], Tensor | None]:
+        """The ctc recognizer's bridge (`mode` posterior or top1) over encoder frames (N, T, D_enc): LLM
+        inputs (N, S', D_llm), lengths (N,), each sample's label path, and the compressor's CTC logits."""
+        bridge = self.config.bridge
+        c = self.compressor(frames, lengths)  # N, S, D_c
+        table = self.embedding_table()
+        logits = self.adaptor.ctc_logits(self.adaptor(c.x), table)  # N, S, V+1
+        embeds, out_lengths, paths = ctc_bridge(
+            logits, c.lengths, table, mode, bridge.blank_threshold, bridge.temperature
+        )
+        return embeds, out_lengths, paths, c.ctc_logits
 
     def transcribe_features(self, features: Tensor, feature_lengths: Tensor) -> list[str]:
         """What the whisper recognizer hears in log-mel features (N, n_mels, T): one text per audio.
@@ -167,15 +177,9 @@ class SpeechLLM(nn.Module):
         """
         if self.recognizer is None:
             raise ValueError("this model has no Whisper text decoder (bridge.recognizer is not 'whisper')")
-        windows, owner = [], []
-        for i, n in enumerate(feature_lengths.tolist()):
-            for start in range(0, max(int(n), 1), WINDOW_FRAMES):
-                w = features[i, :, start : start + WINDOW_FRAMES]  # n_mels, <=3000
-                windows.append(nn.functional.pad(w, (0, WINDOW_FRAMES - w.shape[-1])))
-                owner.append(i)
-        batch = torch.stack(windows)  # W, n_mels, 3000
-        full = torch.full((len(windows),), WINDOW_FRAMES, device=batch.device)
-        states, _ = self.encoder(batch, full, trim=False)  # W, 1500, D_enc
+        windows, _, owner = split_windows(features, feature_lengths)  # W, n_mels, 3000
+        full = torch.full((len(owner),), WINDOW_FRAMES, device=windows.device)
+        states, _ = self.encoder(windows, full, trim=False)  # W, 1500, D_enc
         bridge = self.config.bridge
         texts = self.recognizer.transcribe(states, max_tokens=bridge.max_tokens, beam_size=bridge.beam_size)
         joined: list[list[str]] = [[] for _ in range(features.shape[0])]
@@ -198,10 +202,7 @@ class SpeechLLM(nn.Module):
         features, lengths = features.to(self.device), lengths.to(self.device)
         if bridge.recognizer == "whisper":
             return self.transcribe_features(features, lengths)
-        h, h_lengths = self.encoder.encode(features, lengths)
-        c = self.compressor(h, h_lengths)
-        logits = self.adaptor.ctc_logits(self.adaptor(c.x), self.embedding_table())
-        _, _, paths = ctc_bridge(logits, c.lengths, self.embedding_table(), "top1", bridge.blank_threshold)
+        _, _, paths, _ = self._ctc_bridge(*self.encoder.encode(features, lengths), "top1")  # the same path either mode
         return [str(self.processor.tokenizer.decode(p)).strip() for p in paths]
 
     def embedding_table(self) -> Tensor:
