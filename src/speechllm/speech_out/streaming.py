@@ -121,11 +121,14 @@ class SpeechOutput(nn.Module):
         save_parts(directory, self.decoder, vocoder, self.config)
 
     @classmethod
-    def load(cls, directory: str | Path, embed_tokens: nn.Embedding | None) -> SpeechOutput:
+    def load(
+        cls, directory: str | Path, embed_tokens: nn.Embedding | None, config: StreamingConfig | None = None
+    ) -> SpeechOutput:
+        """The decoder speech output in `directory` (`config`: its speech_output.yaml, if already read)."""
         d = Path(directory)
-        if not (d / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{d} holds no speech output ({CONFIG_FILE} missing)")
-        config = from_dict(StreamingConfig, yaml.safe_load((d / CONFIG_FILE).read_text()))
+        config = config or read_streaming_config(d)
+        if config.units == "text":
+            raise ValueError(f"{d} speaks the answer's text and has no decoder: load it with load_speech_output")
         vocoder: UnitVocoder | PiperVoice
         if config.units == "phonemes":
             from speechllm.speech_out.piper_voice import PiperVoice
@@ -209,14 +212,19 @@ def load_speech_output(
 ) -> SpeechOutput | TextSpeechOutput:
     """The speech output saved in `directory`, reading `llm`'s input embeddings; a `text` output
     speaks the answer's text and needs `decode` (LLM token ids -> text)."""
-    d = Path(directory)
-    if (d / CONFIG_FILE).is_file():
-        config = from_dict(StreamingConfig, yaml.safe_load((d / CONFIG_FILE).read_text()))
-        if config.units == "text":
-            from speechllm.speech_out.text_speech import TextSpeechOutput
+    config = read_streaming_config(Path(directory))
+    if config.units == "text":
+        from speechllm.speech_out.text_speech import TextSpeechOutput
 
-            if decode is None:
-                raise ValueError(f"{d} speaks the answer's text: pass decode= (the LLM tokenizer's decode)")
-            return TextSpeechOutput.load(config.voice, decode)
+        if decode is None:
+            raise ValueError(f"{directory} speaks the answer's text: pass decode= (the LLM tokenizer's decode)")
+        return TextSpeechOutput.load(config.voice, decode)
     get = getattr(llm, "get_input_embeddings", None)
-    return SpeechOutput.load(directory, get() if get is not None else None)
+    return SpeechOutput.load(directory, get() if get is not None else None, config)
+
+
+def read_streaming_config(directory: Path) -> StreamingConfig:
+    """A speech output folder's speech_output.yaml."""
+    if not (directory / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{directory} holds no speech output ({CONFIG_FILE} missing)")
+    return from_dict(StreamingConfig, yaml.safe_load((directory / CONFIG_FILE).read_text()))
