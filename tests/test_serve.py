@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
@@ -307,3 +308,29 @@ def test_transcriptions(client, tiny_model, tone):
     assert_error(unknown, 404, "model_not_found")
     fmt = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", data)}, data={"response_format": "srt"})
     assert_error(fmt, 400)
+
+
+def test_a_bridged_model_transcribes_with_what_its_llm_reads_through_the_queue(tiny_config, tone):
+    from speechllm.config import BridgeConfig
+    from speechllm.model import build_speech_llm
+
+    tiny_config.adaptor.select = "blank_removal"
+    tiny_config.bridge = BridgeConfig(mode="top1", blank_threshold=1.0)
+    torch.manual_seed(0)
+    model = build_speech_llm(tiny_config).eval()
+    data = wav_bytes(tone())
+    audio = sf.read(io.BytesIO(data), dtype="float32")[0]
+    with torch.no_grad():
+        heard = model.hear([audio])[0]
+    calls = []
+    hear = model.hear
+    model.hear = lambda audios: calls.append(threading.current_thread().name) or hear(audios)  # type: ignore[method-assign]
+    with Engine(model, max_batch=2, max_queue=4) as engine:
+        done = engine.submit_transcription(audio).result()
+        assert done.text == heard and done.completion_tokens == len(model.llm_token_paths([heard])[0])
+        assert engine.transcribe([audio]) == [heard.strip()]
+        r = TestClient(create_app(engine, ServeSettings(model_name="tiny"))).post(
+            "/v1/audio/transcriptions", files={"file": ("a.wav", data, "audio/wav")}, data={"model": "tiny"}
+        )
+        assert r.status_code == 200 and r.json() == {"text": heard.strip()}
+    assert calls == ["speechllm-engine"] * 3  # each transcription was answered by the engine's worker

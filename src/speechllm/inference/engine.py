@@ -311,7 +311,30 @@ class Engine:
             raise EngineClosed("the engine is shutting down")
         self.budget.check(conversation, gen.max_new_tokens)
         deadline = None if timeout is None else time.monotonic() + timeout
-        request = Request(conversation, gen, deadline=deadline, speak=speak, loop=loop)
+        return self._enqueue(Request(conversation, gen, deadline=deadline, speak=speak, loop=loop), block)
+
+    def submit_transcription(
+        self,
+        audio: np.ndarray,
+        gen: GenerationConfig | None = None,
+        *,
+        timeout: float | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        block: bool = False,
+    ) -> Request:
+        """Queue the transcription of a 16 kHz mono clip; its Done holds the transcript. A model with a
+        token bridge answers with the text its LLM reads for that audio (what a spoken question becomes);
+        any other is asked to transcribe (`asr_conversation`, greedy up to gen.max_new_tokens).
+        Errors as `submit`."""
+        if self.model.config.bridge.mode == "continuous":
+            return self.submit(asr_conversation(audio), gen, timeout=timeout, loop=loop, block=block)
+        if self._closing:
+            raise EngineClosed("the engine is shutting down")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        request = Request(asr_conversation(audio), gen or GenerationConfig(), deadline=deadline, loop=loop, hear=True)
+        return self._enqueue(request, block)
+
+    def _enqueue(self, request: Request, block: bool) -> Request:
         with self._cond:
             while True:
                 if self._closing:
@@ -331,13 +354,10 @@ class Engine:
         return [r.result().text for r in requests]
 
     def transcribe(self, audios: list[np.ndarray], *, max_new_tokens: int = 256) -> list[str]:
-        """Transcripts of 16 kHz mono clips. A model with a token bridge answers with the text its LLM
-        reads (the bridge's token path); otherwise the speech LLM is asked to transcribe."""
-        if self.model.config.bridge.mode != "continuous":
-            with torch.no_grad():
-                return self.model.hear(audios)
-        conversations = [asr_conversation(a) for a in audios]
-        return [t.strip() for t in self.generate(conversations, GenerationConfig(max_new_tokens=max_new_tokens))]
+        """Transcripts of 16 kHz mono clips, blocking (see `submit_transcription`)."""
+        gen = GenerationConfig(max_new_tokens=max_new_tokens)
+        requests = [self.submit_transcription(a, gen, block=True) for a in audios]
+        return [r.result().text.strip() for r in requests]
 
     # ------------------------------------------------------------------ the worker
 
@@ -382,6 +402,8 @@ class Engine:
         rows: list[_Row] = []
         batch: DecodeBatch | None = None
         while (admitted := self._admit(rows)) is not None:
+            self._hear([r for r in admitted if r.hear])
+            admitted = [r for r in admitted if not r.hear]
             if admitted:
                 batch = self._start(admitted, batch, rows)
             if not rows:
@@ -445,6 +467,22 @@ class Engine:
             rows.append(_Row(r, TextStream(decode, r.gen.stop), int(n), self._voice(r)))
         self.running = len(rows)
         return batch
+
+    def _hear(self, requests: list[Request]) -> None:
+        """Answer transcriptions with what the token bridge reads (one batch through the recognizer)."""
+        if not requests:
+            return
+        audios = [r.conversation[0]["content"][0]["audio"] for r in requests]  # type: ignore[index]
+        try:
+            texts = self.model.hear(audios)
+        except Exception as e:
+            log.exception("transcribing %d clip(s) failed", len(requests))
+            for r in requests:
+                r.emit(Failed(e))
+            return
+        for r, text in zip(requests, texts):
+            r.emit(Delta(text))
+            r.emit(Done(text, "stop", 0, len(self.model.llm_token_paths([text])[0])))
 
     def _stop_reason(self, request: Request) -> EngineError:
         if self._abort.is_set():

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -40,7 +40,6 @@ from speechllm.inference.engine import (
     PromptTooLong,
     QueueFull,
     RequestTimeout,
-    asr_conversation,
 )
 from speechllm.inference.engine import Request as EngineRequest
 from speechllm.inference.generation import GenerationConfig
@@ -188,7 +187,8 @@ async def transcriptions(request: Request) -> Response:
     limit = s.settings.max_audio_seconds
     audio = await run_in_threadpool(oa.decode_audio, data, upload.filename or "file", limit, limit)
     gen = GenerationConfig(max_new_tokens=s.settings.default_max_tokens)
-    handle = await _submit(s.engine, asr_conversation(audio), gen, s.settings)
+    loop = asyncio.get_running_loop()
+    handle = await _queued(lambda: s.engine.submit_transcription(audio, gen, timeout=s.settings.timeout, loop=loop))
     watcher = asyncio.create_task(_cancel_on_disconnect(request, handle))
     try:
         text = (await _collect(handle))[0].text.strip()
@@ -215,8 +215,13 @@ async def _submit(
 ) -> EngineRequest:
     """Queue a request; its prompt is measured in a worker thread (tokenizing a long text takes a while)."""
     loop = asyncio.get_running_loop()
+    return await _queued(lambda: engine.submit(messages, gen, timeout=s.timeout, loop=loop, speak=speak))
+
+
+async def _queued(submit: Callable[[], EngineRequest]) -> EngineRequest:
+    """Run an engine submission in a worker thread; its refusals as HTTP errors."""
     try:
-        return await run_in_threadpool(lambda: engine.submit(messages, gen, timeout=s.timeout, loop=loop, speak=speak))
+        return await run_in_threadpool(submit)
     except QueueFull:
         raise ApiError(
             429, "the server is busy: too many requests are waiting; retry later", code="queue_full"
