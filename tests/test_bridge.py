@@ -215,3 +215,27 @@ def test_beam_search_of_width_one_is_greedy_and_wider_beams_score_no_worse(hf_wh
     greedy = ours.greedy(states, max_tokens=6)[0]
     assert ours.beam_search(states, beam_size=1, max_tokens=6) == greedy
     assert ours.transcribe(states, max_tokens=6, beam_size=3)[0] == " ".join(map(str, ours.beam_search(states, 3, 6)))
+
+
+@pytest.mark.parametrize(
+    ("heard", "typed"),
+    [
+        ("which city is the capital of austria.", "Which city is the capital of austria?"),
+        ("what is 3.5 plus 2", "What is 3.5 plus 2?"),  # a decimal point ends no sentence
+        ("What do you call a word? that means the same.", "What do you call a word? That means the same."),
+        ("hello there. how are you", "Hello there. How are you?"),
+        ("Mr. Smith is here.", "Mr. Smith is here."),
+        ("tell me a joke!", "Tell me a joke!"),
+        ("", ""),
+    ],
+)
+def test_tidy_transcript_capitalises_sentences_and_ends_questions_with_a_question_mark(heard, typed):
+    from speechllm.model.bridge import tidy_transcript
+
+    assert tidy_transcript(heard) == typed
+    assert tidy_transcript(typed) == typed  # what is already tidy stays as it is
+
+    def words(text: str) -> list[str]:
+        return [w.strip(".?!").lower() for w in text.split()]
+
+    assert words(tidy_transcript(heard)) == words(heard)  # the words themselves never change

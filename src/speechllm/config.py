@@ -149,6 +149,10 @@ class BridgeConfig:
     """Longest transcript the `whisper` recognizer writes for one 30 s window."""
     beam_size: int = 1
     """Beam width of the `whisper` recognizer (1: greedy; 5: as Whisper's own decoding by default)."""
+    tidy: bool = True
+    """Write the `whisper` recognizer's transcript as a person types it before the LLM reads it: each
+    sentence starts with a capital, and one that opens like a question ends with "?" (Whisper
+    often writes a spoken question as "which city is the capital of austria."). Words are unchanged."""
 
     @property
     def reads_whisper(self) -> bool:

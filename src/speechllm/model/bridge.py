@@ -19,6 +19,8 @@ A sample with no kept frame keeps its least-blank frame, so every audio yields a
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import Tensor, nn
 
@@ -82,3 +84,34 @@ def token_embeddings(paths: list[list[int]], table: Tensor) -> tuple[Tensor, Ten
     seqs = [table[torch.tensor(p, device=table.device)] for p in paths]
     lengths = torch.tensor([s.shape[0] for s in seqs], device=table.device)
     return nn.utils.rnn.pad_sequence(seqs, batch_first=True), lengths
+
+
+QUESTION_OPENERS = frozenset(
+    ("what", "which", "who", "whom", "whose", "where", "when", "why", "how", "is", "are", "was", "were", "do",
+     "does", "did", "can", "could", "will", "would", "should", "isn't", "aren't", "wasn't", "weren't", "don't",
+     "doesn't", "didn't", "can't", "couldn't", "won't", "wouldn't", "shouldn't")
+)  # fmt: skip
+"""First words of a sentence that make it a question (English; the default recognizer is Whisper tiny.en)."""
+
+_SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
+"""A sentence ends at . ? or ! followed by a space (so "3.5" stays whole)."""
+
+
+def tidy_transcript(text: str) -> str:
+    """A transcript as a person types it: every sentence starts with a capital letter, and a sentence
+    whose first word opens a question ends with "?" instead of "." (or nothing). Words are unchanged.
+
+    "which city is the capital of austria." -> "Which city is the capital of austria?"
+    """
+    out = []
+    for sentence in _SENTENCE_END.split(text.strip()):
+        if not sentence:
+            continue
+        sentence = sentence[0].upper() + sentence[1:]
+        first = re.match(r"[\w']+", sentence)
+        if first and first.group().lower() in QUESTION_OPENERS:
+            body = sentence.rstrip(".")
+            if body and body[-1] not in "?!":
+                sentence = body + "?"
+        out.append(sentence)
+    return " ".join(out)

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 
 from speechllm.config import PARTS, SpeechLLMConfig
 from speechllm.model.adaptor import Adaptor
-from speechllm.model.bridge import ctc_bridge, token_embeddings
+from speechllm.model.bridge import ctc_bridge, tidy_transcript, token_embeddings
 from speechllm.model.compressor import Compressor
 from speechllm.model.encoder import WINDOW_FRAMES, WhisperEncoder, split_windows
 from speechllm.model.processor import Message, Rendered, SpeechLLMProcessor
@@ -182,6 +182,8 @@ class SpeechLLM(nn.Module):
         states, _ = self.encoder(windows, full, trim=False)  # W, 1500, D_enc
         bridge = self.config.bridge
         texts = self.recognizer.transcribe(states, max_tokens=bridge.max_tokens, beam_size=bridge.beam_size)
+        if bridge.tidy:
+            texts = [tidy_transcript(t) for t in texts]
         joined: list[list[str]] = [[] for _ in range(features.shape[0])]
         for i, text in zip(owner, texts):
             if text:
