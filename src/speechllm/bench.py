@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -80,6 +80,8 @@ class BenchConfig:
     """Tiny random encoder and LLM built in a temp dir (smoke tests); `model` is then ignored."""
     cascade: bool = True
     """Measure the cascade too (needs faster-whisper)."""
+    overrides: list[str] = field(default_factory=list)
+    """`key=value` overrides of the end-to-end model's config (e.g. `bridge.beam_size=1`)."""
 
     def __post_init__(self) -> None:
         for name in ("n", "max_new_tokens", "train_batch_size"):
@@ -217,7 +219,13 @@ def _run_e2e(spec: dict[str, Any]) -> list[dict[str, Any]]:
     from speechllm.eval.runner import speech_conversation
     from speechllm.inference.generation import GenerationConfig, eos_token_ids, stream_generate
 
-    model = load_model(spec["model"])
+    if spec["overrides"]:
+        from speechllm.defaults import DEFAULT_CHECKPOINT
+        from speechllm.model import from_pretrained
+
+        model = from_pretrained(spec["model"] or DEFAULT_CHECKPOINT, spec["overrides"])
+    else:
+        model = load_model(spec["model"])
     inputs = _inputs(spec)
     rows = []
     for i, (sample, audios) in enumerate([inputs[0], *inputs]):  # the first run warms up, untimed
@@ -412,6 +420,7 @@ def _figures(config: BenchConfig, spec: dict[str, Any], runs: dict[str, Any], no
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
         "threads": runs["e2e"]["threads"],
         "model": "tiny random" if config.tiny else (config.model or "default"),
+        "overrides": config.overrides,
         "inputs": len(e2e_rows),
         "audio_s_mean": sum(r["audio_s"] for r in e2e_rows) / len(e2e_rows),
         "max_new_tokens": config.max_new_tokens,
