@@ -17,6 +17,15 @@ from speechllm.training.loop_config import LoopConfig
 _DECODER = SpeechDecoderConfig()
 
 
+def _speech_loop(out_dir: str, max_steps: int, lr: float, every: int, device: str = "auto") -> LoopConfig:
+    """The schedule of the decoder and duration trainers: 100 warm-up steps, weight decay 0.01, held-out
+    figures and a checkpoint every `every` steps."""
+    return LoopConfig(
+        out_dir=out_dir, max_steps=max_steps, lr=lr, warmup_steps=100, weight_decay=0.01, eval_every=every,
+        save_every=every, device=device,
+    )  # fmt: skip
+
+
 @dataclass
 class DecoderTrainConfig:
     """`speech train-decoder`: the CTC speech decoder on the frozen LLM's states over answers.
@@ -52,17 +61,7 @@ class DecoderTrainConfig:
     batch_size: int = 16
     threads: int = 1
     """torch CPU threads."""
-    loop: LoopConfig = field(
-        default_factory=lambda: LoopConfig(
-            out_dir="runs/speech/decoder",
-            max_steps=2000,
-            lr=1e-3,
-            warmup_steps=100,
-            eval_every=250,
-            save_every=250,
-            weight_decay=0.01,
-        )
-    )
+    loop: LoopConfig = field(default_factory=lambda: _speech_loop("runs/speech/decoder", 2000, lr=1e-3, every=250))
     """The run directory (states caches, checkpoints, metrics and `model/`) and the schedule."""
 
     def __post_init__(self) -> None:
@@ -97,16 +96,7 @@ class DurationTrainConfig:
     kernel: int = 3
     batch_size: int = 32
     loop: LoopConfig = field(
-        default_factory=lambda: LoopConfig(
-            out_dir="runs/speech/durations",
-            max_steps=3000,
-            lr=2e-3,
-            warmup_steps=100,
-            weight_decay=0.01,
-            eval_every=500,
-            save_every=500,
-            device="cpu",
-        )
+        default_factory=lambda: _speech_loop("runs/speech/durations", 3000, lr=2e-3, every=500, device="cpu")
     )
     """The run directory (the new vocoder goes to `<out_dir>/model`) and the schedule; `seed` seeds the predictor."""
 
