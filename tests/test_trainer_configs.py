@@ -39,6 +39,7 @@ def test_the_decoder_trains_from_python_on_kmeans_units(tiny_model, tmp_path, mo
     assert (decoder.config.num_units, decoder.config.dim, decoder.config.ffn_dim) == (7, 16, 64)
     assert metrics["step"] == 4 and metrics["eval/unit_error_rate"] >= 0.0
     assert (tmp_path / "run" / "states_train.safetensors").is_file()
+    assert load_yaml(DecoderTrainConfig, tmp_path / "run" / "train_config.yaml") == config  # the run's config
 
 
 @pytest.mark.parametrize(

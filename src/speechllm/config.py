@@ -409,5 +409,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SpeechL
 
 
 def save_config(config: Any, path: str | Path) -> None:
+    """Write a config dataclass as YAML that `load_yaml` reads back, atomically (tuples as lists)."""
+    plain = json.loads(json.dumps(to_dict(config)))  # tuples -> lists, which yaml.safe_dump can write
     with atomic_write(path) as f:
-        f.write(yaml.safe_dump(to_dict(config), sort_keys=False))
+        f.write(yaml.safe_dump(plain, sort_keys=False))

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from speechllm.config import save_config
 from speechllm.speech_out.train_config import DurationTrainConfig
 from speechllm.speech_out.unit_data import duration_batch, duration_l1, duration_sequences, read_units_manifest
 from speechllm.speech_out.vocoder import DurationPredictor, UnitVocoder
@@ -66,6 +67,7 @@ def train_durations(cfg: DurationTrainConfig, *, resume: bool = False) -> dict[s
     """Train a fresh duration predictor for `cfg.model`'s generator; writes `<loop.out_dir>/model`
     (a whole vocoder) and returns the loop's metrics, with held-out figures before and after."""
     vocoder = UnitVocoder.load(cfg.model)
+    save_config(cfg, Path(cfg.loop.out_dir) / "train_config.yaml")
     config = dataclasses.replace(
         vocoder.config, duration_layers=cfg.layers, duration_kernel=cfg.kernel, duration_lookahead=cfg.lookahead
     )

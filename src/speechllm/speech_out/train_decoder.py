@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from speechllm.config import save_config
 from speechllm.data.manifest import read_manifest
 from speechllm.eval.metrics import wer
 from speechllm.model.ctc import run_lengths
@@ -123,6 +124,7 @@ def train(cfg: DecoderTrainConfig, *, resume: bool = False) -> dict[str, float]:
     model = load_model(cfg.model).eval()
     prompts = prompts_from_questions(cfg.questions)
     out = Path(cfg.loop.out_dir)
+    save_config(cfg, out / "train_config.yaml")
     kind, train_path, dev_path = (
         ("phonemes", cfg.answers, cfg.dev_answers) if cfg.answers else ("kmeans", cfg.units, cfg.dev_units)
     )

@@ -27,17 +27,15 @@ The run directory gets the loop's metrics.jsonl, curves.png and checkpoints/, an
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
 
-from speechllm.config import SAMPLE_RATE, to_dict
+from speechllm.config import SAMPLE_RATE, save_config
 from speechllm.data.audio import load_audio, save_wav
 from speechllm.model.ctc import run_lengths
 from speechllm.speech_out.config import HOP_SAMPLES
@@ -185,8 +183,7 @@ def main(config: VocoderTrainConfig, *, resume: bool = False) -> dict[str, float
     data = UnitsDataset(items, config.segment_frames, context, config.vocoder.max_duration, config.vocoder.lookahead)
     out = Path(config.loop.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plain = json.loads(json.dumps(to_dict(config)))  # tuples -> lists, for safe_dump
-    (out / "train_config.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
+    save_config(config, out / "train_config.yaml")
     sampler = ResumableSampler(len(data), config.batch_size, seed=config.loop.seed)
     loss = VocoderLoss(config.stft_weight, config.mel_weight, config.duration_weight)
     metrics = fit(model, loss, Batches(sampler, data.batch), config.loop, resume=resume)
