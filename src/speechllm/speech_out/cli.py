@@ -162,7 +162,7 @@ def _schedule_arguments(p: argparse.ArgumentParser, cls: type, evaluates: bool =
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {loop.lr})")
     if evaluates:
         p.add_argument("--eval-every", type=int, help=f"held-out figures every N steps (default {loop.eval_every})")
-    every = " or every evaluation" if evaluates else ""
+    every = "; with --eval-every, its N" if evaluates else ""
     p.add_argument("--save-every", type=int, help=f"checkpoint every N steps (default {loop.save_every}{every})")
     p.add_argument("--seed", type=int, help=f"default {loop.seed}")
     p.add_argument("--quiet", dest="progress", action="store_false", default=None, help="no progress bar")

@@ -147,7 +147,9 @@ def train(cfg: DecoderTrainConfig, *, resume: bool = False) -> dict[str, float]:
     mean_ratio = check_upsample(items, config.upsample)
     print(f"{len(items)} answers, {mean_ratio:.2f} units per token on average, upsample {config.upsample}")
     decoder = SpeechDecoder(config)
-    sampler = ResumableSampler(len(items), cfg.batch_size, seed=0, bucket_by=[it["hidden"].shape[0] for it in items])
+    sampler = ResumableSampler(
+        len(items), cfg.batch_size, seed=cfg.loop.seed, bucket_by=[it["hidden"].shape[0] for it in items]
+    )
     batches = Batches(sampler, lambda idx: collate([items[i] for i in idx]))
 
     def evaluate(m: nn.Module) -> dict[str, float]:
