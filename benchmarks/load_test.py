@@ -61,34 +61,12 @@ def tiny_model() -> Any:
     """A random tiny model built like the test fixtures (tests the server, not a model)."""
     import tempfile
 
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperForConditionalGeneration
-
-    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-    from conftest import make_tiny_tokenizer
-    from speechllm.config import AdaptorConfig, EncoderConfig, LLMConfig, SpeechLLMConfig
     from speechllm.model import build_speech_llm
+    from speechllm.model.tiny import save_tiny_llm, save_tiny_whisper, tiny_speech_llm_config
 
     root = Path(tempfile.mkdtemp(prefix="speechllm-tiny-"))
-    tok = make_tiny_tokenizer()
-    torch.manual_seed(0)
-    llm = LlamaForCausalLM(
-        LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                    tie_word_embeddings=True, bos_token_id=2, eos_token_id=3, pad_token_id=1)
-    )  # fmt: skip
-    llm.save_pretrained(root / "llm")
-    tok.save_pretrained(root / "llm")
-    WhisperForConditionalGeneration(
-        WhisperConfig(vocab_size=64, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=1,
-                      encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
-                      max_source_positions=1500, max_target_positions=32, decoder_start_token_id=1, pad_token_id=0,
-                      eos_token_id=2, bos_token_id=1)
-    ).save_pretrained(root / "whisper")  # fmt: skip
-    config = SpeechLLMConfig(
-        encoder=EncoderConfig(source=str(root / "whisper")),
-        llm=LLMConfig(source=str(root / "llm")),
-        adaptor=AdaptorConfig(kind="mlp", hidden_dim=32),
+    config = tiny_speech_llm_config(
+        save_tiny_llm(root / "llm", max_positions=4096), save_tiny_whisper(root / "whisper")
     )
     return build_speech_llm(config).eval()
 

@@ -4,7 +4,6 @@ trained on phoneme targets with no audio, and a phoneme speech output through Sp
 from __future__ import annotations
 
 import json
-from argparse import Namespace
 
 import numpy as np
 import pytest
@@ -19,6 +18,8 @@ from speechllm.speech_out.decoder import SpeechDecoder
 from speechllm.speech_out.phonemes import PhonemeInventory
 from speechllm.speech_out.piper_voice import PhraseChunker, PiperVoice
 from speechllm.speech_out.streaming import SpeechOutput, StreamingConfig, load_speech_output
+from speechllm.speech_out.train_config import DecoderTrainConfig
+from speechllm.training.loop_config import LoopConfig
 
 TEXT = "The capital of Thailand is Bangkok. It is a big city, with many people and temples."
 
@@ -77,16 +78,15 @@ def test_the_decoder_trains_on_phoneme_targets_without_any_audio(tiny_model, tmp
     answers = tmp_path / "answers.jsonl"
     rows = [("a", "Say a word.", "Yes."), ("b", "Say two.", "No way."), ("c", "More?", "Go on.")]
     answers.write_text("".join(json.dumps({"id": i, "question": q, "answer": a}) + "\n" for i, q, a in rows))
-    args = Namespace(
-        answers=[str(answers)], dev_answers=[str(answers)], units=None, dev_units=None, dev_size=10,
-        out=tmp_path / "run", model=None, questions=None, num_units=None, upsample=24, layers=1, dim=32,
-        heads=2, window=64, drop_over_upsample=True, steps=30, batch_size=3, lr=3e-3, eval_every=30,
-        save_every=None, threads=1, resume=False,
+    config = DecoderTrainConfig(
+        answers=[str(answers)], dev_answers=[str(answers)], dev_size=10, upsample=24, layers=1, dim=32, heads=2,
+        window=64, drop_over_upsample=True, batch_size=3,
+        loop=LoopConfig(out_dir=str(tmp_path / "run"), max_steps=30, lr=3e-3, warmup_steps=3, eval_every=30),
     )  # fmt: skip
-    metrics = train_decoder.train(args)
+    metrics = train_decoder.train(config)
     decoder = SpeechDecoder.load(tmp_path / "run" / "model")
     assert decoder.config.num_units == PhonemeInventory.from_voice_config().num_symbols
-    assert "eval/unit_error_rate" in json.dumps(metrics) or (tmp_path / "run" / "metrics.jsonl").is_file()
+    assert metrics["eval/unit_error_rate"] >= 0.0 and np.isfinite(metrics["loss"])
     assert not list(tmp_path.rglob("*.wav"))
 
 

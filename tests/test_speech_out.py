@@ -112,7 +112,7 @@ def test_answers_over_the_upsample_are_refused_or_dropped():
         check_upsample(items, 4)
     kept = drop_over_upsample(items, 4)
     assert [len(it["units"]) for it in kept] == [8, 3] and check_upsample(kept, 4) == pytest.approx(2.5)
-    with pytest.raises(ValueError, match="raise --upsample"):
+    with pytest.raises(ValueError, match=r"raise upsample \(--upsample\)"):
         drop_over_upsample(items[1:2], 4)
 
 

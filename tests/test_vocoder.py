@@ -332,6 +332,36 @@ def test_train_durations_swaps_the_predictor_and_keeps_the_generator(tmp_path: P
     assert summary["model"] == str(out / "model")
 
 
+def test_the_vocoder_trainers_run_from_python_with_config_objects(tmp_path: Path) -> None:
+    from speechllm.speech_out.duration_train import train_durations
+    from speechllm.speech_out.train_config import DurationTrainConfig, VocoderSynthConfig, VocoderTrainConfig
+    from speechllm.speech_out.vocoder_train import main, synth
+    from speechllm.training.loop_config import LoopConfig
+
+    manifest = write_manifest(tmp_path)
+    run = tmp_path / "voc"
+    loop = LoopConfig(out_dir=str(run), max_steps=2, warmup_steps=0, log_every=1, progress=False)
+    config = VocoderTrainConfig(str(manifest), vocoder=tiny_config(blocks=1), loop=loop, batch_size=2, segment_frames=8)
+    metrics = main(config)
+    assert metrics["step"] == 2 and np.isfinite(metrics["loss"])
+    assert UnitVocoder.load(run / "model").config == tiny_config(blocks=1)
+    assert yaml.safe_load((run / "train_config.yaml").read_text())["units_manifest"] == str(manifest)
+
+    durations = DurationTrainConfig(
+        model=str(run / "model"), units=str(manifest), lookahead=1, kernel=2,
+        loop=LoopConfig(out_dir=str(tmp_path / "dur"), max_steps=3, warmup_steps=0, progress=False),
+    )  # fmt: skip
+    summary = train_durations(durations)
+    after = UnitVocoder.load(tmp_path / "dur" / "model")
+    assert (after.config.duration_lookahead, after.config.duration_kernel) == (1, 2)
+    assert summary["step"] == 3 and "dev_after" not in summary  # no dev_units, no held-out figures
+
+    wav = str(tmp_path / "a.wav")
+    out, units, seconds = synth(VocoderSynthConfig(model=str(run / "model"), out=wav, units=[3, 3, 5]))
+    frames = int(UnitVocoder.load(run / "model").predict_durations([3, 5]).sum())  # repeats merge: predicted
+    assert units == 2 and len(load_audio(out)) == frames * HOP_SAMPLES == round(seconds * SAMPLE_RATE)
+
+
 def test_init_from_loads_matching_weights_and_names_the_fresh_ones(tmp_path: Path) -> None:
     from speechllm.speech_out.vocoder_train import init_weights
 

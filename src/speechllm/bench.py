@@ -119,53 +119,6 @@ def default_inputs(n: int, out_dir: Path) -> Path:
     return out_dir / "inputs.jsonl"
 
 
-def build_tiny_model(directory: Path) -> Path:
-    """A random 2-layer Llama (byte-level tokenizer) + random 2-layer Whisper, as a speechllm checkpoint.
-
-    The same shapes as tests/conftest.py's fixtures; returns the checkpoint directory.
-    """
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, WhisperConfig
-    from transformers import WhisperForConditionalGeneration as Whisper
-
-    from speechllm.config import AdaptorConfig, EncoderConfig, LLMConfig, SpeechLLMConfig
-    from speechllm.model.builders import build_speech_llm
-    from speechllm.model.checkpoint import save_pretrained
-
-    vocab = {"<unk>": 0, "<|endoftext|>": 1, "<|im_start|>": 2, "<|im_end|>": 3}
-    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>",
-                                        pad_token="<|endoftext|>", bos_token="<|im_start|>")  # fmt: skip
-    tokenizer.chat_template = (
-        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-        "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-    )
-    torch.manual_seed(0)
-    llm = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True, bos_token_id=2,
-        eos_token_id=3, pad_token_id=1,
-    ))  # fmt: skip
-    llm.save_pretrained(directory / "llm")
-    tokenizer.save_pretrained(directory / "llm")
-    Whisper(WhisperConfig(
-        vocab_size=64, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_source_positions=1500,
-        max_target_positions=32, decoder_start_token_id=1, pad_token_id=0, eos_token_id=2, bos_token_id=1,
-    )).save_pretrained(directory / "whisper")  # fmt: skip
-    config = SpeechLLMConfig(
-        encoder=EncoderConfig(source=str(directory / "whisper")),
-        llm=LLMConfig(source=str(directory / "llm")),
-        adaptor=AdaptorConfig(kind="mlp", hidden_dim=32),
-    )
-    return save_pretrained(build_speech_llm(config), directory / "model")
-
-
 def _model_config(model_dir: str | None) -> Any:
     from speechllm.config import SpeechLLMConfig, load_config
     from speechllm.defaults import DEFAULT_CHECKPOINT
@@ -395,10 +348,11 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     import importlib.util
 
     from speechllm.defaults import DEFAULT_CHECKPOINT
+    from speechllm.model.tiny import save_tiny_speech_llm
 
     with tempfile.TemporaryDirectory(prefix="speechllm-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        model = str(build_tiny_model(tmp / "tiny")) if config.tiny else config.model
+        model = str(save_tiny_speech_llm(tmp / "tiny")) if config.tiny else config.model
         manifest = config.manifest or str(default_inputs(config.n, tmp))
         spec = {**dataclasses.asdict(config), "model": model, "manifest": manifest, "tmp": str(tmp)}
         notes = []

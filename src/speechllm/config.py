@@ -8,6 +8,7 @@ values that cannot work and says what was expected.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -258,43 +259,92 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def from_dict(cls: type, data: dict[str, Any] | None) -> Any:
-    """Build dataclass `cls` from nested dicts, rejecting unknown keys by name."""
+def from_dict(cls: type, data: dict[str, Any] | None, default: Any = None) -> Any:
+    """Build dataclass `cls` from nested dicts, rejecting unknown keys and wrong scalar types by name.
+
+    Keys left out keep `default`'s values when it is given (an instance of `cls`), else the field's
+    own default; a nested section keeps the values of its field's default (so a partial `loop:`
+    section of a trainer keeps that trainer's loop defaults). A field without any default must be given.
+    """
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} for {cls.__name__}; expected some of {sorted(names)}")
+        raise ValueError(f"unknown key(s) {unknown} for {cls.__name__}; expected some of {sorted(fields)}")
+    if default is None:
+        missing = sorted(n for n, f in fields.items() if n not in data and _field_default(f) is _NO_DEFAULT)
+        if missing:
+            raise ValueError(f"{cls.__name__} needs {missing}: they have no default")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise ValueError(f"{cls.__name__}.{name} must be a mapping, got {value!r}")
-            value = from_dict(hint, value)
+            base = getattr(default, name) if default is not None else _field_default(fields[name])
+            value = from_dict(hint, value, None if base is _NO_DEFAULT else base)
         else:
             _check_type(f"{cls.__name__}.{name}", hint, value)
         kwargs[name] = value
-    return cls(**kwargs)
+    return cls(**kwargs) if default is None else dataclasses.replace(default, **kwargs)
+
+
+_NO_DEFAULT = object()
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of dataclass `cls`'s field `name` (a fresh one from its factory); raises if it has none."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if name not in fields:
+        raise ValueError(f"{cls.__name__} has no field {name!r}; expected one of {sorted(fields)}")
+    value = _field_default(fields[name])
+    if value is _NO_DEFAULT:
+        raise ValueError(f"{cls.__name__}.{name} has no default")
+    return value
+
+
+def _field_default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return _NO_DEFAULT
+
+
+_SCALARS = (int, float, bool, str)
 
 
 def _check_type(name: str, hint: Any, value: Any) -> None:
-    """Reject a YAML value of the wrong scalar type (bool is not an int here; an int is a fine float)."""
+    """Reject a YAML value of the wrong scalar type (bool is not an int here; an int is a fine float).
+
+    Checked: scalars, optional scalars (None allowed) and lists of scalars; other hints (Literal,
+    tuples, unions of several kinds) are left to `__post_init__`.
+    """
     allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    scalars = [a for a in allowed if a in (int, float, bool, str)]
-    if len(scalars) != len(allowed) or (value is None and type(None) in allowed):
-        return  # Literal, list, None-able or other hints: checked by __post_init__
-    ok = any(
-        (a is bool and isinstance(value, bool))
-        or (a is int and isinstance(value, int) and not isinstance(value, bool))
-        or (a is float and isinstance(value, int | float) and not isinstance(value, bool))
-        or (a is str and isinstance(value, str))
-        for a in scalars
-    )
-    if not ok:
-        expected = " or ".join(a.__name__ for a in scalars)
+    if value is None and type(None) in allowed:
+        return
+    kinds = [a for a in allowed if a is not type(None)]
+    if len(kinds) == 1 and typing.get_origin(kinds[0]) is list:
+        (item,) = typing.get_args(kinds[0]) or (Any,)
+        if item not in _SCALARS:
+            return
+        if not isinstance(value, list) or not all(_is_a(item, v) for v in value):
+            raise ValueError(f"{name} must be a list of {item.__name__}, got {type(value).__name__} {value!r}")
+        return
+    if not kinds or not all(a in _SCALARS for a in kinds):
+        return
+    if not any(_is_a(a, value) for a in kinds):
+        expected = " or ".join(a.__name__ for a in kinds)
         raise ValueError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+
+
+def _is_a(kind: type, value: Any) -> bool:
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, int | float)
+    return isinstance(value, kind)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -313,9 +363,36 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_yaml(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
+def flag_overrides(flags: dict[str, Any]) -> list[str]:
+    """`key.path=value` overrides for the command-line flags that were given (None: not given),
+    each value written as JSON (which YAML reads back as it was): paths become strings."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return str(value) if isinstance(value, Path) else value
+
+    return [f"{key}={json.dumps(plain(value))}" for key, value in flags.items() if value is not None]
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, section by section."""
+    out = dict(base)
+    for key, value in top.items():
+        below = out.get(key)
+        out[key] = _merge(below, value) if isinstance(value, dict) and isinstance(below, dict) else value
+    return out
+
+
+def load_yaml(
+    cls: type[T], path: str | Path | None, overrides: list[str] | None = None, base: dict[str, Any] | None = None
+) -> T:
     """The one config loader: dataclass `cls` from a YAML file (None: all defaults) plus
-    `key.path=value` overrides, with unknown keys and wrong types rejected by name."""
+    `key.path=value` overrides, with unknown keys and wrong types rejected by name.
+
+    `base` (nested dicts) lies under the YAML: defaults the caller derives, e.g. a trainer's
+    warm-up from the steps asked for on the command line, that the file may still set.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -325,6 +402,7 @@ def load_yaml(cls: type[T], path: str | Path | None, overrides: list[str] | None
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         data = loaded
+    data = _merge(base or {}, data)
     apply_overrides(data, overrides or [])
     return typing.cast(T, from_dict(cls, data))
 
@@ -335,5 +413,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SpeechL
 
 
 def save_config(config: Any, path: str | Path) -> None:
+    """Write a config dataclass as YAML that `load_yaml` reads back, atomically (tuples as lists)."""
+    plain = json.loads(json.dumps(to_dict(config)))  # tuples -> lists, which yaml.safe_dump can write
     with atomic_write(path) as f:
-        f.write(yaml.safe_dump(to_dict(config), sort_keys=False))
+        f.write(yaml.safe_dump(plain, sort_keys=False))

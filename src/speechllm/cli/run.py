@@ -7,6 +7,7 @@ only the standard library at the top, so building a parser loads no torch and no
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -219,17 +220,6 @@ def _inputs(paths: list[str]) -> Iterator[tuple[str, str, str | None]]:
                 yield label, path, sample.id
 
 
-def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def cmd_transcribe(args: argparse.Namespace) -> int:
     """Transcripts through the speech LLM. A file that cannot be read gets an `error` (and exit
     status 1) instead of stopping the job; `--output` is written whole or not at all."""
@@ -240,7 +230,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     failed = 0
     records: list[dict[str, Any]] = []
     with Engine(load_model(args.model), max_batch=args.batch_size, max_queue=TRANSCRIBE_CHUNK) as engine:
-        for chunk in _chunks(_inputs(args.files), TRANSCRIBE_CHUNK):
+        inputs = _inputs(args.files)
+        # itertools.batched (Python 3.12) in 3.11: lists of TRANSCRIBE_CHUNK until the inputs run out.
+        for chunk in iter(lambda: list(itertools.islice(inputs, TRANSCRIBE_CHUNK)), []):
             audios, ok = [], []
             for label, path, sample_id in chunk:
                 record: dict[str, Any] = {"audio": label, "text": None}

@@ -10,11 +10,13 @@ Loss: CTC; held-out figure: unit (phoneme) error rate of greedy CTC.
 
     speechllm speech train-decoder --answers data_out/speech_phonemes/answers/train.jsonl \
         --dev-answers data_out/speech_phonemes/answers/test.jsonl --out runs/speech/phoneme_decoder
+
+From Python: `train(DecoderTrainConfig(answers=[...], loop=LoopConfig(out_dir=...)))`.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +24,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from speechllm.config import save_config
 from speechllm.data.manifest import read_manifest
 from speechllm.eval.metrics import wer
 from speechllm.model.ctc import run_lengths
 from speechllm.speech_out.answers import SAY_PROMPT, Answer, StateCache, prompts_from_questions, read_answers
 from speechllm.speech_out.config import SpeechDecoderConfig
 from speechllm.speech_out.decoder import SpeechDecoder, suggested_upsample, units_per_token
-from speechllm.training.loop import Batches, LoopConfig, ResumableSampler, fit
+from speechllm.speech_out.train_config import DecoderTrainConfig
+from speechllm.training.loop import Batches, ResumableSampler, fit
 
 
 def units_targets(path: str | Path, prompts: dict[str, str]) -> tuple[list[Answer], list[list[int]]]:
@@ -96,7 +100,7 @@ def drop_over_upsample(items: list[dict[str, Any]], upsample: int) -> list[dict[
     if len(kept) < len(items):
         print(f"dropped {len(items) - len(kept)} of {len(items)} answers carrying more than {upsample} units per token")
     if not kept:
-        raise ValueError(f"no answer carries at most {upsample} units per token; raise --upsample")
+        raise ValueError(f"no answer carries at most {upsample} units per token; raise upsample (--upsample)")
     return kept
 
 
@@ -112,55 +116,41 @@ def check_upsample(items: list[dict[str, Any]], upsample: int) -> float:
     return float(np.mean(ratios))
 
 
-def train(args: argparse.Namespace) -> dict[str, float]:
+def train(cfg: DecoderTrainConfig, *, resume: bool = False) -> dict[str, float]:
+    """Train the speech decoder as `cfg` says; writes the run files and `<loop.out_dir>/model`."""
     from speechllm.defaults import load_model
 
-    if (args.units is None) == (args.answers is None):
-        raise ValueError("give exactly one of --units (k-means units manifest) and --answers (phoneme targets)")
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model).eval()
-    prompts = prompts_from_questions(args.questions)
-    out = Path(args.out)
-    kind, train_path = ("phonemes", args.answers) if args.answers else ("kmeans", args.units)
+    torch.set_num_threads(cfg.threads)
+    model = load_model(cfg.model).eval()
+    prompts = prompts_from_questions(cfg.questions)
+    out = Path(cfg.loop.out_dir)
+    save_config(cfg, out / "train_config.yaml")
+    kind, train_path, dev_path = (
+        ("phonemes", cfg.answers, cfg.dev_answers) if cfg.answers else ("kmeans", cfg.units, cfg.dev_units)
+    )
     items = load_items(model, train_path, kind, out / "states_train.safetensors", prompts)
     dev: list[dict[str, Any]] = []
-    dev_path = args.dev_answers if kind == "phonemes" else args.dev_units
     if dev_path:
-        dev = load_items(model, dev_path, kind, out / "states_dev.safetensors", prompts)[: args.dev_size]
-    if args.num_units:
-        num_units = int(args.num_units)
-    elif kind == "phonemes":
-        from speechllm.speech_out.phonemes import PhonemeInventory
-
-        num_units = PhonemeInventory.from_voice_config().num_symbols
-    else:
-        num_units = 1 + max(u for it in items for u in it["units"])
+        dev = load_items(model, dev_path, kind, out / "states_dev.safetensors", prompts)[: cfg.dev_size]
     config = SpeechDecoderConfig(
         llm_dim=model.llm.config.hidden_size,
-        num_units=num_units,
-        upsample=args.upsample,
-        layers=args.layers,
-        dim=args.dim,
-        heads=args.heads,
-        ffn_dim=4 * args.dim,
-        window=args.window,
+        num_units=cfg.num_units or _num_units(kind, items),
+        upsample=cfg.upsample,
+        layers=cfg.layers,
+        dim=cfg.dim,
+        heads=cfg.heads,
+        ffn_dim=4 * cfg.dim,
+        window=cfg.window,
     )
-    if args.drop_over_upsample:
+    if cfg.drop_over_upsample:
         items = drop_over_upsample(items, config.upsample)
     mean_ratio = check_upsample(items, config.upsample)
     print(f"{len(items)} answers, {mean_ratio:.2f} units per token on average, upsample {config.upsample}")
     decoder = SpeechDecoder(config)
-    sampler = ResumableSampler(len(items), args.batch_size, seed=0, bucket_by=[it["hidden"].shape[0] for it in items])
-    batches = Batches(sampler, lambda idx: collate([items[i] for i in idx]))
-    loop = LoopConfig(
-        out_dir=str(out),
-        max_steps=args.steps,
-        lr=args.lr,
-        warmup_steps=min(100, args.steps // 10),
-        eval_every=args.eval_every if dev else 0,
-        save_every=args.save_every or args.eval_every,
-        weight_decay=0.01,
+    sampler = ResumableSampler(
+        len(items), cfg.batch_size, seed=cfg.loop.seed, bucket_by=[it["hidden"].shape[0] for it in items]
     )
+    batches = Batches(sampler, lambda idx: collate([items[i] for i in idx]))
 
     def evaluate(m: nn.Module) -> dict[str, float]:
         decoder = m.decoder
@@ -171,40 +161,19 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         DecoderObjective(decoder),
         lambda m, b: m(b),
         batches,
-        loop,
+        cfg.loop if dev else dataclasses.replace(cfg.loop, eval_every=0),
         eval_fn=evaluate if dev else None,
-        resume=args.resume,
+        resume=resume,
     )
     decoder.eval().save(out / "model")
     print(f"speech decoder saved to {out / 'model'}: {metrics}")
     return metrics
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = SpeechDecoderConfig()
-    p.add_argument("--answers", nargs="+", help="answers JSONL files (id, question, answer): phoneme targets, no audio")
-    p.add_argument("--dev-answers", nargs="+", help="held-out answers JSONL: phoneme error rate during training")
-    p.add_argument("--units", help="units manifest of TTS answers (speechllm units extract): k-means targets")
-    p.add_argument("--dev-units", help="held-out units manifest: unit error rate during training")
-    p.add_argument("--dev-size", type=int, default=100)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--model", help="speech LLM directory whose LLM states are read (default: the embedded default)")
-    p.add_argument("--questions", help="questions JSONL giving the prompt of each answer (default: shipped)")
-    p.add_argument("--num-units", type=int, help="unit vocabulary K (default: from the data)")
-    p.add_argument("--upsample", type=int, default=d.upsample)
-    p.add_argument("--layers", type=int, default=d.layers)
-    p.add_argument("--dim", type=int, default=d.dim)
-    p.add_argument("--heads", type=int, default=d.heads)
-    p.add_argument("--window", type=int, default=d.window)
-    p.add_argument(
-        "--drop-over-upsample",
-        action="store_true",
-        help="leave out answers with more units per token than --upsample (default: refuse to train)",
-    )
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--save-every", type=int, help="checkpoint every N steps (default: --eval-every)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--resume", action="store_true")
+def _num_units(kind: str, items: list[dict[str, Any]]) -> int:
+    """The unit vocabulary the data implies: the voice's phonemes, or 1 + the largest k-means unit."""
+    if kind == "phonemes":
+        from speechllm.speech_out.phonemes import PhonemeInventory
+
+        return PhonemeInventory.from_voice_config().num_symbols
+    return 1 + max(u for it in items for u in it["units"])

@@ -21,6 +21,7 @@ and returns the run lengths (durations, in frames) that the vocoder's duration p
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -108,7 +109,9 @@ class UnitExtractor:
 
         frames: list[np.ndarray] = []
         total = 0
-        for batch in _batched(tqdm(audios, desc="units: encode", disable=not progress), 8):
+        waves = iter(tqdm(audios, desc="units: encode", disable=not progress))
+        # itertools.batched (Python 3.12) in 3.11: lists of 8 until the audio runs out.
+        for batch in iter(lambda: list(itertools.islice(waves, 8)), []):
             for f in self.features(batch):
                 frames.append(f)
                 total += len(f)
@@ -159,17 +162,6 @@ class UnitExtractor:
         extractor = cls(config, encoder) if encoder is not None else cls.for_config(config)
         extractor.centroids = load_file(str(d / WEIGHTS_FILE))["centroids"].float()
         return extractor
-
-
-def _batched(items: Iterable[np.ndarray], n: int) -> Iterable[list[np.ndarray]]:
-    batch: list[np.ndarray] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def extract_manifest(

@@ -1,8 +1,11 @@
-"""Training the unit vocoder, and the `speechllm vocoder` command.
+"""Training the unit vocoder, and voicing units with it (`speechllm vocoder train` / `synth`).
 
     speechllm vocoder train --units units.jsonl --out runs/vocoder [--steps N --batch-size B --lr LR --resume]
     speechllm vocoder synth --model runs/vocoder/model --units "12 7 93 4" --out out.wav
     speechllm vocoder synth --model runs/vocoder/model --units-file units.jsonl [--id ID] --out out.wav
+
+From Python: `main(VocoderTrainConfig(units_manifest=...))` and `synth(VocoderSynthConfig(...))`
+(speechllm.speech_out.train_config).
 
 A units manifest is JSONL, one utterance a line: {"id": str, "audio": path to a 16 kHz mono WAV
 (relative paths resolve against the manifest's folder), "units": [int, ...]}, the units being
@@ -24,27 +27,23 @@ The run directory gets the loop's metrics.jsonl, curves.png and checkpoints/, an
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
 
-from speechllm.config import SAMPLE_RATE, apply_overrides, from_dict, to_dict
+from speechllm.config import SAMPLE_RATE, save_config
 from speechllm.data.audio import load_audio, save_wav
 from speechllm.model.ctc import run_lengths
-from speechllm.speech_out.config import HOP_SAMPLES, VocoderConfig
+from speechllm.speech_out.config import HOP_SAMPLES
+from speechllm.speech_out.train_config import VocoderSynthConfig, VocoderTrainConfig
 from speechllm.speech_out.unit_data import UnitsItem, duration_batch, duration_l1, read_units_manifest
-from speechllm.speech_out.vocoder import CONFIG_FILE, UnitVocoder
+from speechllm.speech_out.vocoder import UnitVocoder
 from speechllm.training.distributed import unwrap
-from speechllm.training.loop import Batches, LoopConfig, ResumableSampler, fit
+from speechllm.training.loop import Batches, ResumableSampler, fit
 
 log = logging.getLogger(__name__)
 
@@ -53,43 +52,6 @@ STFT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
 MEL_N_FFT, MEL_HOP, N_MELS = 1024, 256, 80
 MAG_FLOOR = 1e-5
 """Magnitudes below this are clamped before the log: silence must not dominate the log terms."""
-
-
-@dataclass
-class VocoderTrainConfig:
-    """One vocoder training run (`speechllm vocoder train --config` reads this as YAML)."""
-
-    units_manifest: str = ""
-    """The units manifest (JSONL: id, audio, frame-level units)."""
-    vocoder: VocoderConfig = field(default_factory=VocoderConfig)
-    loop: LoopConfig = field(
-        default_factory=lambda: LoopConfig(
-            out_dir="runs/vocoder", max_steps=5000, lr=5e-4, warmup_steps=200, save_every=500, eval_every=0
-        )
-    )
-    batch_size: int = 16
-    """Segments per optimizer step."""
-    segment_frames: int = 64
-    """Frames (20 ms each) of each segment the loss is computed on: 1.28 s."""
-    context_frames: int | None = None
-    """Frames before each segment that feed the causal generator without a loss; None uses the
-    generator's receptive field - 1, so every scored frame sees the context it has at inference."""
-    stft_weight: float = 1.0
-    mel_weight: float = 1.0
-    duration_weight: float = 1.0
-    init_from: str = ""
-    """A trained vocoder folder whose weights start this run (fine-tuning, e.g. on re-extracted
-    units); parameters whose name and shape match are loaded, the others start fresh and are logged."""
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "segment_frames"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.context_frames is not None and self.context_frames < 0:
-            raise ValueError(f"context_frames must be >= 0 or None, got {self.context_frames}")
-        for name in ("stft_weight", "mel_weight", "duration_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -213,8 +175,6 @@ class VocoderLoss:
 
 def main(config: VocoderTrainConfig, *, resume: bool = False) -> dict[str, float]:
     """Train a vocoder on `config.units_manifest`; writes the run files and `<out_dir>/model`."""
-    if not config.units_manifest:
-        raise ValueError("units_manifest is required (a JSONL units manifest)")
     items = read_units_manifest(config.units_manifest, config.vocoder.num_units)
     model = UnitVocoder(config.vocoder)
     if config.init_from and not resume:  # a resumed run's checkpoint already holds the weights
@@ -223,8 +183,7 @@ def main(config: VocoderTrainConfig, *, resume: bool = False) -> dict[str, float
     data = UnitsDataset(items, config.segment_frames, context, config.vocoder.max_duration, config.vocoder.lookahead)
     out = Path(config.loop.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plain = json.loads(json.dumps(to_dict(config)))  # tuples -> lists, for safe_dump
-    (out / "train_config.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
+    save_config(config, out / "train_config.yaml")
     sampler = ResumableSampler(len(data), config.batch_size, seed=config.loop.seed)
     loss = VocoderLoss(config.stft_weight, config.mel_weight, config.duration_weight)
     metrics = fit(model, loss, Batches(sampler, data.batch), config.loop, resume=resume)
@@ -249,124 +208,22 @@ def init_weights(model: nn.Module, source: nn.Module) -> list[str]:
     return fresh
 
 
-def load_train_config(path: Path | None, args: argparse.Namespace) -> VocoderTrainConfig:
-    """A YAML VocoderTrainConfig (optional), then the command line's flags on top. With --init-from
-    and no `vocoder:` section, the architecture is the starting vocoder's own."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    if args.init_from is not None and "vocoder" not in data:
-        source = Path(args.init_from) / CONFIG_FILE
-        if not source.is_file():
-            raise FileNotFoundError(f"--init-from {args.init_from}: no {CONFIG_FILE}; not a vocoder folder")
-        data["vocoder"] = yaml.safe_load(source.read_text())
-    flags = {
-        "units_manifest": str(args.units),
-        "loop.out_dir": str(args.out),
-        "loop.max_steps": args.steps,
-        "loop.lr": args.lr,
-        "loop.save_every": args.save_every,
-        "loop.seed": args.seed,
-        "batch_size": args.batch_size,
-        "segment_frames": args.segment_frames,
-        "vocoder.num_units": args.num_units,
-        "vocoder.duration_lookahead": args.duration_lookahead,
-        "vocoder.duration_layers": args.duration_layers,
-        "init_from": None if args.init_from is None else str(args.init_from),
-    }
-    apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None])
-    loop = data.setdefault("loop", {})
-    # Keep the recipe's loop defaults for keys the YAML and flags leave out.
-    defaults = to_dict(VocoderTrainConfig().loop)
-    data["loop"] = {**defaults, **loop, "progress": not args.quiet and loop.get("progress", True)}
-    if args.steps is not None and data["loop"]["warmup_steps"] > args.steps:
-        data["loop"]["warmup_steps"] = args.steps // 10
-    return from_dict(VocoderTrainConfig, data)
-
-
-# --- command line ---------------------------------------------------------------------------------
-
-
-def add_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:  # type: ignore[type-arg]
-    """Add `vocoder train` and `synth` to a CLI's subparsers; returns the `vocoder` subcommands
-    (speechllm.speech_out.cli adds `train-durations`, so this trainer never imports the other)."""
-    vocoder = sub.add_parser("vocoder", help="train the unit vocoder, or voice units with it", description=__doc__,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    commands = vocoder.add_subparsers(dest="vocoder_command", required=True)
-
-    p = commands.add_parser("train", help="train a vocoder on a units manifest")
-    p.add_argument("--units", type=Path, required=True, help="units manifest (JSONL: id, audio, units at 50 Hz)")
-    p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, metrics, model/)")
-    p.add_argument("--config", type=Path, help="a YAML VocoderTrainConfig (vocoder:, loop:, ...); flags win")
-    p.add_argument("--steps", type=int, help="optimizer steps (default 5000)")
-    p.add_argument("--batch-size", type=int, help="segments per step (default 16)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
-    p.add_argument("--segment-frames", type=int, help="scored frames per segment (default 64 = 1.28 s)")
-    p.add_argument("--num-units", type=int, help="unit vocabulary size (default 100)")
-    p.add_argument("--duration-lookahead", type=int, help="units ahead each duration hears (default 0)")
-    p.add_argument("--duration-layers", type=int, help="duration predictor layers (default 2)")
-    p.add_argument("--init-from", type=Path, help="a trained vocoder folder to start from (fine-tuning)")
-    p.add_argument("--save-every", type=int, help="checkpoint every N steps (default 500)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
-
-    p = commands.add_parser("synth", help="units -> WAV with a trained vocoder")
-    p.add_argument("--model", type=Path, required=True, help="a directory written by training (<out>/model)")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--units", help='unit ids separated by spaces or commas, e.g. "12 7 93 4"')
-    source.add_argument("--units-file", type=Path, help="a units manifest; voices the line --id names")
-    p.add_argument("--id", help="which utterance of --units-file (default: the first line)")
-    p.add_argument("--durations", choices=["predict", "given"],
-                   help="predict: merge repeats, durations from the predictor (default for --units); "
-                        "given: repeats are frames, keep their run lengths (default for --units-file)")  # fmt: skip
-    p.add_argument("--out", type=Path, required=True, help="output WAV (16 kHz)")
-    p.set_defaults(func=run)
-    return commands
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run `speechllm vocoder train` or `synth`."""
-    if args.vocoder_command == "train":
-        config = load_train_config(args.config, args)
-        metrics = main(config, resume=args.resume)
-        print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
-        print(f"model: {Path(config.loop.out_dir) / 'model'}")
-        return 0
-    if args.vocoder_command == "synth":
-        return _synth(args)
-    raise ValueError(f"vocoder command must be train or synth, got {args.vocoder_command!r}")
-
-
-def parse_units(text: str) -> list[int]:
-    """ "12 7, 93" -> [12, 7, 93]; a token that is not an integer raises ValueError naming it."""
-    tokens = text.replace(",", " ").split()
-    for token in tokens:
-        if not token.lstrip("-").isdigit():
-            raise ValueError(f"--units must be integers separated by spaces or commas, got {token!r}")
-    return [int(t) for t in tokens]
-
-
-def _synth(args: argparse.Namespace) -> int:
-    vocoder = UnitVocoder.load(args.model)
-    if args.units is not None:
-        units, mode = parse_units(args.units), args.durations or "predict"
+def synth(cfg: VocoderSynthConfig) -> tuple[Path, int, float]:
+    """Voice `cfg.units` (or one utterance of `cfg.units_file`) into `cfg.out`; returns the WAV's
+    path, the number of units voiced and the seconds of audio."""
+    vocoder = UnitVocoder.load(cfg.model)
+    if cfg.units is not None:
+        units, mode = cfg.units, cfg.durations or "predict"
     else:
-        items = read_units_manifest(args.units_file, vocoder.config.num_units)
-        chosen = items[0] if args.id is None else next((i for i in items if i.id == args.id), None)
+        assert cfg.units_file is not None  # VocoderSynthConfig wants exactly one
+        items = read_units_manifest(cfg.units_file, vocoder.config.num_units)
+        chosen = items[0] if cfg.id is None else next((i for i in items if i.id == cfg.id), None)
         if chosen is None:
-            raise ValueError(f"--id must name an utterance of {args.units_file}, got {args.id!r}")
-        units, mode = chosen.units, args.durations or "given"
-    if not units:
-        raise ValueError("--units must hold at least one unit id, got none")
+            raise ValueError(f"id must name an utterance of {cfg.units_file}, got {cfg.id!r}")
+        units, mode = chosen.units, cfg.durations or "given"
     ids, durations = run_lengths(units)
     audio = vocoder.synthesize(ids, durations if mode == "given" else None)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_wav(args.out, audio, SAMPLE_RATE)
-    print(f"wrote {args.out}: {len(ids)} units, {len(audio) / SAMPLE_RATE:.2f} s")
-    return 0
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_wav(out, audio, SAMPLE_RATE)
+    return out, len(ids), len(audio) / SAMPLE_RATE

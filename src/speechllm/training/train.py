@@ -9,7 +9,6 @@ the end `model/`: a normal speechllm checkpoint (`speechllm.model.from_pretraine
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -17,10 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from speechllm.atomic import atomic_write_text
-from speechllm.config import SpeechLLMConfig, load_yaml, to_dict
+from speechllm.config import SpeechLLMConfig, load_yaml, save_config
 from speechllm.data.feature_cache import FeatureCache
 from speechllm.data.manifest import read_manifest
 from speechllm.eval.metrics import agreement_rate, wer
@@ -156,7 +153,7 @@ def main(config: TrainConfig, *, resume: bool = False) -> dict[str, float]:
         out = Path(config.loop.out_dir)
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / "train_config.yaml", yaml.safe_dump(_plain(config), sort_keys=False))
+            save_config(config, out / "train_config.yaml")
         metrics = fit(
             stage_model,
             lambda m, b: m(b),
@@ -196,10 +193,3 @@ def export(config: TrainConfig) -> Path:
 
 def _launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def _plain(config: TrainConfig) -> dict[str, Any]:
-    data = to_dict(config)
-    data["loop"] = dataclasses.asdict(config.loop)
-    data["loop"]["betas"] = list(config.loop.betas)
-    return data

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from speechllm.atomic import atomic_directory
 from speechllm.config import LLMConfig
-from speechllm.weights.errors import WeightsError
+from speechllm.weights.errors import WeightsError, local_source
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,7 @@ def resolve_llm_source(source: str) -> Path:
         if not path.is_file():
             raise WeightsError(f"package {pip_name!r} is installed but lacks {filename}")
         return path
-    if source.startswith("bundled:"):
-        raise WeightsError(f"unknown bundled LLM {source!r}; known: {sorted(BUNDLED_LLMS)}")
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise WeightsError(f"LLM source {source!r} does not exist (expected a Hugging Face directory or a .gguf file)")
-    return path
+    return local_source(source, "LLM", BUNDLED_LLMS, "a Hugging Face directory or a .gguf file", directory=False)
 
 
 def gguf_architecture(path: Path) -> str:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from speechllm.config import EncoderConfig
-from speechllm.weights.errors import WeightsError
+from speechllm.weights.errors import WeightsError, local_source
 
 # CTranslate2's DataType enum, in the order of its C++ declaration.
 _CT2_DTYPES: dict[int, Any] = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
@@ -58,12 +58,7 @@ def resolve_encoder_source(source: str) -> Path:
     """The directory that holds the checkpoint named by `source` (for a split bundle: its first part's)."""
     if source in BUNDLED_ENCODERS:
         return bundled_encoder_files(source)[0].parent
-    if source.startswith("bundled:"):
-        raise WeightsError(f"unknown bundled encoder {source!r}; known: {sorted(BUNDLED_ENCODERS)}")
-    path = Path(source).expanduser()
-    if not path.is_dir():
-        raise WeightsError(f"encoder source {source!r} is not a directory (expected a CTranslate2 or HF Whisper dir)")
-    return path
+    return local_source(source, "encoder", BUNDLED_ENCODERS, "a CTranslate2 or HF Whisper dir", directory=True)
 
 
 class _Reader:
@@ -167,6 +162,22 @@ def ct2_layer_state_dict(variables: dict[str, np.ndarray], src: str, dst: str) -
     }
 
 
+def ct2_stack_state_dict(variables: dict[str, np.ndarray], stack: str) -> tuple[dict[str, Tensor], int]:
+    """What every CTranslate2 Whisper `stack` ("encoder" or "decoder") holds, under HF names: the
+    position encodings, the final layer norm and each layer's self-attention and feed-forward; also
+    its number of layers."""
+    sd = {
+        "embed_positions.weight": ct2_tensor(variables, f"{stack}/position_encodings/encodings"),
+        "layer_norm.weight": ct2_tensor(variables, f"{stack}/layer_norm/gamma"),
+        "layer_norm.bias": ct2_tensor(variables, f"{stack}/layer_norm/beta"),
+    }
+    n_layers = 0
+    while f"{stack}/layer_{n_layers}/ffn/linear_0/weight" in variables:
+        sd.update(ct2_layer_state_dict(variables, f"{stack}/layer_{n_layers}", f"layers.{n_layers}"))
+        n_layers += 1
+    return sd, n_layers
+
+
 def ct2_model_files(source: str) -> tuple[Path, list[Path]]:
     """The folder `source` names and its CTranslate2 model.bin (or its parts, in order; [] when none)."""
     directory = resolve_encoder_source(source)
@@ -184,20 +195,13 @@ def ct2_encoder_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, 
     def t(name: str) -> Tensor:
         return ct2_tensor(variables, name)
 
-    sd = {
+    sd, n_layers = ct2_stack_state_dict(variables, "encoder")
+    sd |= {
         "conv1.weight": t("encoder/conv1/weight"),
         "conv1.bias": t("encoder/conv1/bias"),
         "conv2.weight": t("encoder/conv2/weight"),
         "conv2.bias": t("encoder/conv2/bias"),
-        "embed_positions.weight": t("encoder/position_encodings/encodings"),
-        "layer_norm.weight": t("encoder/layer_norm/gamma"),
-        "layer_norm.bias": t("encoder/layer_norm/beta"),
     }
-    n_layers = 0
-    while f"encoder/layer_{n_layers}/ffn/linear_0/weight" in variables:
-        n_layers += 1
-    for i in range(n_layers):
-        sd.update(ct2_layer_state_dict(variables, f"encoder/layer_{i}", f"layers.{i}"))
     arch = {
         "n_mels": sd["conv1.weight"].shape[1],
         "d_model": sd["conv1.weight"].shape[0],

@@ -16,7 +16,7 @@ import numpy as np
 from torch import Tensor
 
 from speechllm.weights.errors import WeightsError
-from speechllm.weights.whisper import ct2_layer_state_dict, ct2_model_files, ct2_tensor, read_ct2_model
+from speechllm.weights.whisper import ct2_model_files, ct2_stack_state_dict, ct2_tensor, read_ct2_model
 
 
 def ct2_decoder_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -27,18 +27,10 @@ def ct2_decoder_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, 
     def t(name: str) -> Tensor:
         return ct2_tensor(variables, name)
 
-    sd = {
-        "embed_tokens.weight": t("decoder/embeddings/weight"),
-        "embed_positions.weight": t("decoder/position_encodings/encodings"),
-        "layer_norm.weight": t("decoder/layer_norm/gamma"),
-        "layer_norm.bias": t("decoder/layer_norm/beta"),
-    }
-    n_layers = 0
-    while f"decoder/layer_{n_layers}/ffn/linear_0/weight" in variables:
-        n_layers += 1
+    sd, n_layers = ct2_stack_state_dict(variables, "decoder")
+    sd["embed_tokens.weight"] = t("decoder/embeddings/weight")
     for i in range(n_layers):
         src, dst = f"decoder/layer_{i}", f"layers.{i}"
-        sd.update(ct2_layer_state_dict(variables, src, dst))
         # Cross-attention: q in linear_0, k and v fused in linear_1 (2D, D -> 2 x (D, D)), output in linear_2.
         xk_w, xv_w = t(f"{src}/attention/linear_1/weight").chunk(2, dim=0)
         _xk_b, xv_b = t(f"{src}/attention/linear_1/bias").chunk(2, dim=0)  # the key's bias is zeros
