@@ -103,5 +103,7 @@ def read_whisper_decoder(source: str) -> tuple[dict[str, Tensor], dict[str, Any]
     if not parts:
         raise WeightsError(f"{directory}: the Whisper decoder loads from CTranslate2 checkpoints (model.bin) only")
     sd, arch = ct2_decoder_state_dict(read_ct2_model(parts))
-    tokenizer = Tokenizer.from_file(str(tokenizer_file(directory)))
-    return sd, {**arch, **_special_tokens(directory, tokenizer, arch["vocab_size"])}, tokenizer
+    # A checkpoint shipped in several packages (Whisper base) keeps its tokenizer and config by one part.
+    here = next((d for d in (directory, *(p.parent for p in parts)) if (d / "tokenizer.json").is_file()), directory)
+    tokenizer = Tokenizer.from_file(str(tokenizer_file(here)))
+    return sd, {**arch, **_special_tokens(here, tokenizer, arch["vocab_size"])}, tokenizer
