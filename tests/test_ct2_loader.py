@@ -356,3 +356,17 @@ def test_int8_ct2_conversion_is_dequantized(converted):
         ref = hf_sd[name]
         # int8 with a per-row scale: at most half a step (max|row| / 127 / 2) from the float weight
         assert (ours.state_dict()[name] - ref).abs().max() <= ref.abs().max() / 127, name
+
+
+def test_a_checkpoint_split_over_two_packages_finds_its_tokenizer_by_either_part(tmp_path):
+    from speechllm.weights.whisper_decoder import metadata_dir
+
+    first, second = tmp_path / "pkg1" / "data", tmp_path / "pkg2" / "data"
+    first.mkdir(parents=True)
+    second.mkdir(parents=True)
+    parts = [first / "model.bin.part1", second / "model.bin.part2"]
+    assert metadata_dir(first, parts) == first  # nothing anywhere: the named folder (its error names it)
+    (second / "tokenizer.json").write_text("{}")
+    assert metadata_dir(first, parts) == second
+    (first / "tokenizer.json").write_text("{}")
+    assert metadata_dir(first, parts) == first  # the named folder first

@@ -94,6 +94,12 @@ def tokenizer_file(directory: Path) -> Path:
     return path
 
 
+def metadata_dir(directory: Path, parts: list[Path]) -> Path:
+    """Where a checkpoint's tokenizer.json and config.json are: `directory`, or the folder of one of
+    its model.bin parts (Whisper base, shipped in two packages, keeps them by its second part)."""
+    return next((d for d in (directory, *(p.parent for p in parts)) if (d / "tokenizer.json").is_file()), directory)
+
+
 def read_whisper_decoder(source: str) -> tuple[dict[str, Tensor], dict[str, Any], Any]:
     """The text decoder of the CTranslate2 Whisper checkpoint `source` names: its state dict (our
     names), its architecture and special tokens (`DecoderArch` fields), and its `tokenizers.Tokenizer`."""
@@ -103,7 +109,6 @@ def read_whisper_decoder(source: str) -> tuple[dict[str, Tensor], dict[str, Any]
     if not parts:
         raise WeightsError(f"{directory}: the Whisper decoder loads from CTranslate2 checkpoints (model.bin) only")
     sd, arch = ct2_decoder_state_dict(read_ct2_model(parts))
-    # A checkpoint shipped in several packages (Whisper base) keeps its tokenizer and config by one part.
-    here = next((d for d in (directory, *(p.parent for p in parts)) if (d / "tokenizer.json").is_file()), directory)
+    here = metadata_dir(directory, parts)
     tokenizer = Tokenizer.from_file(str(tokenizer_file(here)))
     return sd, {**arch, **_special_tokens(here, tokenizer, arch["vocab_size"])}, tokenizer
