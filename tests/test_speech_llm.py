@@ -336,3 +336,26 @@ def test_adaptor_without_selection_has_no_blank_row(tiny_model):
     assert tiny_model.adaptor.blank is None
     with pytest.raises(ValueError, match="no blank row"):
         tiny_model.adaptor.ctc_logits(torch.zeros(1, 2, 64), tiny_model.embedding_table())
+
+
+def test_saved_weights_that_do_not_fit_fail_unless_the_config_never_runs_their_part(tiny_config, tmp_path, caplog):
+    from speechllm.model.checkpoint import load_weights
+
+    torch.manual_seed(0)
+    out = save_pretrained(build_speech_llm(tiny_config).eval(), tmp_path / "ckpt")
+    tiny_config.adaptor.hidden_dim *= 2  # the saved adaptor no longer fits
+    other = build_speech_llm(tiny_config).eval()
+    with pytest.raises(WeightsError, match=r"adaptor\..* has shape"):
+        load_weights(other, out / "model.safetensors")
+    before = {n: p.clone() for n, p in other.named_parameters() if n.startswith("adaptor.")}
+    other.unused_parts = lambda: {"adaptor"}  # type: ignore[method-assign]  # as under a whisper bridge
+    loaded = load_weights(other, out / "model.safetensors")
+    saved = load_file(str(out / "model.safetensors"))
+    params = dict(other.named_parameters())
+    skipped = {n for n in saved if n.startswith("adaptor.") and saved[n].shape != params[n].shape}
+    assert skipped and not skipped & set(loaded)
+    for n in skipped:  # kept as built
+        torch.testing.assert_close(params[n], before[n])
+    for n in loaded:  # the rest came from the file
+        torch.testing.assert_close(params[n], saved[n].to(params[n].dtype))
+    assert "do not fit this config" in caplog.text and "['adaptor']" in caplog.text

@@ -172,13 +172,7 @@ def _run_e2e(spec: dict[str, Any]) -> list[dict[str, Any]]:
     from speechllm.eval.runner import speech_conversation
     from speechllm.inference.generation import GenerationConfig, eos_token_ids, stream_generate
 
-    if spec["overrides"]:
-        from speechllm.defaults import DEFAULT_CHECKPOINT
-        from speechllm.model import from_pretrained
-
-        model = from_pretrained(spec["model"] or DEFAULT_CHECKPOINT, spec["overrides"])
-    else:
-        model = load_model(spec["model"])
+    model = load_model(spec["model"], spec["overrides"])
     inputs = _inputs(spec)
     rows = []
     for i, (sample, audios) in enumerate([inputs[0], *inputs]):  # the first run warms up, untimed

@@ -19,12 +19,15 @@ KMEANS_SPEECH = DEFAULT_CHECKPOINT / "speech_kmeans"
 """The k-means speech output (decoder + unit vocoder trained by recipes/default_speech.sh): an option."""
 
 
-def load_model(model_dir: str | Path | None = None) -> SpeechLLM:
-    """The model in `model_dir`, or the embedded default when None."""
+def load_model(model_dir: str | Path | None = None, overrides: list[str] | None = None) -> SpeechLLM:
+    """The model in `model_dir`, or the embedded default when None; `overrides` (`key.path=value`)
+    change its config before it is built (e.g. `bridge.beam_size=1`)."""
     if model_dir is not None:
-        return from_pretrained(model_dir)
+        return from_pretrained(model_dir, overrides)
     if (DEFAULT_CHECKPOINT / "config.yaml").is_file():
-        return from_pretrained(DEFAULT_CHECKPOINT)
+        return from_pretrained(DEFAULT_CHECKPOINT, overrides)
+    if overrides:
+        raise ValueError(f"no embedded default checkpoint ({DEFAULT_CHECKPOINT}) to apply {overrides} to")
     from speechllm.model.builders import build_speech_llm
 
     log.warning(

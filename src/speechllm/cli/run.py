@@ -36,6 +36,8 @@ def add_chat(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--audio", action="append", default=[], metavar="FILE", help="audio file (repeatable)")
     p.add_argument("--text", help="text of the turn, after the audio")
     p.add_argument("--model", help="a speechllm checkpoint directory (default: the embedded model)")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="override the model's config, e.g. bridge.beam_size=1 (repeatable)")  # fmt: skip
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument(
         "--speak",
@@ -185,7 +187,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     conversation = [_turn(audios, text)]
     if args.speech and not args.speak:
         raise ValueError("--speech only chooses the voice of --speak OUT.wav; add --speak")
-    model = load_model(args.model)
+    model = load_model(args.model, args.overrides)
     speak = Path(args.speak) if args.speak else None
     speech = _speech_output(model, args.speech) if speak is not None else None
     with Engine(model, speech=speech, max_batch=1, max_queue=1) as engine:
@@ -229,7 +231,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
     failed = 0
     records: list[dict[str, Any]] = []
-    with Engine(load_model(args.model), max_batch=args.batch_size, max_queue=TRANSCRIBE_CHUNK) as engine:
+    model = load_model(args.model, args.overrides)
+    with Engine(model, max_batch=args.batch_size, max_queue=TRANSCRIBE_CHUNK) as engine:
         inputs = _inputs(args.files)
         # itertools.batched (Python 3.12) in 3.11: lists of TRANSCRIBE_CHUNK until the inputs run out.
         for chunk in iter(lambda: list(itertools.islice(inputs, TRANSCRIBE_CHUNK)), []):
@@ -288,7 +291,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_request_mb=args.max_request_mb,
         max_audio_seconds=args.max_audio_seconds,
     )
-    model = load_model(args.model)
+    model = load_model(args.model, args.overrides)
     speech = _serve_speech(model, args.speech)
     engine = Engine(model, speech=speech, max_batch=settings.max_batch, max_queue=settings.max_queue)
     try:
@@ -320,6 +323,8 @@ def add_transcribe(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p = sub.add_parser("transcribe")
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files, or .jsonl manifests")
     p.add_argument("--model", help="a speechllm checkpoint directory (default: the embedded model)")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="override the model's config, e.g. bridge.beam_size=1 (repeatable)")  # fmt: skip
     p.add_argument("--output", metavar="OUT.jsonl", help='write {"audio", "text"} per file here instead of stdout')
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
@@ -332,6 +337,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--host", default=d.host, help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--model", help="a speechllm checkpoint directory (default: the embedded model)")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="override the model's config, e.g. bridge.beam_size=1 (repeatable)")  # fmt: skip
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (or set SPEECHLLM_API_KEY)")
     p.add_argument("--cors-origin", nargs="*", default=[], metavar="ORIGIN", help="allow browsers from ORIGIN")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="waiting requests before 429")

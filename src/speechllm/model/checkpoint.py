@@ -8,6 +8,7 @@ place, so an interrupted save never leaves a half-written checkpoint.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -17,6 +18,8 @@ from speechllm.atomic import atomic_directory
 from speechllm.config import load_config, save_config
 from speechllm.model.speech_llm import SpeechLLM, part_of
 from speechllm.weights.errors import WeightsError
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
@@ -49,14 +52,23 @@ def load_weights(model: SpeechLLM, path: Path, *, require_owned: bool = True) ->
     missing = sorted(n for n in model.saved_parameter_names() if n not in tensors)
     if require_owned and missing:
         raise WeightsError(f"{path}: lacks weights for {missing[:5]} (parts {sorted({part_of(n) for n in missing})})")
+    unused, skipped = model.unused_parts(), []
     with torch.no_grad():
         for name, value in tensors.items():
             if params[name].shape != value.shape:
+                if part_of(name) in unused:  # e.g. the default's adaptor under another encoder's width
+                    skipped.append(name)
+                    continue
                 raise WeightsError(
                     f"{path}: {name} has shape {tuple(value.shape)}, model expects {tuple(params[name].shape)}"
                 )
             params[name].copy_(value)
-    return sorted(tensors)
+    if skipped:
+        log.warning(
+            "%s: %d saved weights of parts %s do not fit this config and were not loaded (its bridge does not use "
+            "those parts)", path, len(skipped), sorted({part_of(n) for n in skipped}),
+        )  # fmt: skip
+    return sorted(set(tensors) - set(skipped))
 
 
 def from_pretrained(directory: str | Path, overrides: list[str] | None = None) -> SpeechLLM:

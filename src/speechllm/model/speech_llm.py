@@ -138,6 +138,10 @@ class SpeechLLM(nn.Module):
     def uses_whisper_bridge(self) -> bool:
         return self.config.bridge.reads_whisper
 
+    def unused_parts(self) -> set[str]:
+        """Parts this config never runs: the compressor and adaptor when Whisper's decoder is the recognizer."""
+        return {"compressor", "adaptor"} if self.uses_whisper_bridge else set()
+
     def embed_frames(self, frames: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Encoder frames (N, T, D_enc) -> LLM inputs (N, S, D_llm); also the entry point for cached features."""
         if self.uses_whisper_bridge:
