@@ -359,3 +359,12 @@ def test_saved_weights_that_do_not_fit_fail_unless_the_config_never_runs_their_p
     for n in loaded:  # the rest came from the file
         torch.testing.assert_close(params[n], saved[n].to(params[n].dtype))
     assert "do not fit this config" in caplog.text and "['adaptor']" in caplog.text
+
+
+def test_load_model_applies_config_overrides(tiny_model, tmp_path):
+    from speechllm.defaults import load_model
+
+    out = save_pretrained(tiny_model, tmp_path / "ckpt")
+    assert load_model(out, ["bridge.beam_size=3", "system_prompt=Be brief."]).config.bridge.beam_size == 3
+    with pytest.raises(ValueError, match="beam_size"):
+        load_model(out, ["bridge.beam_size=0"])
