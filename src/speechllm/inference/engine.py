@@ -46,8 +46,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,12 +69,14 @@ from speechllm.inference.request import (
     Request,
     RequestTimeout,
 )
+from speechllm.inference.rows import Row, SpeechOutput, Voice, check_speech_output
 from speechllm.model.processor import Message
 from speechllm.model.speech_llm import SpeechLLM
 
 __all__ = [
     "ASR_INSTRUCTION", "Audio", "Cancelled", "Delta", "Done", "Engine", "EngineClosed", "EngineError", "Event",
-    "Failed", "PromptTooLong", "QueueFull", "Request", "RequestTimeout", "asr_conversation",
+    "Failed", "PromptTooLong", "QueueFull", "Request", "RequestTimeout", "SpeechOutput", "asr_conversation",
+    "check_speech_output",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -91,32 +92,6 @@ def asr_conversation(audio: Any) -> list[Message]:
     return [{"role": "user", "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": ASR_INSTRUCTION}]}]
 
 
-class SpeechStream(Protocol):
-    """One answer's speech as its tokens come (speechllm.speech_out.streaming.SpeechStream is one)."""
-
-    def push(self, hidden: Tensor, token: int) -> np.ndarray:
-        """The audio (N,) that token (with the LLM state (D,) that predicted it) makes final; often empty."""
-        ...
-
-    def finish(self) -> np.ndarray:
-        """The rest of the audio, at the end of the answer."""
-        ...
-
-
-class SpeechOutput(Protocol):
-    """What the engine needs of a speech output (speechllm.speech_out.streaming.SpeechOutput is one),
-    so that this layer imports nothing from speech_out."""
-
-    sample_rate: int
-    decoder: Any
-    """Its `config.llm_dim` must be the LLM's width; its parameters' device receives the hidden states
-    (None for an output that speaks the answer's text and reads no state)."""
-
-    def stream(self) -> SpeechStream: ...
-
-    def eval(self) -> Any: ...
-
-
 def _batch_key(gen: GenerationConfig, request_id: int) -> tuple[Any, ...]:
     """Requests that can decode in one batch: all greedy ones, or sampling ones with the same
     temperature/top_p. A seeded request runs alone so its result does not depend on its neighbours."""
@@ -125,80 +100,6 @@ def _batch_key(gen: GenerationConfig, request_id: int) -> tuple[Any, ...]:
     if gen.seed is not None:
         return ("seeded", request_id)
     return ("sample", gen.temperature, gen.top_p)
-
-
-class _Voice:
-    """A speaking row's SpeechStream, fed the tokens whose text has been shown (see the module doc)."""
-
-    def __init__(self, speech: SpeechOutput, request: Request) -> None:
-        self.stream: SpeechStream = speech.stream()
-        self.sample_rate = int(speech.sample_rate)
-        self.request = request
-        self.waiting: list[tuple[Tensor, int]] = []
-        """Tokens (with their hidden states (D,)) whose text is still held back."""
-
-    def add(self, hidden: Tensor, token: int, shown: bool) -> None:
-        """hidden (D,): the LLM state that predicted `token`; `shown`: all text so far has been emitted."""
-        if not shown:
-            # A copy: a view would keep the step's whole hidden-state tensor alive while the token waits.
-            self.waiting.append((hidden.clone(), token))
-            return
-        for h, t in [*self.waiting, (hidden, token)]:
-            self._emit(self.stream.push(h, t))
-        self.waiting = []
-
-    def finish(self, voice_waiting: bool) -> None:
-        """End the speech; the waiting tokens are voiced unless the answer ended on a stop string."""
-        if voice_waiting:
-            for h, t in self.waiting:
-                self._emit(self.stream.push(h, t))
-        self.waiting = []
-        self._emit(self.stream.finish())
-
-    def _emit(self, samples: np.ndarray) -> None:
-        if samples.size:
-            self.request.emit(Audio(samples, self.sample_rate))
-
-
-@dataclass
-class _Row:
-    request: Request
-    text: TextStream
-    prompt_tokens: int
-    voice: _Voice | None = None
-    pieces: list[str] = field(default_factory=list)
-    done: bool = False
-
-    def send(self, piece: str) -> None:
-        if piece:
-            self.pieces.append(piece)
-            self.request.emit(Delta(piece))
-
-    def fail(self, error: BaseException) -> None:
-        self.request.emit(Failed(error))
-        self.done = True
-
-    def finish(self, reason: str) -> None:
-        """End the answer: "stop" (end of sequence), "stop-string" or "length"."""
-        if not self.done:
-            if reason != "stop-string":
-                self.send(self.text.flush())
-            if self.voice is not None:
-                self.voice.finish(voice_waiting=reason != "stop-string")
-            finish = "length" if reason == "length" else "stop"
-            self.request.emit(Done("".join(self.pieces), finish, self.prompt_tokens, self.text.n_tokens))
-        self.done = True
-
-
-def check_speech_output(model: SpeechLLM, speech: SpeechOutput | None) -> None:
-    """ValueError when `speech` reads LLM states of another width than `model`'s LLM gives."""
-    width = getattr(model.llm.config, "hidden_size", None)
-    decoder = getattr(speech, "decoder", None)  # a text-speaking output reads no LLM state
-    if speech is not None and decoder is not None and width is not None and decoder.config.llm_dim != width:
-        raise ValueError(
-            f"the speech output reads LLM states of width {speech.decoder.config.llm_dim}, but this model's "
-            f"LLM gives {width}: it was trained for another LLM"
-        )
 
 
 class Engine:
@@ -361,7 +262,7 @@ class Engine:
 
     # ------------------------------------------------------------------ the worker
 
-    def _admit(self, rows: list[_Row]) -> list[Request] | None:
+    def _admit(self, rows: list[Row]) -> list[Request] | None:
         """Requests to start now (see the module doc); waits while there is nothing to do; None: stop."""
         with self._cond:
             while not rows and not self._waiting and not self._closing:
@@ -399,7 +300,7 @@ class Engine:
 
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
-        rows: list[_Row] = []
+        rows: list[Row] = []
         batch: DecodeBatch | None = None
         while (admitted := self._admit(rows)) is not None:
             self._hear([r for r in admitted if r.hear])
@@ -424,7 +325,7 @@ class Engine:
             row.fail(EngineClosed("the engine is shutting down"))
         self.running = 0
 
-    def _start(self, requests: list[Request], batch: DecodeBatch | None, rows: list[_Row]) -> DecodeBatch | None:
+    def _start(self, requests: list[Request], batch: DecodeBatch | None, rows: list[Row]) -> DecodeBatch | None:
         """Prefill requests admitted together as one left-padded group and add them to the batch (a new
         one when None). A conversation the model refuses fails alone: the others are started one by one."""
 
@@ -464,7 +365,7 @@ class Engine:
         batch.join(prefilled)
         decode = self.model.processor.decode
         for r, n in zip(requests, prepared.attention_mask.sum(1).tolist()):
-            rows.append(_Row(r, TextStream(decode, r.gen.stop), int(n), self._voice(r)))
+            rows.append(Row(r, TextStream(decode, r.gen.stop), int(n), self._voice(r)))
         self.running = len(rows)
         return batch
 
@@ -491,7 +392,7 @@ class Engine:
             return Cancelled(f"request {request.id} was cancelled")
         return RequestTimeout(f"request {request.id} did not finish before its deadline")
 
-    def _step(self, batch: DecodeBatch, rows: list[_Row]) -> None:
+    def _step(self, batch: DecodeBatch, rows: list[Row]) -> None:
         """One token for every row; the finished rows leave the batch, the others are fed their token."""
         tokens = batch.pick()
         hidden = batch.hidden
@@ -504,8 +405,8 @@ class Engine:
         speaking = any(row.voice is not None and not row.done for row in rows)
         batch.advance(tokens, keep, want_hidden=speaking)
 
-    def _voice(self, request: Request) -> _Voice | None:
-        return _Voice(self.speech, request) if request.speak and self.speech is not None else None
+    def _voice(self, request: Request) -> Voice | None:
+        return Voice(self.speech, request) if request.speak and self.speech is not None else None
 
     @property
     def _speech_device(self) -> torch.device:
@@ -513,7 +414,7 @@ class Engine:
         decoder = self.speech.decoder
         return next(decoder.parameters()).device if decoder is not None else torch.device("cpu")
 
-    def _advance(self, row: _Row, token: int, now: float, hidden: Tensor | None) -> None:
+    def _advance(self, row: Row, token: int, now: float, hidden: Tensor | None) -> None:
         """One new token of a row; `hidden` (D,) predicted it (given for speaking rows only)."""
         r = row.request
         if r.cancelled or self._abort.is_set():
