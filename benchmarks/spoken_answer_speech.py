@@ -103,6 +103,8 @@ def answer(engine: Any, timed: TimedSpeech, audio: np.ndarray, max_new_tokens: i
         "tokens_to_first_audio": before + 1,
         "push_s_to_first_audio": sum(d for _, d, _ in timed.log[: before + 1]),
         "first_push_s": timed.log[before][1] if timed.log else float("nan"),
+        # between pushes: the LLM's decode step (and the engine's bookkeeping), not the speech stream
+        "decode_step_s": [b[0] - a[0] - a[1] for a, b in zip(timed.log, timed.log[1:])],
         "tokens": list(timed.tokens),
     }
 
@@ -196,6 +198,7 @@ def main() -> None:
         "tokens_to_first_audio_median": float(np.median([r["tokens_to_first_audio"] for r in rows])),
         "push_s_to_first_audio_median": float(np.median([r["push_s_to_first_audio"] for r in rows])),
         "first_audio_push_s_median": float(np.nanmedian([r["first_push_s"] for r in rows])),
+        "decode_step_s_median": float(np.median([d for r in rows for d in r["decode_step_s"]])),
         "speech_load_s": load_s,
         "voice": dataclasses.asdict(voice.config),
         "max_new_tokens": args.max_new_tokens,
