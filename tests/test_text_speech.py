@@ -70,3 +70,10 @@ def test_a_closed_stream_refuses_more(speech):
     stream.finish()
     with pytest.raises(ValueError, match="after finish"):
         stream.push(None, tokens[0])
+
+
+def test_a_word_keeps_clause_punctuation_only_when_written_with_it(speech):
+    output, _ = speech
+    punctuation = {output.voice.inventory.id_map[p] for p in ".,"}
+    assert output.word_units("3.14")[-1] not in punctuation and output.word_units("1,000")[-1] not in punctuation
+    assert output.word_units("Paris.")[-1] in punctuation

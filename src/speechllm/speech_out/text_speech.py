@@ -9,8 +9,9 @@ state, so it works with any LLM; the decoder paths (`phonemes`, `kmeans`) stay a
 When the first audio comes: a word is finished when the whitespace after it arrives (the token
 that starts the next word), and a phrase is rendered as soon as its last word is finished: the
 first after `voice.first_chunk_words` words, later ones at clause punctuation or after
-`voice.chunk_words` words. A whole phrase is phonemized at once, so eSpeak NG sees its words in
-context (an unstressed "the", "3.14" read as one number without a sentence end after it).
+`voice.chunk_words` words. Each word is phonemized alone and the phrase's words are joined by the
+voice's space unit: on the held-out answers this was heard better than phonemizing the phrase as a
+whole (5.5% vs 6.3% WER, README), whose unstressed function words Whisper tiny.en misses more.
 
 Streaming equals offline: the words are the answer's whitespace-separated words (made speakable by
 `spoken_words`, which reads only a word and the one before it), the phrases are cut from that word
@@ -29,7 +30,7 @@ from torch import Tensor
 from speechllm.config import SAMPLE_RATE
 from speechllm.inference.detok import IncrementalDecoder
 from speechllm.speech_out.config import VoiceConfig
-from speechllm.speech_out.phonemes import PUNCTUATION
+from speechllm.speech_out.phonemes import PUNCTUATION, SPACE
 from speechllm.speech_out.piper_voice import PiperVoice
 from speechllm.speech_out.spoken_words import spoken_word, spoken_words
 
@@ -77,6 +78,7 @@ class TextSpeechOutput:
         self.voice = voice
         self.decode = decode
         """LLM token ids -> text (the LLM tokenizer's decode, special tokens skipped)."""
+        self.space = voice.inventory.id_map[SPACE]
         # eSpeak NG loads its data and onnxruntime plans its first run on the first call: paid here, at
         # load, rather than before the first answer's first audio.
         self.render(["Hello."])
@@ -91,9 +93,21 @@ class TextSpeechOutput:
     def phrases(self) -> PhraseWords:
         return PhraseWords(self.voice.config.first_chunk_words, self.voice.config.chunk_words)
 
+    def word_units(self, word: str) -> list[int]:
+        """One speakable word's phoneme units, with clause punctuation only where the word ends with it
+        (eSpeak NG ends `3.14` with "." and `1,000` with "," when it reads them alone)."""
+        units = self.voice.inventory.encode(word)
+        if not ends_clause(word):
+            while units and self.voice.phoneme_of.get(units[-1], "") in PUNCTUATION:
+                units.pop()
+        return units
+
     def render(self, phrase: list[str]) -> np.ndarray:
-        """One phrase (speakable words) -> its audio at 16 kHz, phonemized as a whole."""
-        units = self.voice.inventory.encode(" ".join(phrase))
+        """One phrase (speakable words) -> its audio at 16 kHz: its words' units joined by the space unit."""
+        units: list[int] = []
+        for word in phrase:
+            ids = self.word_units(word)
+            units += [self.space, *ids] if units and ids else ids
         return self.voice.render(units) if units else np.zeros(0, dtype=np.float32)
 
     def synthesize_text(self, text: str) -> np.ndarray:
