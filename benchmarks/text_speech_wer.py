@@ -1,9 +1,10 @@
 """Whisper tiny.en WER of the default speech output (`units: text`) on answers already written.
 
-    python benchmarks/text_speech_wer.py runs/speech/eval_phonemes/per_answer.text_tts.jsonl
+    python benchmarks/text_speech_wer.py runs/speech/spoken_answers/per_answer.jsonl [--first-chunk-words 1]
 
-Reads the answer texts (`text`) of a `speechllm speech eval` run, speaks each with the default
-speech output exactly as a stream would (word by word, phrase chunks), and prints the WER of
+Reads the answer texts (`text`) of a `speechllm speech eval` or `spoken_answer_speech.py` run, speaks
+each with the default speech output exactly as a stream would (phrase by phrase; the voice's chunk
+sizes can be changed to see what they cost), and prints the WER of
 Whisper tiny.en's transcripts (beam 5) against the texts: all answers and the judgeable ones
 (English, not a repetition loop; `benchmarks/speech_eval_table.py`).
 """
@@ -18,8 +19,12 @@ from pathlib import Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("answers", type=Path, help="a per_answer.*.jsonl of `speechllm speech eval` (field `text`)")
+    parser.add_argument("answers", type=Path, help="a per_answer*.jsonl with the answers' texts (field `text`)")
+    parser.add_argument("--first-chunk-words", type=int, help="words in the first phrase (default: shipped)")
+    parser.add_argument("--chunk-words", type=int, help="most words in a later phrase (default: shipped)")
     args = parser.parse_args()
+    import dataclasses
+
     import numpy as np
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -34,7 +39,9 @@ def main() -> None:
 
     texts = [json.loads(line)["text"] for line in args.answers.read_text(encoding="utf-8").splitlines()]
     _, tokenizer = load_llm(LLMConfig())
-    speech = TextSpeechOutput.load(VoiceConfig(), lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+    sizes = {"first_chunk_words": args.first_chunk_words, "chunk_words": args.chunk_words}
+    voice = dataclasses.replace(VoiceConfig(), **{k: v for k, v in sizes.items() if v is not None})
+    speech = TextSpeechOutput.load(voice, lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
     judge = WhisperTranscriber(beam_size=5)
     heard = []
     for text in texts:  # a stream of the answer's tokens, as the engine pushes them
@@ -42,6 +49,7 @@ def main() -> None:
         pieces = [stream.push(None, t) for t in tokenizer.encode(text, add_special_tokens=False)]
         heard.append(judge(np.concatenate([*pieces, stream.finish()])))
     kept = [i for i, t in enumerate(texts) if judgeable(t)]
+    print(f"voice {voice}")
     print(f"answers {len(texts)}: WER {wer(texts, heard):.3f}")
     print(f"judgeable {len(kept)}: WER {wer([texts[i] for i in kept], [heard[i] for i in kept]):.3f}")
 

@@ -3,8 +3,8 @@
 The model hears each held-out spoken question and answers greedily (the states that predicted
 each answer token are kept). Each answer is then voiced by:
 - `phonemes`: LLM states -> phoneme speech decoder -> Piper voice, phrase by phrase (ours);
-- `text_tts`: the answer *text* phonemized by eSpeak NG and rendered by the same voice in the same
-  chunks (a text-to-speech cascade: what a perfect decoder would give);
+- `text_tts`: the answer *text*, phrase by phrase, phonemized by eSpeak NG and rendered by the same
+  voice (a text-to-speech cascade: the shipped default, `speechllm.speech_out.text_speech`);
 - `kmeans`: LLM states -> k-means speech decoder -> our unit vocoder;
 - `text_tts_whole`: the text rendered one sentence a chunk (Piper's own way): the voice's ceiling.
 Whisper tiny.en transcribes each; WER is against the answer text. Also per path: real-time factor
@@ -34,6 +34,7 @@ from speechllm.eval.metrics import wer
 from speechllm.speech_out.config import VoiceConfig
 from speechllm.speech_out.piper_voice import PiperVoice
 from speechllm.speech_out.streaming import SpeechOutput
+from speechllm.speech_out.text_speech import TextSpeechOutput
 
 
 @dataclass
@@ -121,14 +122,30 @@ def cached_answers(path: Path, model: Any, samples: list[Any], max_new_tokens: i
 PATHS = ("phonemes", "text_tts", "text_tts_whole", "kmeans")
 
 
-def voicings(speech: SpeechOutput | None, kmeans: SpeechOutput | None, names: list[str]) -> dict[str, Voicing]:
+def voice_of(speech: SpeechOutput | None) -> PiperVoice:
+    """The phoneme folder's voice (the text paths speak with its settings), or the default voice."""
+    voice = speech.vocoder if speech is not None else PiperVoice(VoiceConfig())
+    if not isinstance(voice, PiperVoice):
+        raise ValueError(f"expected a phoneme speech output (a Piper voice), got one with {type(voice).__name__}")
+    return voice
+
+
+def text_output(voice: PiperVoice, model: Any) -> TextSpeechOutput:
+    """The shipped default speech output (the answer's text spoken by `voice`), reading `model`'s tokens."""
+    tokenizer = model.processor.tokenizer
+    return TextSpeechOutput(voice, lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def voicings(
+    speech: SpeechOutput | None, kmeans: SpeechOutput | None, names: list[str], model: Any
+) -> dict[str, Voicing]:
     """Path name -> answer -> 16 kHz audio, for the `names` that the given folders allow. The text
     paths use the phoneme folder's voice settings (or the defaults when there is none)."""
-    voice = speech.vocoder if speech is not None else PiperVoice(VoiceConfig())
-    assert isinstance(voice, PiperVoice)
+    voice = voice_of(speech)
     whole = PiperVoice(dataclasses.replace(voice.config, first_chunk_words=10_000, chunk_words=10_000))
+    text = text_output(voice, model)
     paths: dict[str, Voicing] = {
-        "text_tts": lambda a: voice.synthesize(voice.inventory.encode(a.text)),
+        "text_tts": lambda a: text.synthesize_text(a.text),
         "text_tts_whole": lambda a: whole.synthesize(whole.inventory.encode(a.text)),
     }
     if speech is not None:
@@ -166,58 +183,37 @@ def intelligibility(paths: dict[str, Voicing], answers: list[SpokenAnswer], out:
 
 
 class _FirstAudio:
-    """An `on_token` that stops at the first audio: of the speech stream, or of the text cascade."""
+    """An `on_token` that stops at the first audio of a speech stream."""
 
-    def __init__(self, model: Any, speech: SpeechOutput, text_tts: bool) -> None:
-        self.model, self.speech, self.text_tts = model, speech, text_tts
-        self.stream = speech.stream()
-        self.tokens: list[int] = []
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
         self.t0 = time.perf_counter()
         self.seconds = float("nan")
 
     def __call__(self, h: torch.Tensor, token: int) -> bool:
-        if self.text_tts:
-            self.tokens.append(token)
-            text = self.model.processor.tokenizer.decode(self.tokens, skip_special_tokens=True)
-            if not cascade_chunk(self.speech, text):
-                return False
-        elif not len(self.stream.push(h, token)):
+        if not len(self.stream.push(h, token)):
             return False
         self.seconds = time.perf_counter() - self.t0
         return True
 
 
 def first_audio(
-    model: Any, speech: SpeechOutput, samples: list[Any], max_new_tokens: int, text_tts: bool
+    model: Any, output: SpeechOutput | TextSpeechOutput, samples: list[Any], max_new_tokens: int
 ) -> tuple[list[float], list[float]]:
-    """Seconds to the first audio chunk per question, from the decoder's stream, or (text_tts) from
-    the text cascade (the first chunk's words complete in the text, phonemized, rendered); and, from
-    the same runs, seconds to the first text token."""
+    """Seconds to the first audio chunk of `output`'s stream per question, and, from the same runs,
+    seconds to the first text token."""
     latencies, first_tokens = [], []
     for s in samples:
         audio = load_audio(s.audio[0])
-        probe = _FirstAudio(model, speech, text_tts)
+        probe = _FirstAudio(output.stream())
         first_tokens.append(generate(model, audio, max_new_tokens, probe))
         latencies.append(probe.seconds)
     return latencies, first_tokens
 
 
-def cascade_chunk(speech: SpeechOutput, text: str) -> bool:
-    """The text cascade's step: once the text holds the first chunk's words and the start of the
-    next word, phonemize it and render the first chunk. True when it rendered."""
-    voice = speech.vocoder
-    assert isinstance(voice, PiperVoice)
-    words = text.split()
-    if len(words) <= voice.config.first_chunk_words:
-        return False
-    chunks = voice.chunker().push(voice.inventory.encode(" ".join(words[:-1]) + " "))
-    if not chunks:
-        return False
-    voice.render(chunks[0])
-    return True
-
-
-def step_costs(speech: SpeechOutput, answers: list[SpokenAnswer], tokens: int = 210) -> dict[str, float]:
+def step_costs(
+    speech: SpeechOutput | TextSpeechOutput, answers: list[SpokenAnswer], tokens: int = 210
+) -> dict[str, float]:
     """Mean push time (ms) at tokens 1-20 and 191-210 of one stream of real answer states, joined."""
     hidden = torch.cat([a.hidden for a in answers])[:tokens]
     ids = torch.cat([a.tokens for a in answers])[:tokens]

@@ -137,18 +137,17 @@ def run(args: argparse.Namespace) -> int:
         save()
         names = args.paths or [p for p in compare.PATHS if p != "phonemes" or speech is not None]
         names = [n for n in names if n != "kmeans" or kmeans is not None or args.paths]
-        figures |= compare.intelligibility(compare.voicings(speech, kmeans, names), answers, args.out)
+        figures |= compare.intelligibility(compare.voicings(speech, kmeans, names, model), answers, args.out)
         save()
         latency = samples[: args.latency_num]
-        runs = {"kmeans": (kmeans, False), "phonemes": (speech, False), "text_tts": (speech, True)}
-        for name, (out, text_tts) in runs.items():
+        text = compare.text_output(compare.voice_of(speech), model)
+        for name, out in {"kmeans": kmeans, "phonemes": speech, "text_tts": text}.items():
             if out is None or not args.latency_num:
                 continue
-            first, first_token = compare.first_audio(model, out, latency, args.max_new_tokens, text_tts)
+            first, first_token = compare.first_audio(model, out, latency, args.max_new_tokens)
             figures[f"first_audio_s_median_{name}"] = float(np.nanmedian(first))
             figures[f"first_token_s_median_{name}"] = float(np.nanmedian(first_token))  # the same runs
-            if not text_tts:
-                figures |= {f"{k}_{name}": v for k, v in compare.step_costs(out, answers).items()}
+            figures |= {f"{k}_{name}": v for k, v in compare.step_costs(out, answers).items()}
             save()
     print(json.dumps(figures, indent=2))
     return 0
