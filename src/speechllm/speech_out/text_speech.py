@@ -10,8 +10,8 @@ When the first audio comes: a word is finished when the whitespace after it arri
 that starts the next word), and a phrase is rendered as soon as its last word is finished: the
 first after `voice.first_chunk_words` words, later ones at clause punctuation or after
 `voice.chunk_words` words. Each word is phonemized alone and the phrase's words are joined by the
-voice's space unit: on the held-out answers this was heard better than phonemizing the phrase as a
-whole (5.5% vs 6.3% WER, README), whose unstressed function words Whisper tiny.en misses more.
+voice's space unit: in an exploratory run on the held-out answers this was heard better than
+phonemizing the phrase as a whole, whose unstressed function words Whisper tiny.en missed more.
 
 Streaming equals offline: the words are the answer's whitespace-separated words (made speakable by
 `spoken_words`, which reads only a word and the one before it), the phrases are cut from that word
