@@ -8,7 +8,6 @@ place, so an interrupted save never leaves a half-written checkpoint.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -18,8 +17,6 @@ from speechllm.atomic import atomic_directory
 from speechllm.config import load_config, save_config
 from speechllm.model.speech_llm import SpeechLLM, part_of
 from speechllm.weights.errors import WeightsError
-
-log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
@@ -39,7 +36,8 @@ def load_weights(model: SpeechLLM, path: Path, *, require_owned: bool = True) ->
     """Load a checkpoint's tensors into `model` and return their names.
 
     With `require_owned`, every owned or trainable parameter must be covered (a full checkpoint);
-    without, parts the file lacks keep their current values (a previous stage's weights).
+    without, parts the file lacks keep their current values (a previous stage's weights). Tensors of
+    parts the model's config never runs (`SpeechLLM.unused_parts`) are not read.
     """
     try:
         tensors = load_file(str(path))
@@ -52,23 +50,16 @@ def load_weights(model: SpeechLLM, path: Path, *, require_owned: bool = True) ->
     missing = sorted(n for n in model.saved_parameter_names() if n not in tensors)
     if require_owned and missing:
         raise WeightsError(f"{path}: lacks weights for {missing[:5]} (parts {sorted({part_of(n) for n in missing})})")
-    unused, skipped = model.unused_parts(), []
+    unused = model.unused_parts()  # e.g. the default's adaptor under the whisper bridge: kept in the file, not read
+    loaded = {n: v for n, v in tensors.items() if part_of(n) not in unused}
     with torch.no_grad():
-        for name, value in tensors.items():
+        for name, value in loaded.items():
             if params[name].shape != value.shape:
-                if part_of(name) in unused:  # e.g. the default's adaptor under another encoder's width
-                    skipped.append(name)
-                    continue
                 raise WeightsError(
                     f"{path}: {name} has shape {tuple(value.shape)}, model expects {tuple(params[name].shape)}"
                 )
             params[name].copy_(value)
-    if skipped:
-        log.warning(
-            "%s: %d saved weights of parts %s do not fit this config and were not loaded (its bridge does not use "
-            "those parts)", path, len(skipped), sorted({part_of(n) for n in skipped}),
-        )  # fmt: skip
-    return sorted(set(tensors) - set(skipped))
+    return sorted(loaded)
 
 
 def from_pretrained(directory: str | Path, overrides: list[str] | None = None) -> SpeechLLM:

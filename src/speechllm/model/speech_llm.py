@@ -98,7 +98,9 @@ class SpeechLLM(nn.Module):
         return {n for n, p in self.named_parameters() if p.requires_grad}
 
     def saved_parameter_names(self) -> set[str]:
-        keep = set(OWNED_PARTS) | set(self.config.trainable)
+        """What a checkpoint of this model holds: the parts only we have and the trained ones, except the
+        parts its config never runs (`unused_parts`)."""
+        keep = (set(OWNED_PARTS) | set(self.config.trainable)) - self.unused_parts()
         return {n for n, _ in self.named_parameters() if part_of(n) in keep}
 
     @contextlib.contextmanager
@@ -139,7 +141,8 @@ class SpeechLLM(nn.Module):
         return self.config.bridge.reads_whisper
 
     def unused_parts(self) -> set[str]:
-        """Parts this config never runs: the compressor and adaptor when Whisper's decoder is the recognizer."""
+        """Parts this config never runs (neither loaded nor saved): the compressor and adaptor when
+        Whisper's decoder is the recognizer."""
         return {"compressor", "adaptor"} if self.uses_whisper_bridge else set()
 
     def embed_frames(self, frames: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
