@@ -31,6 +31,7 @@ def test_bench_smoke_on_tiny_models(tmp_path, capsys):
     assert rc == 0
     figures = json.loads(out.read_text())
     assert figures["inputs"] == 1 and figures["e2e_ttft_s"] > 0 and figures["e2e_peak_rss_mb"] > 0
+    assert figures["e2e_ttft_s"] >= figures["e2e_speech_s"] > 0  # the speech part comes before the first token
     assert {"e2e_ttft_s", "cascade_ttft_s", "ttft_ratio", "e2e_peak_rss_mb", "cascade_peak_rss_mb"} <= set(figures)
     assert {"train_asr_samples_per_s", "train_instruct_samples_per_s", "train_ctc_head_samples_per_s"} <= set(figures)
     assert (tmp_path / "plots" / "e2e_vs_cascade.png").stat().st_size > 0

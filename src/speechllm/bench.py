@@ -18,7 +18,9 @@ Per system, averaged over the inputs (batch size 1, one untimed warm-up run firs
   loading included; each system runs in a fresh subprocess so neither sees the other's memory.
 
 The ratios (`ttft_ratio`, `latency_ratio`, `tokens_per_s_ratio`, `rtf_ratio`, `peak_rss_ratio`)
-are e2e ÷ cascade: below 1 is better for e2e, except tokens/s where above 1 is.
+are e2e ÷ cascade: below 1 is better for e2e, except tokens/s where above 1 is. Where the first
+token's time goes: `e2e_speech_s` (the model's `prepare`: log-mel, encoder and connector, which for a
+token bridge includes the recognizer) and `cascade_asr_s` (faster-whisper).
 Training throughput (samples/s) of every stage in `STAGES` is measured in a third process on
 `train_steps` optimizer steps (after one warm-up step) of `StageModel` on the bench inputs, their
 encoder frames in a temporary `FeatureCache`, as `speechllm train` would read them; AdamW, fp32.
@@ -178,10 +180,12 @@ def _run_e2e(spec: dict[str, Any]) -> list[dict[str, Any]]:
     for i, (sample, audios) in enumerate([inputs[0], *inputs]):  # the first run warms up, untimed
         t0 = time.perf_counter()
         batch = model.prepare([speech_conversation(sample, audios)])
+        speech_s = time.perf_counter() - t0  # log-mel, encoder and connector (the recognizer, for a bridge)
         steps = stream_generate(model, batch, GenerationConfig(max_new_tokens=spec["max_new_tokens"]))
         row = _timed_answer(steps, eos_token_ids(model), model.processor.decode, t0)
         if i:
-            rows.append({"id": sample.id, "audio_s": sum(len(a) for a in audios) / SAMPLE_RATE, **row})
+            rows.append({"id": sample.id, "audio_s": sum(len(a) for a in audios) / SAMPLE_RATE,
+                         "speech_s": speech_s, **row})  # fmt: skip
     return rows
 
 
@@ -374,6 +378,7 @@ def _figures(config: BenchConfig, spec: dict[str, Any], runs: dict[str, Any], no
         "max_new_tokens": config.max_new_tokens,
     }
     e2e = system_figures(e2e_rows, runs["e2e"]["peak_rss_mb"])
+    figures["e2e_speech_s"] = sum(r["speech_s"] for r in e2e_rows) / len(e2e_rows)
     cascade: dict[str, float | None] = dict.fromkeys(METRICS)
     if "cascade" in runs:
         rows = runs["cascade"]["result"]
