@@ -100,3 +100,21 @@ def test_the_command_line_only_parses_into_the_config(tmp_path, monkeypatch, cap
     assert seen[-1].loop.warmup_steps == 20
     assert main([*argv, "--set", "loop.lr=fast"]) == 2
     assert "LoopConfig.lr must be float, got str 'fast'" in capsys.readouterr().err
+
+
+def test_speech_eval_takes_a_config_that_the_command_line_fills(tmp_path):
+    import argparse
+
+    from speechllm.speech_out import evaluate
+
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    args = parser.parse_args(["--questions", "q.jsonl", "--num", "7", "--paths", "text_tts", "--out", str(tmp_path)])
+    cfg = evaluate.config_from_args(args)
+    assert cfg == evaluate.SpeechEvalConfig(questions="q.jsonl", num=7, paths=["text_tts"], out=tmp_path)
+    with pytest.raises(ValueError, match="num must be >= 1, got 0"):
+        evaluate.SpeechEvalConfig(num=0)
+    with pytest.raises(ValueError, match="unknown paths"):
+        evaluate.SpeechEvalConfig(paths=["vocoder"])
+    with pytest.raises(FileNotFoundError, match=r"--questions .*missing\.jsonl does not exist"):
+        evaluate.run(evaluate.SpeechEvalConfig(questions=str(tmp_path / "missing.jsonl"), out=tmp_path))

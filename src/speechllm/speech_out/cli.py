@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=_pack)
     p = ssub.add_parser("eval", help="intelligibility (Whisper WER), latency and real-time factor")
     evaluate.add_arguments(p)
-    p.set_defaults(func=evaluate.run)
+    p.set_defaults(func=lambda args: evaluate.run(evaluate.config_from_args(args)))
 
 
 def _units_fit(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,46 @@ def intelligibility(speech: SpeechOutput, model: Any, samples: list[Any], out_di
     return figures
 
 
+EVAL_PATHS = ("phonemes", "text_tts", "text_tts_whole", "kmeans")
+
+
+@dataclass
+class SpeechEvalConfig:
+    """What `speechllm speech eval` measures (`run`)."""
+
+    speech: Path | None = None
+    """Speech-output folder with a decoder (None: the embedded k-means option)."""
+    kmeans: Path | None = None
+    """A k-means speech-output folder to compare in the same run."""
+    model: str | None = None
+    """Speech LLM directory (None: the embedded default)."""
+    questions: str | None = None
+    """Spoken-question manifest: answers voiced every way, WER, latency, real-time factor."""
+    num: int = 100
+    """Spoken questions (and `manifest` answers) to voice."""
+    max_new_tokens: int = 64
+    latency_num: int = 10
+    """Questions timed per path (0: none)."""
+    answers_only: bool = False
+    """Generate and keep the answers, voice nothing."""
+    paths: list[str] = field(default_factory=list)
+    """Voice only these of EVAL_PATHS (empty: all the folders allow); figures add to summary.json."""
+    manifest: str | None = None
+    """k-means only: units manifest of held-out TTS answers (resynthesis figures)."""
+    out: Path = Path("runs/speech/eval")
+
+    def __post_init__(self) -> None:
+        for name in ("num", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"speech eval: {name} must be >= 1, got {getattr(self, name)}")
+        if self.latency_num < 0:
+            raise ValueError(f"speech eval: latency_num must be >= 0, got {self.latency_num}")
+        unknown = [p for p in self.paths if p not in EVAL_PATHS]
+        if unknown:
+            raise ValueError(f"speech eval: unknown paths {unknown}; expected some of {list(EVAL_PATHS)}")
+        self.out = Path(self.out)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speech", type=Path, help="speech-output folder (default: the embedded default)")
     p.add_argument("--kmeans", type=Path, help="a k-means speech-output folder to compare in the same run")
@@ -84,10 +125,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--latency-num", type=int, default=10, help="questions timed per path (0: none)")
     p.add_argument("--answers-only", action="store_true", help="generate and keep the answers, voice nothing")
-    p.add_argument("--paths", nargs="+", choices=["phonemes", "text_tts", "text_tts_whole", "kmeans"],
+    p.add_argument("--paths", nargs="+", choices=EVAL_PATHS, default=[],
                    help="voice only these (default: all the folders allow); figures add to summary.json")  # fmt: skip
     p.add_argument("--manifest", help="k-means only: units manifest of held-out TTS answers (resynthesis figures)")
     p.add_argument("--out", type=Path, default=Path("runs/speech/eval"))
+
+
+def config_from_args(args: argparse.Namespace) -> SpeechEvalConfig:
+    """The parsed command line as a config (the CLI parses; `run` takes the config)."""
+    names = SpeechEvalConfig.__dataclass_fields__
+    return SpeechEvalConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
 def _decoder_output(directory: str | Path, model: Any) -> SpeechOutput:
@@ -98,53 +145,54 @@ def _decoder_output(directory: str | Path, model: Any) -> SpeechOutput:
     return loaded
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cfg: SpeechEvalConfig) -> int:
+    """Measure what `cfg` asks for; figures go to `cfg.out`/summary.json after each part."""
     from speechllm.defaults import DEFAULT_CHECKPOINT, load_model
     from speechllm.speech_out import compare
 
-    for flag, path in (("--manifest", args.manifest), ("--questions", args.questions)):
+    for flag, path in (("--manifest", cfg.manifest), ("--questions", cfg.questions)):
         if path and not Path(path).is_file():  # before minutes of work, not after
             raise FileNotFoundError(f"{flag} {path} does not exist")
     torch.set_num_threads(1)
-    model = load_model(args.model).eval()
+    model = load_model(cfg.model).eval()
     # The shipped default speaks the answer's text (path text_tts here); the decoders are measured from their folders.
-    directory = args.speech or DEFAULT_CHECKPOINT / "speech_kmeans"
+    directory = cfg.speech or DEFAULT_CHECKPOINT / "speech_kmeans"
     loaded = _decoder_output(directory, model)
     speech: SpeechOutput | None = loaded
-    kmeans = _decoder_output(args.kmeans, model) if args.kmeans else None
+    kmeans = _decoder_output(cfg.kmeans, model) if cfg.kmeans else None
     if loaded.config.units == "kmeans":
         speech, kmeans = (kmeans, speech) if kmeans is None or kmeans.config.units == "phonemes" else (None, speech)
-    (args.out / "wav").mkdir(parents=True, exist_ok=True)
-    summary = args.out / "summary.json"
+    (cfg.out / "wav").mkdir(parents=True, exist_ok=True)
+    summary = cfg.out / "summary.json"
     figures: dict[str, Any] = json.loads(summary.read_text()) if summary.is_file() else {}  # runs add to it
-    figures |= {"speech": str(directory), "kmeans": str(args.kmeans or "")}
+    figures |= {"speech": str(directory), "kmeans": str(cfg.kmeans or "")}
 
     def save() -> None:  # after each part: a later failure keeps what was measured
         summary.write_text(json.dumps(figures, indent=2) + "\n")
 
-    if args.manifest and kmeans is not None:
-        figures["kmeans_manifest"] = intelligibility(kmeans, model, read_manifest(args.manifest)[: args.num], args.out)
+    if cfg.manifest and kmeans is not None:
+        figures["kmeans_manifest"] = intelligibility(kmeans, model, read_manifest(cfg.manifest)[: cfg.num], cfg.out)
         save()
-    if args.questions:
-        samples = read_manifest(args.questions)[: args.num]
-        answers = compare.cached_answers(args.out / "answers.safetensors", model, samples, args.max_new_tokens)
-        if args.answers_only:
-            print(f"{len(answers)} answers in {args.out / 'answers.safetensors'}")
+    if cfg.questions:
+        samples = read_manifest(cfg.questions)[: cfg.num]
+        answers = compare.cached_answers(cfg.out / "answers.safetensors", model, samples, cfg.max_new_tokens)
+        if cfg.answers_only:
+            print(f"{len(answers)} answers in {cfg.out / 'answers.safetensors'}")
             return 0
         figures["first_token_s_median_all"] = float(np.median([a.first_token_s for a in answers]))
-        if speech is not None and (not args.paths or "phonemes" in args.paths):
+        if speech is not None and (not cfg.paths or "phonemes" in cfg.paths):
             figures["phoneme_error_rate"] = compare.phoneme_error_rate(speech, answers)
         save()
-        names = args.paths or [p for p in compare.PATHS if p != "phonemes" or speech is not None]
-        names = [n for n in names if n != "kmeans" or kmeans is not None or args.paths]
-        figures |= compare.intelligibility(compare.voicings(speech, kmeans, names, model), answers, args.out)
+        names = cfg.paths or [p for p in compare.PATHS if p != "phonemes" or speech is not None]
+        names = [n for n in names if n != "kmeans" or kmeans is not None or cfg.paths]
+        figures |= compare.intelligibility(compare.voicings(speech, kmeans, names, model), answers, cfg.out)
         save()
-        latency = samples[: args.latency_num]
+        latency = samples[: cfg.latency_num]
         text = compare.text_output(compare.voice_of(speech), model)
         for name, out in {"kmeans": kmeans, "phonemes": speech, "text_tts": text}.items():
-            if out is None or not args.latency_num:
+            if out is None or not cfg.latency_num:
                 continue
-            first, first_token = compare.first_audio(model, out, latency, args.max_new_tokens)
+            first, first_token = compare.first_audio(model, out, latency, cfg.max_new_tokens)
             figures[f"first_audio_s_median_{name}"] = float(np.nanmedian(first))
             figures[f"first_token_s_median_{name}"] = float(np.nanmedian(first_token))  # the same runs
             figures |= {f"{k}_{name}": v for k, v in compare.step_costs(out, answers).items()}
