@@ -239,3 +239,31 @@ def test_tidy_transcript_capitalises_sentences_and_ends_questions_with_a_questio
         return [w.strip(".?!").lower() for w in text.split()]
 
     assert words(tidy_transcript(heard)) == words(heard)  # the words themselves never change
+
+
+@pytest.mark.parametrize("tidy", [True, False])
+def test_a_whisper_bridged_model_hears_and_reads_the_recognizers_transcript(tiny_config, tone, tidy):
+    """The wiring of the default's connector, with a random tiny decoder whose tokens all spell one
+    lowercase question: `hear` gives that text (tidied or not), and the LLM reads its own token rows."""
+    from speechllm.model import assemble
+    from speechllm.model.encoder import load_whisper_encoder
+    from speechllm.weights.llm import load_llm
+
+    tiny_config.encoder.padding = "30s"
+    tiny_config.bridge = BridgeConfig(mode="top1", recognizer="whisper", beam_size=1, max_tokens=4, tidy=tidy)
+    encoder = load_whisper_encoder(tiny_config.encoder)
+    llm, tokenizer = load_llm(tiny_config.llm)
+    width = encoder.config.d_model  # the decoder's cross-attention reads the encoder's states
+    arch = DecoderArch(vocab_size=16, d_model=width, n_layers=1, n_heads=4, ffn_dim=64, max_positions=16,
+                       prompt=[1], eot=2, suppress=[], suppress_begin=[2], specials_from=None)  # fmt: skip
+    torch.manual_seed(0)
+    recognizer = WhisperTextDecoder(arch, detokenize=lambda ids: " which city is big.").eval()
+    model = assemble(tiny_config, encoder, llm, tokenizer, recognizer).eval()
+    with torch.no_grad():
+        heard = model.hear([tone(1.0)])
+        embeds, lengths = model.speech_embeddings([tone(1.0)])
+    expected = "Which city is big?" if tidy else "which city is big."
+    assert heard == [expected]
+    ids = tokenizer.encode(expected, add_special_tokens=False)
+    assert lengths.tolist() == [len(ids)]
+    torch.testing.assert_close(embeds[0, : len(ids)], model.embedding_table()[ids])
