@@ -229,11 +229,9 @@ class Engine:
         Errors as `submit`."""
         if self.model.config.bridge.mode == "continuous":
             return self.submit(asr_conversation(audio), gen, timeout=timeout, loop=loop, block=block)
-        if self._closing:
-            raise EngineClosed("the engine is shutting down")
         deadline = None if timeout is None else time.monotonic() + timeout
-        request = Request(asr_conversation(audio), gen or GenerationConfig(), deadline=deadline, loop=loop, hear=True)
-        return self._enqueue(request, block)
+        request = Request(asr_conversation(audio), gen or GenerationConfig(), deadline=deadline, loop=loop, hear=audio)
+        return self._enqueue(request, block)  # refuses when closing, as submit does
 
     def _enqueue(self, request: Request, block: bool) -> Request:
         with self._cond:
@@ -303,8 +301,8 @@ class Engine:
         rows: list[Row] = []
         batch: DecodeBatch | None = None
         while (admitted := self._admit(rows)) is not None:
-            self._hear([r for r in admitted if r.hear])
-            admitted = [r for r in admitted if not r.hear]
+            self._hear([r for r in admitted if r.hear is not None])
+            admitted = [r for r in admitted if r.hear is None]
             if admitted:
                 batch = self._start(admitted, batch, rows)
             if not rows:
@@ -373,9 +371,8 @@ class Engine:
         """Answer transcriptions with what the token bridge reads (one batch through the recognizer)."""
         if not requests:
             return
-        audios = [r.conversation[0]["content"][0]["audio"] for r in requests]  # type: ignore[index]
         try:
-            texts = self.model.hear(audios)
+            texts = self.model.hear([r.hear for r in requests if r.hear is not None])
         except Exception as e:
             log.exception("transcribing %d clip(s) failed", len(requests))
             for r in requests:

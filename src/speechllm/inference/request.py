@@ -92,9 +92,9 @@ class Request:
     id: int = field(default_factory=lambda: next(_ids))
     speak: bool = False
     """Also produce the answer as speech (`Audio` events before `Done`)."""
-    hear: bool = False
-    """A transcription answered by the model's token bridge: one Delta with the text its LLM would
-    read for the conversation's audio, then Done (no generation; see Engine.submit_transcription)."""
+    hear: np.ndarray | None = None
+    """For a transcription answered by the model's token bridge, its clip: one Delta with the text the
+    LLM would read for it, then Done (no generation; see Engine.submit_transcription)."""
     loop: asyncio.AbstractEventLoop | None = None
     _sync: queue.SimpleQueue[Event] = field(default_factory=queue.SimpleQueue, repr=False)
     _async: asyncio.Queue[Event] | None = field(default=None, repr=False)

@@ -1,6 +1,6 @@
 """One answer inside the engine's running batch: its detokenizer, its pieces, and its voice.
 
-`_Row` routes a row's tokens into text deltas and, for a speaking request, into its `Voice`: the
+`Row` routes a row's tokens into text deltas and, for a speaking request, into its `Voice`: the
 row's `SpeechStream`, fed only the tokens whose text has been shown (see speechllm.inference.engine
 for why). `SpeechOutput`/`SpeechStream` are what the engine needs of a speech output, so that this
 layer imports nothing from speech_out.
