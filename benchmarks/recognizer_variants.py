@@ -41,9 +41,9 @@ def main() -> None:
     from speechllm.data.transcripts import spoken_text
     from speechllm.eval.metrics import wer
     from speechllm.model.bridge import tidy_transcript
-    from speechllm.model.encoder import WINDOW_FRAMES, load_whisper_encoder, split_windows
+    from speechllm.model.encoder import load_whisper_encoder
     from speechllm.model.features import LogMel
-    from speechllm.model.whisper_decoder import load_whisper_decoder
+    from speechllm.model.whisper_decoder import encode_windows, load_whisper_decoder
     from speechllm.weights.whisper_decoder import read_whisper_decoder
 
     torch.set_num_threads(1)
@@ -63,8 +63,7 @@ def main() -> None:
             for s in samples:
                 features, lengths = log_mel([load_audio(s.audio[0])])
                 if args.window == "30s":
-                    windows, _, _ = split_windows(features, lengths)
-                    states.append(encoder(windows, torch.full((len(windows),), WINDOW_FRAMES), trim=False)[0])
+                    states.append(encode_windows(encoder, features, lengths)[0])
                 else:
                     states.append(encoder(features, lengths)[0])
         encode_s = (time.perf_counter() - t0) / len(samples)

@@ -21,9 +21,9 @@ from speechllm.config import PARTS, SpeechLLMConfig
 from speechllm.model.adaptor import Adaptor
 from speechllm.model.bridge import ctc_bridge, tidy_transcript, token_embeddings
 from speechllm.model.compressor import Compressor
-from speechllm.model.encoder import WINDOW_FRAMES, WhisperEncoder, split_windows
+from speechllm.model.encoder import WhisperEncoder
 from speechllm.model.processor import Message, Rendered, SpeechLLMProcessor
-from speechllm.model.whisper_decoder import WhisperTextDecoder
+from speechllm.model.whisper_decoder import WhisperTextDecoder, transcribe_windows
 
 IGNORE_INDEX = -100
 
@@ -184,18 +184,13 @@ class SpeechLLM(nn.Module):
         """
         if self.recognizer is None:
             raise ValueError("this model has no Whisper text decoder (bridge.recognizer is not 'whisper')")
-        windows, _, owner = split_windows(features, feature_lengths)  # W, n_mels, 3000
-        full = torch.full((len(owner),), WINDOW_FRAMES, device=windows.device)
-        states, _ = self.encoder(windows, full, trim=False)  # W, 1500, D_enc
         bridge = self.config.bridge
-        texts = self.recognizer.transcribe(states, max_tokens=bridge.max_tokens, beam_size=bridge.beam_size)
+        windows = transcribe_windows(
+            self.encoder, self.recognizer, features, feature_lengths, bridge.max_tokens, bridge.beam_size
+        )
         if bridge.tidy:
-            texts = [tidy_transcript(t) for t in texts]
-        joined: list[list[str]] = [[] for _ in range(features.shape[0])]
-        for i, text in zip(owner, texts):
-            if text:
-                joined[i].append(text)
-        return [" ".join(parts) for parts in joined]
+            windows = [[tidy_transcript(t) for t in texts] for texts in windows]
+        return [" ".join(texts) for texts in windows]
 
     def llm_token_paths(self, texts: list[str]) -> list[list[int]]:
         """Transcripts -> the LLM's own token ids (a silent audio reads as an ellipsis, never nothing)."""

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from speechllm.model.encoder import WhisperAttention
+from speechllm.model.encoder import WINDOW_FRAMES, WhisperAttention, WhisperEncoder, split_windows
 
 
 @dataclass
@@ -208,6 +208,35 @@ class WhisperTextDecoder(nn.Module):
         else:
             ids = self.greedy(states, lengths, max_tokens)
         return [self.detokenize(x).strip() for x in ids]
+
+
+def encode_windows(encoder: WhisperEncoder, features: Tensor, lengths: Tensor) -> tuple[Tensor, list[int]]:
+    """Encoder states (W, 1500, D_enc) of every 30 s window of log-mel features (N, n_mels, T),
+    silence-padded to whole windows, over all of each window's positions as Whisper was trained;
+    and the input each window came from (W,)."""
+    windows, _, owner = split_windows(features, lengths)  # W, n_mels, 3000
+    full = torch.full((len(owner),), WINDOW_FRAMES, device=windows.device)
+    states, _ = encoder(windows, full, trim=False)  # W, 1500, D_enc
+    return states, owner
+
+
+def transcribe_windows(
+    encoder: WhisperEncoder,
+    decoder: WhisperTextDecoder,
+    features: Tensor,
+    lengths: Tensor,
+    max_tokens: int = 128,
+    beam_size: int = 1,
+) -> list[list[str]]:
+    """The transcripts of each input's 30 s windows (`encode_windows`): per input, its windows'
+    non-empty texts in order."""
+    states, owner = encode_windows(encoder, features, lengths)
+    texts = decoder.transcribe(states, max_tokens=max_tokens, beam_size=beam_size)
+    grouped: list[list[str]] = [[] for _ in range(features.shape[0])]
+    for i, text in zip(owner, texts):
+        if text:
+            grouped[i].append(text)
+    return grouped
 
 
 def load_whisper_decoder(source: str) -> WhisperTextDecoder:
