@@ -8,6 +8,9 @@ On the same inputs, in one run:
   `beam_size=1`, English) transcribes, then the same LLM (the plain LLM of the model's config,
   no adaptor, no LoRA) answers the transcript with the same greedy decoding loop and token limit.
 
+Both LLMs reuse the keys of the prompt start they share with the previous input (the system turn,
+`PromptCache`), as the engine does (`--no-reuse-prompts`: every prompt prefilled whole).
+
 Per system, averaged over the inputs (batch size 1, one untimed warm-up run first):
 
 - `ttft_s`: time to the first answer token (cascade: ASR time + LLM time to first token);
@@ -84,6 +87,9 @@ class BenchConfig:
     """Measure the cascade too (needs faster-whisper)."""
     overrides: list[str] = field(default_factory=list)
     """`key=value` overrides of the end-to-end model's config (e.g. `bridge.beam_size=1`)."""
+    reuse_prompts: bool = True
+    """Both systems' LLM reuses the keys of the prompt start it shares with the previous input (the
+    system turn: `PromptCache`), as the engine does; False prefills every prompt whole."""
 
     def __post_init__(self) -> None:
         for name in ("n", "max_new_tokens", "train_batch_size"):
@@ -173,15 +179,17 @@ def _run_e2e(spec: dict[str, Any]) -> list[dict[str, Any]]:
     from speechllm.defaults import load_model
     from speechllm.eval.runner import speech_conversation
     from speechllm.inference.generation import GenerationConfig, eos_token_ids, stream_generate
+    from speechllm.inference.prompt_cache import PromptCache
 
     model = load_model(spec["model"], spec["overrides"])
+    reuse = PromptCache() if spec["reuse_prompts"] else None
     inputs = _inputs(spec)
     rows = []
     for i, (sample, audios) in enumerate([inputs[0], *inputs]):  # the first run warms up, untimed
         t0 = time.perf_counter()
         batch = model.prepare([speech_conversation(sample, audios)])
         speech_s = time.perf_counter() - t0  # log-mel, encoder and connector (the recognizer, for a bridge)
-        steps = stream_generate(model, batch, GenerationConfig(max_new_tokens=spec["max_new_tokens"]))
+        steps = stream_generate(model, batch, GenerationConfig(max_new_tokens=spec["max_new_tokens"]), reuse=reuse)
         row = _timed_answer(steps, eos_token_ids(model), model.processor.decode, t0)
         if i:
             rows.append({"id": sample.id, "audio_s": sum(len(a) for a in audios) / SAMPLE_RATE,
@@ -194,6 +202,7 @@ def _run_cascade(spec: dict[str, Any]) -> list[dict[str, Any]]:
     from faster_whisper import WhisperModel
 
     from speechllm.inference.generation import GenerationConfig, generate_tokens, llm_eos_ids
+    from speechllm.inference.prompt_cache import PromptCache
     from speechllm.model.features import LogMel
     from speechllm.model.processor import SpeechLLMProcessor
     from speechllm.weights.llm import load_llm
@@ -206,6 +215,7 @@ def _run_cascade(spec: dict[str, Any]) -> list[dict[str, Any]]:
     processor = SpeechLLMProcessor(tokenizer, LogMel(80), config.speech_token, config.system_prompt)
     gen = GenerationConfig(max_new_tokens=spec["max_new_tokens"])
     eos, pad = llm_eos_ids(llm, tokenizer), tokenizer.pad_token_id
+    reuse = PromptCache() if spec["reuse_prompts"] else None
     inputs = _inputs(spec)
     rows = []
     for i, (sample, audios) in enumerate([inputs[0], *inputs]):
@@ -217,7 +227,7 @@ def _run_cascade(spec: dict[str, Any]) -> list[dict[str, Any]]:
         asr_s = time.perf_counter() - t0
         ids = torch.tensor([processor.render(_with_texts(sample, texts)).input_ids])  # 1, L
         embeds = llm.get_input_embeddings()(ids).detach()  # 1, L, D
-        steps = generate_tokens(llm, embeds, torch.ones_like(ids), gen, eos=eos, pad_id=pad)
+        steps = generate_tokens(llm, embeds, torch.ones_like(ids), gen, eos=eos, pad_id=pad, reuse=reuse)
         row = _timed_answer(steps, eos, processor.decode, t0)
         if i:
             rows.append({"id": sample.id, "audio_s": sum(len(a) for a in audios) / SAMPLE_RATE, "asr_s": asr_s,
@@ -373,6 +383,7 @@ def _figures(config: BenchConfig, spec: dict[str, Any], runs: dict[str, Any], no
         "threads": runs["e2e"]["threads"],
         "model": "tiny random" if config.tiny else (config.model or "default"),
         "overrides": config.overrides,
+        "reuse_prompts": config.reuse_prompts,
         "inputs": len(e2e_rows),
         "audio_s_mean": sum(r["audio_s"] for r in e2e_rows) / len(e2e_rows),
         "max_new_tokens": config.max_new_tokens,

@@ -24,6 +24,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--plots", type=Path, help="write PNG bar charts into this folder")
     p.add_argument("--tiny", action="store_true", help="tiny random models in a temp dir (smoke test)")
     p.add_argument("--no-cascade", action="store_true", help="measure only the end-to-end model")
+    p.add_argument("--no-reuse-prompts", action="store_true",
+                   help="prefill every prompt whole (default: reuse the shared system turn)")  # fmt: skip
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                    help="override the end-to-end model's config, e.g. bridge.beam_size=1 (repeatable)")  # fmt: skip
     p.set_defaults(func=cmd_bench)
@@ -43,6 +45,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         tiny=args.tiny,
         cascade=not args.no_cascade,
         overrides=list(args.overrides),
+        reuse_prompts=not args.no_reuse_prompts,
     )
     figures = run_bench(config)
     text = json.dumps(figures, indent=2)

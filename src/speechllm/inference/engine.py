@@ -55,6 +55,7 @@ from torch import Tensor
 from speechllm.inference.budget import PromptBudget
 from speechllm.inference.detok import TextStream
 from speechllm.inference.generation import PREFILL_CHUNK, DecodeBatch, GenerationConfig, eos_token_ids
+from speechllm.inference.prompt_cache import PromptCache
 from speechllm.inference.request import (
     Audio,
     Cancelled,
@@ -115,10 +116,13 @@ class Engine:
         start: bool = True,
         continuous: bool = True,
         prefill_chunk: int = PREFILL_CHUNK,
+        reuse_prompts: bool = True,
     ) -> None:
         """`speech`: what voices answers of requests submitted with speak=True (none: text only);
         `continuous`: new requests join the running batch at the next step (else only an empty one);
-        `prefill_chunk`: prompt positions per prefill call, the grain at which a prefill can be cancelled."""
+        `prefill_chunk`: prompt positions per prefill call, the grain at which a prefill can be cancelled;
+        `reuse_prompts`: a request prefilled alone reuses the keys and values of the positions its
+        prompt shares with the last such one (system turn, earlier turns: `PromptCache`)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_queue < 1:
@@ -132,6 +136,7 @@ class Engine:
         self.max_queue = max_queue
         self.continuous = continuous
         self.prefill_chunk = prefill_chunk
+        self.prompt_cache = PromptCache() if reuse_prompts else None  # the worker's alone
         self.budget = PromptBudget(model)
         self._eos = eos_token_ids(model)
         self._waiting: deque[Request] = deque()
@@ -350,6 +355,7 @@ class Engine:
                 full_mask=mask if mask.dim() == 4 else None,
                 want_hidden=any(r.speak for r in requests),
                 keep_going=keep_going,
+                reuse=self.prompt_cache,
             )
         except Exception as e:
             log.exception("prefill failed for %d request(s)", len(requests))

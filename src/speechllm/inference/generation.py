@@ -8,6 +8,8 @@ the last column, and each row's position ids count from its own first real token
 - `prefill` runs a prompt batch through the LLM in chunks of `chunk` positions into a fresh cache,
   asking `keep_going()` before each chunk, so a long prompt can be given up between chunks. (A
   bidirectional-prefix mask, 4-D, is run in one piece: a chunk could not see the prompt after it.)
+  Given a `PromptCache`, a lone causal prompt starts after the positions it shares with the last
+  one (the system turn, earlier turns), whose keys and values are reused.
 - `join` merges prefilled rows into the running batch: the narrower of the two caches is
   left-padded with masked zero columns and the two are concatenated row-wise. Masked columns add
   exactly nothing to attention and positions are per row, so a row's numbers do not depend on
@@ -33,6 +35,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from speechllm.inference.detok import TextStream
+from speechllm.inference.prompt_cache import PromptCache
 from speechllm.model.processor import Message
 from speechllm.model.speech_llm import Batch, SpeechLLM, position_ids
 
@@ -157,15 +160,19 @@ class DecodeBatch:
         full_mask: Tensor | None = None,
         want_hidden: bool = False,
         keep_going: Callable[[], bool] | None = None,
+        reuse: PromptCache | None = None,
     ) -> Prefilled | None:
         """Prompts (B, L, D) with their padding mask (B, L) into a fresh cache; None when `keep_going()`
-        said no before a chunk. `full_mask` (B, 1, L, L): a prefix-LM mask (prefilled in one piece)."""
+        said no before a chunk. `full_mask` (B, 1, L, L): a prefix-LM mask (prefilled in one piece).
+        `reuse`: a prompt cache; a lone causal prompt starts from the positions it shares with the
+        stored one, and is stored in its place."""
         positions = position_ids(attention_mask)  # B, L
-        cache = DynamicCache()
+        reusable = reuse is not None and PromptCache.usable(attention_mask, full_mask)
+        cache, first = reuse.lookup(inputs_embeds) if reuse is not None and reusable else (DynamicCache(), 0)
         length = attention_mask.shape[1]
         step = length if full_mask is not None else self.chunk
         out = None
-        for start in range(0, length, step):
+        for start in range(first, length, step):
             if keep_going is not None and not keep_going():
                 return None
             end = min(start + step, length)
@@ -179,6 +186,8 @@ class DecodeBatch:
                 logits_to_keep=1,
             )
         assert out is not None, "a prompt has at least one position"
+        if reuse is not None and reusable:
+            reuse.store(inputs_embeds, cache)
         hidden = out.hidden_states[-1][:, -1] if want_hidden else None
         return Prefilled(cache, attention_mask, positions[:, -1:] + 1, out.logits[:, -1], hidden)
 
@@ -247,15 +256,19 @@ def generate_tokens(
     pad_id: int,
     full_mask: Tensor | None = None,
     on_hidden: Callable[[Tensor], None] | None = None,
+    reuse: PromptCache | None = None,
 ) -> Iterator[Tensor]:
     """Yields the next token of every row (B,) at each step; rows that finished yield `pad_id`.
 
     Stops when every row has produced an end-of-sequence token or max_new_tokens is reached.
     `on_hidden(h)`, when given, receives before each yield the LLM's last-layer hidden state that
-    predicted the token (B, D): what the speech decoder reads (speechllm.speech_out).
+    predicted the token (B, D): what the speech decoder reads (speechllm.speech_out). `reuse`: a
+    `PromptCache` kept across calls (see `DecodeBatch.prefill`).
     """
     rows = DecodeBatch(llm, gen)
-    first = rows.prefill(inputs_embeds, attention_mask, full_mask=full_mask, want_hidden=on_hidden is not None)
+    first = rows.prefill(
+        inputs_embeds, attention_mask, full_mask=full_mask, want_hidden=on_hidden is not None, reuse=reuse
+    )
     assert first is not None
     rows.join(first)
     b = attention_mask.shape[0]
@@ -281,6 +294,7 @@ def stream_generate(
     batch: Batch,
     gen: GenerationConfig,
     on_hidden: Callable[[Tensor], None] | None = None,
+    reuse: PromptCache | None = None,
 ) -> Iterator[Tensor]:
     """`generate_tokens` for a SpeechLLM batch (its prefix mask, eos and pad ids)."""
     mask = model.attention_mask_for(batch.attention_mask, batch.prefix_lengths)
@@ -293,6 +307,7 @@ def stream_generate(
         pad_id=model.processor.tokenizer.pad_token_id,
         full_mask=mask if mask.dim() == 4 else None,
         on_hidden=on_hidden,
+        reuse=reuse,
     )
 
 

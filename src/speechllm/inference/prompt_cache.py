@@ -1,0 +1,78 @@
+"""Prompt reuse: the LLM's keys and values of the last prompt, so a prompt that starts the same way
+(the chat template's system turn, the earlier turns of a conversation) is prefilled only from where
+it differs (automatic prefix caching, as vLLM and llama.cpp's server do).
+
+Prompts are compared as input embeddings (B=1, L, D), not token ids: a token bridge's speech
+positions are the LLM's own embedding rows, so a transcript is reused like typed text. Only a
+causal prompt alone in its group (no padding) is reused or stored: a padded row's positions and a
+prefix-LM prompt's keys (which see later positions) would differ. The last position of a prompt is
+always computed, so its logits (and hidden state) come from a forward pass as without the cache.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+class PromptCache:
+    """The keys and values of one stored prompt (at most `max_positions` long)."""
+
+    def __init__(self, max_positions: int = 4096) -> None:
+        if max_positions < 1:
+            raise ValueError(f"max_positions must be >= 1, got {max_positions}")
+        self.max_positions = max_positions
+        self._embeds: Tensor | None = None  # L, D
+        self._kv: list[tuple[Tensor, Tensor]] = []  # per layer: 1, H, L, D_head
+        self.hits = 0  # positions reused so far (for benchmarks and tests)
+
+    @staticmethod
+    def usable(attention_mask: Tensor, full_mask: Tensor | None) -> bool:
+        """Whether a prompt group can be reused or stored: one causal row without padding."""
+        return full_mask is None and attention_mask.shape[0] == 1 and bool(attention_mask.all())
+
+    def common(self, inputs_embeds: Tensor) -> int:
+        """How many leading positions of a prompt (1, L, D) equal the stored one's, at most L - 1."""
+        if self._embeds is None:
+            return 0
+        n = min(self._embeds.shape[0], inputs_embeds.shape[1] - 1)
+        if n <= 0:
+            return 0
+        same = (self._embeds[:n] == inputs_embeds[0, :n]).all(-1)  # n
+        return n if bool(same.all()) else int((~same).long().argmax())
+
+    def lookup(self, inputs_embeds: Tensor) -> tuple[DynamicCache, int]:
+        """A fresh cache holding the stored keys of the prompt's common positions, and their count
+        (an empty cache and 0 when nothing is shared)."""
+        n = self.common(inputs_embeds)
+        if n == 0:
+            return DynamicCache(), 0
+        self.hits += n
+        return DynamicCache(ddp_cache_data=[(k[:, :, :n], v[:, :, :n]) for k, v in self._kv]), n
+
+    def store(self, inputs_embeds: Tensor, cache: DynamicCache) -> None:
+        """Remember a prefilled prompt (1, L, D) and its cache (copied: the cache goes on growing)."""
+        length = inputs_embeds.shape[1]
+        kv = []
+        for layer in cache.layers:
+            keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+            if (
+                length > self.max_positions
+                or type(layer) is not DynamicLayer
+                or keys is None
+                or values is None
+                or keys.shape[2] != length
+            ):
+                self.clear()  # only full-attention layers holding exactly this prompt are stored
+                return
+            kv.append((keys.clone(), values.clone()))
+        self._embeds, self._kv = inputs_embeds[0].detach().clone(), kv
+
+    def clear(self) -> None:
+        self._embeds, self._kv = None, []
+
+    @property
+    def stored(self) -> int:
+        """Positions held now."""
+        return 0 if self._embeds is None else self._embeds.shape[0]
