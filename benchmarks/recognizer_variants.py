@@ -6,7 +6,8 @@ the typed question (before and after `bridge.tidy`), and seconds per utterance.
 
 Same subsets as benchmarks/heldout_table.py (`--limit`, a fixed random subset), same WER
 (`eval.metrics.wer`, normalised). `--window real` encodes the audio at its real length instead of
-Whisper's 30 s window (about 10x less encoder work on a 3 s question); `--prompt` gives Whisper a
+Whisper's 30 s window (about 10x less encoder work on a 3 s question); `--precision bfloat16`
+runs encoder and decoder under bfloat16 autocast (`bridge.precision`); `--prompt` gives Whisper a
 previous-text prompt (`<|startofprev|>`), which steers its style. Transcripts are written to
 `runs/recognizer/<source>_<set>_<window>_b<beam>[_prompt].jsonl`.
 """
@@ -28,6 +29,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--window", choices=["30s", "real"], default="30s")
     parser.add_argument("--beams", type=int, nargs="+", default=[5])
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="float32",
+                        help="compute precision of encoder and decoder (bridge.precision)")  # fmt: skip
     parser.add_argument("--prompt", default="", help="a previous-text prompt for Whisper (default: none)")
     parser.add_argument("--out", type=Path, default=Path("runs/recognizer"))
     args = parser.parse_args()
@@ -43,6 +46,7 @@ def main() -> None:
     from speechllm.model.bridge import tidy_transcript
     from speechllm.model.encoder import load_whisper_encoder
     from speechllm.model.features import LogMel
+    from speechllm.model.precision import autocast, resolve_precision
     from speechllm.model.whisper_decoder import encode_windows, load_whisper_decoder
     from speechllm.weights.whisper_decoder import read_whisper_decoder
 
@@ -59,7 +63,8 @@ def main() -> None:
         samples = load_set(args.data, name, args.limit)
         refs = [s.meta.get("question") or spoken_text(s) for s in samples]
         states, t0 = [], time.perf_counter()
-        with torch.no_grad():
+        cpu = torch.device("cpu")
+        with torch.no_grad(), autocast(args.precision, cpu):
             for s in samples:
                 features, lengths = log_mel([load_audio(s.audio[0])])
                 if args.window == "30s":
@@ -69,13 +74,17 @@ def main() -> None:
         encode_s = (time.perf_counter() - t0) / len(samples)
         for beam in args.beams:
             t0 = time.perf_counter()
-            hyps = [" ".join(t for t in decoder.transcribe(h, beam_size=beam) if t) for h in states]
+            with torch.no_grad(), autocast(args.precision, cpu):
+                hyps = [" ".join(t for t in decoder.transcribe(h, beam_size=beam) if t) for h in states]
             decode_s = (time.perf_counter() - t0) / len(samples)
+            precision = resolve_precision(args.precision, cpu)
             tag = f"{args.source.split(':')[-1]}_{name}_{args.window}_b{beam}" + ("_prompt" if args.prompt else "")
+            tag += "_bf16" if precision == "bfloat16" else ""
             with open(args.out / f"{tag}.jsonl", "w", encoding="utf-8") as f:
                 for s, r, h in zip(samples, refs, hyps):
                     f.write(json.dumps({"id": s.id, "reference": r, "hypothesis": h}) + "\n")
             row = {"source": args.source, "set": name, "n": len(samples), "window": args.window, "beam": beam,
+                   "precision": precision,
                    "prompt": bool(args.prompt), "wer": round(wer(refs, hyps), 4),
                    "exact": sum(h == r for h, r in zip(hyps, refs)),
                    "exact_tidy": sum(tidy_transcript(h) == r for h, r in zip(hyps, refs)),

@@ -267,3 +267,51 @@ def test_a_whisper_bridged_model_hears_and_reads_the_recognizers_transcript(tiny
     ids = tokenizer.encode(expected, add_special_tokens=False)
     assert lengths.tolist() == [len(ids)]
     torch.testing.assert_close(embeds[0, : len(ids)], model.embedding_table()[ids])
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_the_whisper_recognizer_runs_in_its_configured_precision(tiny_config, tone, precision):
+    """bridge.precision decides whether encoder and text decoder run under bfloat16 autocast."""
+    from speechllm.model import assemble
+    from speechllm.model.encoder import load_whisper_encoder
+    from speechllm.weights.llm import load_llm
+
+    tiny_config.encoder.padding = "30s"
+    tiny_config.bridge = BridgeConfig(mode="top1", recognizer="whisper", max_tokens=3, precision=precision)
+    encoder = load_whisper_encoder(tiny_config.encoder)
+    llm, tokenizer = load_llm(tiny_config.llm)
+    arch = DecoderArch(vocab_size=16, d_model=encoder.config.d_model, n_layers=1, n_heads=4, ffn_dim=64,
+                       max_positions=16, prompt=[1], eot=2, suppress=[], suppress_begin=[2], specials_from=None)  # fmt: skip
+    recognizer = WhisperTextDecoder(arch, detokenize=lambda ids: "hello").eval()
+    model = assemble(tiny_config, encoder, llm, tokenizer, recognizer).eval()
+    seen: list[tuple[str, bool]] = []
+
+    def record(module, args, output):
+        seen.append((type(module).__name__, torch.is_autocast_enabled("cpu")))
+
+    hooks = [encoder.register_forward_hook(record), recognizer.layers[0].register_forward_hook(record)]
+    try:
+        with torch.no_grad():
+            assert model.hear([tone(1.0)]) == ["Hello"]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert {name for name, _ in seen} == {"WhisperEncoder", "_DecoderLayer"}
+    assert all(on == (precision == "bfloat16") for _, on in seen)
+    with pytest.raises(ValueError, match="bridge.precision"):
+        BridgeConfig(precision="float16")
+
+
+def test_auto_precision_is_bfloat16_only_where_the_cpu_multiplies_it_natively(tmp_path):
+    from speechllm.model.precision import cpu_has_native_bf16, resolve_precision
+
+    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f amx_bf16 amx_tile\n")
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert cpu_has_native_bf16(str(amx)) and not cpu_has_native_bf16(str(plain))
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bfloat16" if cpu_has_native_bf16() else "float32")
+    assert resolve_precision("float32", cpu) == "float32" and resolve_precision("bfloat16", cpu) == "bfloat16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("int8", cpu)

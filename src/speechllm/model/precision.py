@@ -1,0 +1,50 @@
+"""Compute precision of the frozen Whisper recognizer: bfloat16 where the hardware multiplies it
+natively, float32 elsewhere.
+
+Whisper was trained in half precision and its bundled weights are float16, so bfloat16 matmuls
+cost it little accuracy; on a CPU with AMX or AVX512-BF16 they take about a third of the float32
+time (benchmarks/recognizer_variants.py `--precision`). On a CPU without them bfloat16 is emulated
+and slower, so `auto` keeps float32 there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+
+import torch
+
+from speechllm.config import PRECISIONS
+
+_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.cache
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU's flags (Linux `/proc/cpuinfo`) include AMX-BF16 or AVX512-BF16; False where
+    they cannot be read."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return any(flag in flags for flag in _BF16_CPU_FLAGS)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> `bfloat16` on a CUDA device that supports it or a CPU with native bf16, else `float32`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if device.type == "cpu" and cpu_has_native_bf16() else "float32"
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """A context that runs matmuls in `precision` (resolved by `resolve_precision`) on `device`."""
+    if resolve_precision(precision, device) == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
