@@ -6,7 +6,8 @@ the typed question (before and after `bridge.tidy`), and seconds per utterance.
 
 Same subsets as benchmarks/heldout_table.py (`--limit`, a fixed random subset), same WER
 (`eval.metrics.wer`, normalised). `--window real` encodes the audio at its real length instead of
-Whisper's 30 s window (about 10x less encoder work on a 3 s question); `--precision bfloat16`
+Whisper's 30 s window (about 10x less encoder work on a 3 s question), `--window 10s` / `20s` over
+the audio padded with silence to that length; `--precision bfloat16`
 runs encoder and decoder under bfloat16 autocast (`bridge.precision`); `--prompt` gives Whisper a
 previous-text prompt (`<|startofprev|>`), which steers its style. Transcripts are written to
 `runs/recognizer/<source>_<set>_<window>_b<beam>[_prompt].jsonl`.
@@ -27,13 +28,16 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data_out/heldout"))
     parser.add_argument("--sets", nargs="+", default=["festival", "human", "spoken_qa"])
     parser.add_argument("--limit", type=int, default=100)
-    parser.add_argument("--window", choices=["30s", "real"], default="30s")
+    parser.add_argument("--window", choices=["30s", "20s", "10s", "real"], default="30s",
+                        help="30s: Whisper's window; 20s / 10s: audio silence-padded to that length and "
+                        "encoded whole (a shorter window); real: the audio's own length")  # fmt: skip
     parser.add_argument("--beams", type=int, nargs="+", default=[5])
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="float32",
                         help="compute precision of encoder and decoder (bridge.precision)")  # fmt: skip
     parser.add_argument("--prompt", default="", help="a previous-text prompt for Whisper (default: none)")
     parser.add_argument("--out", type=Path, default=Path("runs/recognizer"))
     args = parser.parse_args()
+    import numpy as np
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -51,7 +55,9 @@ def main() -> None:
     from speechllm.weights.whisper_decoder import read_whisper_decoder
 
     torch.set_num_threads(1)
-    encoder = load_whisper_encoder(EncoderConfig(source=args.source, padding=args.window)).eval()
+    short = args.window in ("20s", "10s")  # encoded at real length over the silence-padded audio
+    padding = "real" if short else args.window
+    encoder = load_whisper_encoder(EncoderConfig(source=args.source, padding=padding)).eval()
     decoder = load_whisper_decoder(args.source)
     if args.prompt:
         tokenizer = read_whisper_decoder(args.source)[2]
@@ -66,7 +72,10 @@ def main() -> None:
         cpu = torch.device("cpu")
         with torch.no_grad(), autocast(args.precision, cpu):
             for s in samples:
-                features, lengths = log_mel([load_audio(s.audio[0])])
+                audio = load_audio(s.audio[0])
+                if short:
+                    audio = np.pad(audio, (0, max(0, int(args.window[:-1]) * 16000 - len(audio))))
+                features, lengths = log_mel([audio])
                 if args.window == "30s":
                     states.append(encode_windows(encoder, features, lengths)[0])
                 else:
