@@ -7,8 +7,8 @@ the typed question (before and after `bridge.tidy`), and seconds per utterance.
 Same subsets as benchmarks/heldout_table.py (`--limit`, a fixed random subset), same WER
 (`eval.metrics.wer`, normalised). `--window real` encodes the audio at its real length instead of
 Whisper's 30 s window (about 10x less encoder work on a 3 s question), `--window 10s` / `20s` over
-the audio padded with silence to that length; `--precision bfloat16`
-runs encoder and decoder under bfloat16 autocast (`bridge.precision`); `--prompt` gives Whisper a
+the audio padded with silence to that length; `--precision bfloat16` runs the text decoder under
+bfloat16 autocast (`bridge.precision`), `--encoder-precision bfloat16` the encoder; `--prompt` gives Whisper a
 previous-text prompt (`<|startofprev|>`), which steers its style. Transcripts are written to
 `runs/recognizer/<source>_<set>_<window>_b<beam>[_prompt].jsonl`.
 """
@@ -33,7 +33,9 @@ def main() -> None:
                         "encoded whole (a shorter window); real: the audio's own length")  # fmt: skip
     parser.add_argument("--beams", type=int, nargs="+", default=[5])
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="float32",
-                        help="compute precision of encoder and decoder (bridge.precision)")  # fmt: skip
+                        help="compute precision of the text decoder (bridge.precision)")  # fmt: skip
+    parser.add_argument("--encoder-precision", choices=["auto", "float32", "bfloat16"], default="float32",
+                        help="compute precision of the encoder (the model keeps it float32)")  # fmt: skip
     parser.add_argument("--prompt", default="", help="a previous-text prompt for Whisper (default: none)")
     parser.add_argument("--out", type=Path, default=Path("runs/recognizer"))
     args = parser.parse_args()
@@ -70,7 +72,7 @@ def main() -> None:
         refs = [s.meta.get("question") or spoken_text(s) for s in samples]
         states, t0 = [], time.perf_counter()
         cpu = torch.device("cpu")
-        with torch.no_grad(), autocast(args.precision, cpu):
+        with torch.no_grad(), autocast(args.encoder_precision, cpu):
             for s in samples:
                 audio = load_audio(s.audio[0])
                 if short:
@@ -87,13 +89,15 @@ def main() -> None:
                 hyps = [" ".join(t for t in decoder.transcribe(h, beam_size=beam) if t) for h in states]
             decode_s = (time.perf_counter() - t0) / len(samples)
             precision = resolve_precision(args.precision, cpu)
+            encoder_precision = resolve_precision(args.encoder_precision, cpu)
             tag = f"{args.source.split(':')[-1]}_{name}_{args.window}_b{beam}" + ("_prompt" if args.prompt else "")
             tag += "_bf16" if precision == "bfloat16" else ""
+            tag += "_encbf16" if encoder_precision == "bfloat16" else ""
             with open(args.out / f"{tag}.jsonl", "w", encoding="utf-8") as f:
                 for s, r, h in zip(samples, refs, hyps):
                     f.write(json.dumps({"id": s.id, "reference": r, "hypothesis": h}) + "\n")
             row = {"source": args.source, "set": name, "n": len(samples), "window": args.window, "beam": beam,
-                   "precision": precision,
+                   "precision": precision, "encoder_precision": encoder_precision,
                    "prompt": bool(args.prompt), "wer": round(wer(refs, hyps), 4),
                    "exact": sum(h == r for h, r in zip(hyps, refs)),
                    "exact_tidy": sum(tidy_transcript(h) == r for h, r in zip(hyps, refs)),

@@ -22,7 +22,6 @@ from speechllm.model.adaptor import Adaptor
 from speechllm.model.bridge import ctc_bridge, tidy_transcript, token_embeddings
 from speechllm.model.compressor import Compressor
 from speechllm.model.encoder import WhisperEncoder
-from speechllm.model.precision import autocast
 from speechllm.model.processor import Message, Rendered, SpeechLLMProcessor
 from speechllm.model.whisper_decoder import WhisperTextDecoder, transcribe_windows
 
@@ -186,10 +185,15 @@ class SpeechLLM(nn.Module):
         if self.recognizer is None:
             raise ValueError("this model has no Whisper text decoder (bridge.recognizer is not 'whisper')")
         bridge = self.config.bridge
-        with autocast(bridge.precision, features.device):
-            windows = transcribe_windows(
-                self.encoder, self.recognizer, features, feature_lengths, bridge.max_tokens, bridge.beam_size
-            )
+        windows = transcribe_windows(
+            self.encoder,
+            self.recognizer,
+            features,
+            feature_lengths,
+            bridge.max_tokens,
+            bridge.beam_size,
+            bridge.precision,
+        )
         if bridge.tidy:
             windows = [[tidy_transcript(t) for t in texts] for texts in windows]
         return [" ".join(texts) for texts in windows]

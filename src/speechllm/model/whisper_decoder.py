@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechllm.model.encoder import WINDOW_FRAMES, WhisperAttention, WhisperEncoder, split_windows
+from speechllm.model.precision import autocast
 
 
 @dataclass
@@ -227,11 +228,14 @@ def transcribe_windows(
     lengths: Tensor,
     max_tokens: int = 128,
     beam_size: int = 1,
+    precision: str = "float32",
 ) -> list[list[str]]:
     """The transcripts of each input's 30 s windows (`encode_windows`): per input, its windows'
-    non-empty texts in order."""
+    non-empty texts in order. `precision`: the text decoder's (`model.precision`); the encoder
+    runs in float32, as its bfloat16 states cost words on people (README, Figures)."""
     states, owner = encode_windows(encoder, features, lengths)
-    texts = decoder.transcribe(states, max_tokens=max_tokens, beam_size=beam_size)
+    with autocast(precision, states.device):
+        texts = decoder.transcribe(states, max_tokens=max_tokens, beam_size=beam_size)
     grouped: list[list[str]] = [[] for _ in range(features.shape[0])]
     for i, text in zip(owner, texts):
         if text:
