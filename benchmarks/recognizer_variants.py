@@ -8,7 +8,7 @@ Same subsets as benchmarks/heldout_table.py (`--limit`, a fixed random subset), 
 (`eval.metrics.wer`, normalised). `--window real` encodes the audio at its real length instead of
 Whisper's 30 s window (about 10x less encoder work on a 3 s question), `--window 10s` / `20s` over
 the audio padded with silence to that length; `--precision bfloat16` runs the text decoder under
-bfloat16 autocast (`bridge.precision`), `--encoder-precision bfloat16` the encoder; `--prompt` gives Whisper a
+bfloat16 (`bridge.precision`), `--encoder-precision bfloat16` the encoder under autocast; `--prompt` gives Whisper a
 previous-text prompt (`<|startofprev|>`), which steers its style. Transcripts are written to
 `runs/recognizer/<source>_<set>_<window>_b<beam>[_prompt].jsonl`.
 """
@@ -52,7 +52,7 @@ def main() -> None:
     from speechllm.model.bridge import tidy_transcript
     from speechllm.model.encoder import load_whisper_encoder
     from speechllm.model.features import LogMel
-    from speechllm.model.precision import autocast, resolve_precision
+    from speechllm.model.precision import resolve_precision
     from speechllm.model.whisper_decoder import encode_windows, load_whisper_decoder
     from speechllm.weights.whisper_decoder import read_whisper_decoder
 
@@ -60,7 +60,7 @@ def main() -> None:
     short = args.window in ("20s", "10s")  # encoded at real length over the silence-padded audio
     padding = "real" if short else args.window
     encoder = load_whisper_encoder(EncoderConfig(source=args.source, padding=padding)).eval()
-    decoder = load_whisper_decoder(args.source)
+    decoder = load_whisper_decoder(args.source, args.precision)
     if args.prompt:
         tokenizer = read_whisper_decoder(args.source)[2]
         previous = [tokenizer.token_to_id("<|startofprev|>"), *tokenizer.encode(" " + args.prompt.strip()).ids]
@@ -72,7 +72,8 @@ def main() -> None:
         refs = [s.meta.get("question") or spoken_text(s) for s in samples]
         states, t0 = [], time.perf_counter()
         cpu = torch.device("cpu")
-        with torch.no_grad(), autocast(args.encoder_precision, cpu):
+        encoder_bf16 = resolve_precision(args.encoder_precision, cpu) == "bfloat16"
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=encoder_bf16):
             for s in samples:
                 audio = load_audio(s.audio[0])
                 if short:
@@ -85,7 +86,7 @@ def main() -> None:
         encode_s = (time.perf_counter() - t0) / len(samples)
         for beam in args.beams:
             t0 = time.perf_counter()
-            with torch.no_grad(), autocast(args.precision, cpu):
+            with torch.no_grad():
                 hyps = [" ".join(t for t in decoder.transcribe(h, beam_size=beam) if t) for h in states]
             decode_s = (time.perf_counter() - t0) / len(samples)
             precision = resolve_precision(args.precision, cpu)

@@ -152,9 +152,9 @@ class BridgeConfig:
     beam_size: int = 1
     """Beam width of the `whisper` recognizer (1: greedy; 5: as Whisper's own decoding by default)."""
     precision: str = "auto"
-    """Compute precision of the `whisper` recognizer's text decoder: `float32`, `bfloat16`, or
-    `auto` (bfloat16 where the hardware multiplies it natively: CUDA, or a CPU with AMX /
-    AVX512-BF16, where it decodes in about 0.6x the time at the same held-out WER; see
+    """Precision of the `whisper` recognizer's text decoder weights and matmuls: `float32`,
+    `bfloat16`, or `auto` (bfloat16 where the hardware multiplies it natively: CUDA, or a CPU with
+    AMX / AVX512-BF16, where it decodes in about half the time at the same held-out WER; see
     `speechllm.model.precision`). The encoder stays float32: its bfloat16 states cost words on people."""
     tidy: bool = True
     """Write the `whisper` recognizer's transcript as a person types it before the LLM reads it: each

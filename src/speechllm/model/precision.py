@@ -1,16 +1,18 @@
-"""Compute precision of the Whisper recognizer's text decoder: bfloat16 where the hardware
-multiplies it natively, float32 elsewhere.
+"""Precision of the Whisper recognizer's text decoder: bfloat16 where the hardware multiplies it
+natively, float32 elsewhere.
 
-Whisper was trained in half precision and its bundled weights are float16. Measured on the held-out
-sets (benchmarks/recognizer_variants.py `--precision`, `--encoder-precision`): the text decoder in
-bfloat16 gives the float32 WER in about 0.6x the time on a CPU with AMX; the encoder in bfloat16 is
-faster still but its states cost words on people, so it stays float32. On a CPU without native
-bfloat16 it is emulated and slower, so `auto` keeps float32 there.
+Whisper was trained in half precision and its bundled weights are float16. The decoder's weights
+are held in bfloat16 (its matmuls run in it; logits and beam scores stay float32). Not autocast: a
+frozen weight is cast again at every call under autocast, which made decoding slower, not faster.
+Measured on the held-out sets (benchmarks/recognizer_variants.py `--precision`,
+`--encoder-precision`; README, Figures): the decoder in bfloat16 gives the float32 WER in about
+half the time on a CPU with AMX; the encoder in bfloat16 is faster still but its states cost words
+on people, so it stays float32. On a CPU without native bfloat16 it is emulated and slower, so
+`auto` keeps float32 there.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from pathlib import Path
 
@@ -43,9 +45,3 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     return "bfloat16" if device.type == "cpu" and cpu_has_native_bf16() else "float32"
 
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[object]:
-    """A context that runs matmuls in `precision` (resolved by `resolve_precision`) on `device`."""
-    if resolve_precision(precision, device) == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

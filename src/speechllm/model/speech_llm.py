@@ -186,13 +186,7 @@ class SpeechLLM(nn.Module):
             raise ValueError("this model has no Whisper text decoder (bridge.recognizer is not 'whisper')")
         bridge = self.config.bridge
         windows = transcribe_windows(
-            self.encoder,
-            self.recognizer,
-            features,
-            feature_lengths,
-            bridge.max_tokens,
-            bridge.beam_size,
-            bridge.precision,
+            self.encoder, self.recognizer, features, feature_lengths, bridge.max_tokens, bridge.beam_size
         )
         if bridge.tidy:
             windows = [[tidy_transcript(t) for t in texts] for texts in windows]

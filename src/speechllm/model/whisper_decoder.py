@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechllm.model.encoder import WINDOW_FRAMES, WhisperAttention, WhisperEncoder, split_windows
-from speechllm.model.precision import autocast
+from speechllm.model.precision import resolve_precision
 
 
 @dataclass
@@ -87,7 +87,13 @@ class WhisperTextDecoder(nn.Module):
         )
         self.layer_norm = nn.LayerNorm(arch.d_model)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype (bfloat16 under `bridge.precision`); states are cast to it, logits are float32."""
+        return self.embed_tokens.weight.dtype
+
     def _cross_cache(self, states: Tensor) -> list[dict[str, Tensor]]:
+        states = states.to(self.dtype)
         caches = []
         for layer in self.layers:
             assert isinstance(layer, _DecoderLayer)
@@ -104,7 +110,8 @@ class WhisperTextDecoder(nn.Module):
             self_mask = torch.ones(t, start + t, dtype=torch.bool, device=tokens.device).tril(start)
         for layer, cache in zip(self.layers, caches):
             x = layer(x, cache, self_mask, cross_mask)
-        return F.linear(self.layer_norm(x[:, -1]), self.embed_tokens.weight)  # B, D -> B, V (tied output)
+        logits = F.linear(self.layer_norm(x[:, -1]), self.embed_tokens.weight)  # B, D -> B, V (tied output)
+        return logits.float()  # beam scores add up in float32 whatever the weights' dtype
 
     @torch.no_grad()
     def greedy(self, states: Tensor, lengths: Tensor | None = None, max_tokens: int = 128) -> list[list[int]]:
@@ -228,14 +235,11 @@ def transcribe_windows(
     lengths: Tensor,
     max_tokens: int = 128,
     beam_size: int = 1,
-    precision: str = "float32",
 ) -> list[list[str]]:
     """The transcripts of each input's 30 s windows (`encode_windows`): per input, its windows'
-    non-empty texts in order. `precision`: the text decoder's (`model.precision`); the encoder
-    runs in float32, as its bfloat16 states cost words on people (README, Figures)."""
+    non-empty texts in order."""
     states, owner = encode_windows(encoder, features, lengths)
-    with autocast(precision, states.device):
-        texts = decoder.transcribe(states, max_tokens=max_tokens, beam_size=beam_size)
+    texts = decoder.transcribe(states, max_tokens=max_tokens, beam_size=beam_size)
     grouped: list[list[str]] = [[] for _ in range(features.shape[0])]
     for i, text in zip(owner, texts):
         if text:
@@ -243,8 +247,9 @@ def transcribe_windows(
     return grouped
 
 
-def load_whisper_decoder(source: str) -> WhisperTextDecoder:
-    """The pretrained text decoder (with its tokenizer) of the Whisper checkpoint `source` names."""
+def load_whisper_decoder(source: str, precision: str = "float32") -> WhisperTextDecoder:
+    """The pretrained text decoder (with its tokenizer) of the Whisper checkpoint `source` names, its
+    weights in `precision` (`model.precision.resolve_precision`; the matmuls then run in it too)."""
     from speechllm.weights.errors import WeightsError
     from speechllm.weights.whisper_decoder import read_whisper_decoder
 
@@ -253,4 +258,6 @@ def load_whisper_decoder(source: str) -> WhisperTextDecoder:
     missing, unexpected = decoder.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise WeightsError(f"{source}: decoder weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    if resolve_precision(precision, torch.device("cpu")) == "bfloat16":
+        decoder.to(torch.bfloat16)
     return decoder.eval()
