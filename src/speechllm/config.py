@@ -151,11 +151,12 @@ class BridgeConfig:
     """Longest transcript the `whisper` recognizer writes for one 30 s window."""
     beam_size: int = 1
     """Beam width of the `whisper` recognizer (1: greedy; 5: as Whisper's own decoding by default)."""
-    precision: str = "auto"
+    precision: str = "float32"
     """Precision of the `whisper` recognizer's text decoder weights and matmuls: `float32`,
     `bfloat16`, or `auto` (bfloat16 where the hardware multiplies it natively: CUDA, or a CPU with
-    AMX / AVX512-BF16, where it decodes in about half the time at the same held-out WER; see
-    `speechllm.model.precision`). The encoder stays float32: its bfloat16 states cost words on people."""
+    AMX / AVX512-BF16). bfloat16 cuts time to first token by about a quarter on such a CPU but costs
+    words (held-out telephone WER 0.195 vs 0.192, people 0.235 vs 0.218: README, Figures), so
+    float32 is the default; see `speechllm.model.precision`. The encoder always runs in float32."""
     tidy: bool = True
     """Write the `whisper` recognizer's transcript as a person types it before the LLM reads it: each
     sentence starts with a capital, and one that opens like a question ends with "?" (Whisper
