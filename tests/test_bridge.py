@@ -271,12 +271,21 @@ def test_a_whisper_bridged_model_hears_and_reads_the_recognizers_transcript(tiny
     torch.testing.assert_close(embeds[0, : len(ids)], model.embedding_table()[ids])
 
 
-def test_a_bfloat16_recognizer_holds_bfloat16_weights_and_gives_float32_logits_close_to_float32(hf_whisper):
-    """bridge.precision: the text decoder's weights in bfloat16 (its matmuls run in it), float32
-    states cast on the way in, float32 logits out, close to the float32 decoder's."""
+def test_a_bfloat16_recognizer_multiplies_in_bfloat16_and_keeps_norms_and_logits_float32(hf_whisper):
+    """bridge.precision: the text decoder's linear layers and token table in bfloat16, its norms,
+    positions and logits float32; logits close to the float32 decoder's, for greedy and beam."""
+    from speechllm.model.precision import LowPrecisionLinear
+
     decoder = ours_from_hf(hf_whisper)
-    half = copy.deepcopy(decoder).to(torch.bfloat16)
-    assert half.dtype == torch.bfloat16 and decoder.dtype == torch.float32
+    half = copy.deepcopy(decoder)
+    half.lower_precision(torch.bfloat16)
+    assert half.matmul_dtype == torch.bfloat16 and decoder.matmul_dtype == torch.float32
+    linears = [m for m in half.modules() if isinstance(m, LowPrecisionLinear)]
+    assert len(linears) == 2 * len(half.layers) * 4 + 2 * len(half.layers)  # 2 attentions x q/k/v/o, fc1/fc2
+    assert all(m.weight.dtype == torch.bfloat16 for m in linears)
+    assert all(p.dtype == torch.float32 for n, p in half.named_parameters() if "norm" in n or "embed" in n)
+    assert half.logits_table is not None and half.logits_table.dtype == torch.bfloat16
+    assert set(half.state_dict()) == set(decoder.state_dict())  # same names: loads the same checkpoints
     states = torch.randn(1, 6, decoder.arch.d_model)
     tokens = torch.tensor([decoder.arch.prompt])
     with torch.no_grad():
@@ -284,7 +293,8 @@ def test_a_bfloat16_recognizer_holds_bfloat16_weights_and_gives_float32_logits_c
         low = half._step(tokens, 0, half._cross_cache(states), None)
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, full, rtol=0.05, atol=0.05 * float(full.abs().max()))
-    assert isinstance(half.transcribe(states, max_tokens=3, beam_size=2)[0], str)  # beam scores in float32 run
+    for beam in (1, 2):
+        assert len(half.transcribe(states, max_tokens=3, beam_size=beam)) == 1
     with pytest.raises(ValueError, match=r"bridge\.precision"):
         BridgeConfig(precision="float16")
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechllm.model.encoder import WINDOW_FRAMES, WhisperAttention, WhisperEncoder, split_windows
-from speechllm.model.precision import resolve_precision
+from speechllm.model.precision import lower_linears, resolve_precision
 
 
 @dataclass
@@ -86,14 +86,23 @@ class WhisperTextDecoder(nn.Module):
             _DecoderLayer(arch.d_model, arch.n_heads, arch.ffn_dim) for _ in range(arch.n_layers)
         )
         self.layer_norm = nn.LayerNorm(arch.d_model)
+        self.logits_table: Tensor | None = None
+        """A lower-precision copy of the token table for the logits (`lower_precision`); None: the table."""
 
     @property
-    def dtype(self) -> torch.dtype:
-        """The weights' dtype (bfloat16 under `bridge.precision`); states are cast to it, logits are float32."""
-        return self.embed_tokens.weight.dtype
+    def matmul_dtype(self) -> torch.dtype:
+        """The dtype the logits and the linear layers multiply in (`lower_precision`)."""
+        return self.embed_tokens.weight.dtype if self.logits_table is None else self.logits_table.dtype
+
+    def lower_precision(self, dtype: torch.dtype) -> None:
+        """Multiply the linear layers and the logits in `dtype` (weights held in it; the logits read a
+        copy of the token table, whose rows stay float32 as inputs); norms, softmax, residual sums
+        and logits stay float32 (`model.precision`)."""
+        lower_linears(self.layers, dtype)
+        self.logits_table = self.embed_tokens.weight.detach().to(dtype)
 
     def _cross_cache(self, states: Tensor) -> list[dict[str, Tensor]]:
-        states = states.to(self.dtype)
+        states = states.to(self.embed_positions.weight.dtype)  # the residual stream's (float32)
         caches = []
         for layer in self.layers:
             assert isinstance(layer, _DecoderLayer)
@@ -110,8 +119,9 @@ class WhisperTextDecoder(nn.Module):
             self_mask = torch.ones(t, start + t, dtype=torch.bool, device=tokens.device).tril(start)
         for layer, cache in zip(self.layers, caches):
             x = layer(x, cache, self_mask, cross_mask)
-        logits = F.linear(self.layer_norm(x[:, -1]), self.embed_tokens.weight)  # B, D -> B, V (tied output)
-        return logits.float()  # beam scores add up in float32 whatever the weights' dtype
+        table = self.embed_tokens.weight if self.logits_table is None else self.logits_table
+        logits = F.linear(self.layer_norm(x[:, -1]).to(table.dtype), table)  # B, D -> B, V (tied output)
+        return logits.float()  # beam scores add up in float32 whatever the table's dtype
 
     @torch.no_grad()
     def greedy(self, states: Tensor, lengths: Tensor | None = None, max_tokens: int = 128) -> list[list[int]]:
@@ -259,5 +269,5 @@ def load_whisper_decoder(source: str, precision: str = "float32") -> WhisperText
     if missing or unexpected:
         raise WeightsError(f"{source}: decoder weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})")
     if resolve_precision(precision, torch.device("cpu")) == "bfloat16":
-        decoder.to(torch.bfloat16)
+        decoder.lower_precision(torch.bfloat16)
     return decoder.eval()
