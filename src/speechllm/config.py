@@ -154,9 +154,9 @@ class BridgeConfig:
     precision: str = "float32"
     """Precision of the `whisper` recognizer's text decoder weights and matmuls: `float32`,
     `bfloat16`, or `auto` (bfloat16 where the hardware multiplies it natively: CUDA, or a CPU with
-    AMX / AVX512-BF16). bfloat16 cuts time to first token by about a quarter on such a CPU but costs
-    words (held-out telephone WER 0.195 vs 0.192, people 0.235 vs 0.218: README, Figures), so
-    float32 is the default; see `speechllm.model.precision`. The encoder always runs in float32."""
+    AMX / AVX512-BF16). bfloat16 gives the first token ~0.14 s sooner on such a CPU, at a small cost
+    (held-out people WER 0.228 vs 0.218, agreement 56.9% vs 58.5%: README, Figures), so float32 is
+    the default; see `speechllm.model.precision`. The encoder always runs in float32."""
     tidy: bool = True
     """Write the `whisper` recognizer's transcript as a person types it before the LLM reads it: each
     sentence starts with a capital, and one that opens like a question ends with "?" (Whisper
