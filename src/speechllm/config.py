@@ -157,6 +157,10 @@ class BridgeConfig:
     AMX / AVX512-BF16). bfloat16 gives the first token ~0.14 s sooner on such a CPU, at a small cost
     (held-out people WER 0.228 vs 0.218, agreement 56.9% vs 58.5%: README, Figures), so float32 is
     the default; see `speechllm.model.precision`. The encoder always runs in float32."""
+    rescore: float = 0.0
+    """With beam search (`beam_size` > 1), weight of the LLM's own log-likelihood of each finished
+    hypothesis as the user's turn, added to the recognizer's log-probability to pick the transcript
+    (N-best rescoring, `speechllm.model.rescore`); 0: Whisper's own ranking."""
     tidy: bool = True
     """Write the `whisper` recognizer's transcript as a person types it before the LLM reads it: each
     sentence starts with a capital, and one that opens like a question ends with "?" (Whisper
@@ -176,6 +180,8 @@ class BridgeConfig:
         _check_positive("bridge.max_tokens", self.max_tokens)
         _check_positive("bridge.beam_size", self.beam_size)
         _check_choice("bridge.precision", self.precision, PRECISIONS)
+        if self.rescore < 0:
+            raise ValueError(f"bridge.rescore must be >= 0, got {self.rescore}")
         if self.recognizer == "whisper" and self.mode == "posterior":
             raise ValueError(
                 "bridge.mode 'posterior' needs bridge.recognizer 'ctc' (the whisper recognizer gives top1 only)"

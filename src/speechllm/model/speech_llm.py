@@ -23,6 +23,7 @@ from speechllm.model.bridge import ctc_bridge, tidy_transcript, token_embeddings
 from speechllm.model.compressor import Compressor
 from speechllm.model.encoder import WhisperEncoder
 from speechllm.model.processor import Message, Rendered, SpeechLLMProcessor
+from speechllm.model.rescore import TurnScorer, best_by_llm, candidates
 from speechllm.model.whisper_decoder import WhisperTextDecoder, transcribe_windows
 
 IGNORE_INDEX = -100
@@ -81,6 +82,7 @@ class SpeechLLM(nn.Module):
         self.llm = llm
         self.processor = processor
         self.recognizer = recognizer
+        self._turn_scorer: TurnScorer | None = None  # the LLM's scorer of transcripts (`bridge.rescore`)
         self.set_trainable(config.trainable)
 
     # ------------------------------------------------------------------ parts and freezing
@@ -93,6 +95,7 @@ class SpeechLLM(nn.Module):
         for name, p in self.named_parameters():
             p.requires_grad_(part_of(name) in parts)
         self.config.trainable = list(parts)
+        self._turn_scorer = None  # its cached template start is stale once the LLM may train
 
     def trainable_parameter_names(self) -> set[str]:
         return {n for n, p in self.named_parameters() if p.requires_grad}
@@ -185,12 +188,21 @@ class SpeechLLM(nn.Module):
         if self.recognizer is None:
             raise ValueError("this model has no Whisper text decoder (bridge.recognizer is not 'whisper')")
         bridge = self.config.bridge
+        choose = self._rescored if bridge.rescore > 0 and bridge.beam_size > 1 else None
         windows = transcribe_windows(
-            self.encoder, self.recognizer, features, feature_lengths, bridge.max_tokens, bridge.beam_size
+            self.encoder, self.recognizer, features, feature_lengths, bridge.max_tokens, bridge.beam_size, choose
         )
         if bridge.tidy:
             windows = [[tidy_transcript(t) for t in texts] for texts in windows]
         return [" ".join(texts) for texts in windows]
+
+    def _rescored(self, hypotheses: list[tuple[str, float]]) -> str:
+        """The recognizer's finished hypotheses (text, log-probability) rescored by the LLM (`rescore`)."""
+        bridge = self.config.bridge
+        tidied = candidates([(tidy_transcript(t) if bridge.tidy else t, logp) for t, logp in hypotheses])
+        if self._turn_scorer is None:
+            self._turn_scorer = TurnScorer(self.llm, self.processor.tokenizer, self.processor.system_prompt)
+        return best_by_llm(tidied, self._turn_scorer([t for t, _ in tidied]), bridge.rescore)
 
     def llm_token_paths(self, texts: list[str]) -> list[list[int]]:
         """Transcripts -> the LLM's own token ids (a silent audio reads as an ellipsis, never nothing)."""

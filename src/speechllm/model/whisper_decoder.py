@@ -44,6 +44,10 @@ class DecoderArch:
     """Ids from here on are special tokens (start of transcript, languages, timestamps ...): never emitted."""
 
 
+Chooser = Callable[[list[tuple[str, float]]], str]
+"""Picks a transcript from a beam's finished hypotheses: (text, summed log-probability) each."""
+
+
 class _DecoderLayer(nn.Module):
     def __init__(self, d_model: int, n_heads: int, ffn_dim: int) -> None:
         super().__init__()
@@ -175,6 +179,13 @@ class WhisperTextDecoder(nn.Module):
         Finished hypotheses are ranked by mean log-probability per token (Whisper's default without a
         length penalty); the search stops once `beam_size` hypotheses have finished.
         """
+        finished = self.nbest(states, beam_size, max_tokens)
+        return max(finished, key=lambda f: f[1] / max(len(f[0]), 1))[0]
+
+    @torch.no_grad()
+    def nbest(self, states: Tensor, beam_size: int = 5, max_tokens: int = 128) -> list[tuple[list[int], float]]:
+        """Every hypothesis `beam_search` finished for one sample's states (1, S, D): text tokens and
+        summed log-probability, in the order they finished (the live beams if none did)."""
         a = self.arch
         if states.shape[0] != 1:
             raise ValueError(f"beam_search decodes one sample at a time, got states of shape {tuple(states.shape)}")
@@ -212,14 +223,26 @@ class WhisperTextDecoder(nn.Module):
             tokens = torch.tensor([[s[-1]] for s in seqs], device=states.device)
         if not finished:
             finished = [(s, float(v)) for s, v in zip(seqs, scores)]
-        return max(finished, key=lambda f: f[1] / max(len(f[0]), 1))[0]
+        return finished
 
     def transcribe(
-        self, states: Tensor, lengths: Tensor | None = None, max_tokens: int = 128, beam_size: int = 1
+        self,
+        states: Tensor,
+        lengths: Tensor | None = None,
+        max_tokens: int = 128,
+        beam_size: int = 1,
+        choose: Chooser | None = None,
     ) -> list[str]:
-        """Transcripts of encoder states (B, S, D) as text, stripped: greedy, or by beam search."""
+        """Transcripts of encoder states (B, S, D) as text, stripped: greedy, or by beam search.
+        `choose` (beam search only): picks each sample's text from its finished hypotheses (text,
+        summed log-probability), e.g. rescored by an LLM; None: Whisper's own ranking."""
         if self.detokenize is None:
             raise ValueError("this decoder was built without a tokenizer: pass detokenize= to transcribe")
+        detokenize = self.detokenize
+        if beam_size > 1 and choose is not None:
+            n = [states.shape[1]] * states.shape[0] if lengths is None else lengths.tolist()
+            found = [self.nbest(states[i : i + 1, : int(n[i])], beam_size, max_tokens) for i in range(len(n))]
+            return [choose([(detokenize(ids).strip(), logp) for ids, logp in hyps]) for hyps in found]
         if beam_size > 1:
             n = [states.shape[1]] * states.shape[0] if lengths is None else lengths.tolist()
             ids = [self.beam_search(states[i : i + 1, : int(n[i])], beam_size, max_tokens) for i in range(len(n))]
@@ -245,11 +268,12 @@ def transcribe_windows(
     lengths: Tensor,
     max_tokens: int = 128,
     beam_size: int = 1,
+    choose: Chooser | None = None,
 ) -> list[list[str]]:
     """The transcripts of each input's 30 s windows (`encode_windows`): per input, its windows'
-    non-empty texts in order."""
+    non-empty texts in order (`choose`: see `WhisperTextDecoder.transcribe`)."""
     states, owner = encode_windows(encoder, features, lengths)
-    texts = decoder.transcribe(states, max_tokens=max_tokens, beam_size=beam_size)
+    texts = decoder.transcribe(states, max_tokens=max_tokens, beam_size=beam_size, choose=choose)
     grouped: list[list[str]] = [[] for _ in range(features.shape[0])]
     for i, text in zip(owner, texts):
         if text:
