@@ -1,0 +1,71 @@
+"""Choose `bridge.rescore` (the weight of the LLM's score of the recognizer's hypotheses) on a
+development set that shares no audio, voice engine or question with the held-out sets.
+
+    OMP_NUM_THREADS=1 python benchmarks/rescore_weight.py [--num 120] [--weights 0 0.1 0.2 ...]
+
+The development set: shipped questions (`assets/text/questions.jsonl`) whose text is not one of the
+held-out spoken questions, spoken alternately by Piper `joe` and eSpeak NG `en-us` (engines the
+training recipes use, never the held-out Festival/flite voices or people). For each, the default
+recognizer (Whisper tiny.en, beam 5, 30 s window) gives its finished hypotheses; the LLM scores the
+best distinct ones (`model.rescore.candidates`) as the user's turn; for each weight, the script
+counts the questions whose picked transcript equals the question to the letter (what agreement
+needs) and the WER. Hypotheses and scores: runs/rescore/dev.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num", type=int, default=120)
+    parser.add_argument("--heldout", type=Path, default=Path("data_out/heldout/spoken_qa/spoken_qa.jsonl"))
+    parser.add_argument("--weights", type=float, nargs="+", default=[0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0])
+    parser.add_argument("--out", type=Path, default=Path("runs/rescore"))
+    args = parser.parse_args()
+    import torch
+
+    from speechllm.data.builders import read_questions, shipped_text
+    from speechllm.data.manifest import read_manifest
+    from speechllm.data.tts import synthesize
+    from speechllm.defaults import load_model
+    from speechllm.eval.metrics import wer
+    from speechllm.model.bridge import tidy_transcript
+    from speechllm.model.rescore import TurnScorer, best_by_llm, candidates
+    from speechllm.model.whisper_decoder import encode_windows
+
+    torch.set_num_threads(1)
+    held = {s.meta["question"].strip().lower() for s in read_manifest(args.heldout)}
+    questions = [q for q in read_questions(shipped_text("questions.jsonl")) if q.question.strip().lower() not in held]
+    random.Random(0).shuffle(questions)
+    model = load_model(None, ["bridge.beam_size=5"]).eval()
+    recognizer = model.recognizer
+    assert recognizer is not None and recognizer.detokenize is not None
+    scorer = TurnScorer(model.llm, model.processor.tokenizer, model.processor.system_prompt)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with torch.no_grad():
+        for i, q in enumerate(questions[: args.num]):
+            voice = "piper:joe" if i % 2 == 0 else "espeak:en-us"
+            features, lengths = model.processor.log_mel([synthesize(voice, q.question)])
+            states, _ = encode_windows(model.encoder, features, lengths)
+            found = recognizer.nbest(states[:1], beam_size=5, max_tokens=128)
+            hyps = candidates([(tidy_transcript(recognizer.detokenize(ids).strip()), lp) for ids, lp in found])
+            rows.append({"id": q.id, "voice": voice, "question": q.question, "hyps": hyps,
+                         "llm": scorer([t for t, _ in hyps])})  # fmt: skip
+    with open(args.out / "dev.jsonl", "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    refs = [r["question"] for r in rows]
+    for weight in args.weights:
+        picks = [best_by_llm([tuple(h) for h in r["hyps"]], r["llm"], weight) for r in rows]
+        exact = sum(p == r for p, r in zip(picks, refs))
+        print(json.dumps({"weight": weight, "n": len(rows), "exact": exact, "wer": round(wer(refs, picks), 4)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""N-best rescoring of the whisper recognizer by the LLM: candidates, the log-linear pick, the
+LLM's turn scores (the cached template start changes nothing), and the wiring through `hear`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import LLMCalls
+from speechllm.config import BridgeConfig
+from speechllm.model.rescore import TurnScorer, best_by_llm, candidates, user_turn_frame
+from speechllm.model.whisper_decoder import DecoderArch, WhisperTextDecoder
+
+
+def test_candidates_keep_each_texts_best_score_and_the_best_few():
+    hyps = [("A b.", -3.0), ("A b?", -2.0), ("A b.", -1.0), ("C.", -5.0), ("D.", -4.0)]
+    assert candidates(hyps, 3) == [("A b.", -1.0), ("A b?", -2.0), ("D.", -4.0)]
+    assert candidates(hyps, 10)[-1] == ("C.", -5.0)
+
+
+def test_best_by_llm_weighs_recognizer_and_llm_log_probabilities():
+    hyps = [("heard", -1.0), ("typed", -2.0)]
+    assert best_by_llm(hyps, [-10.0, -5.0], 0.0) == "heard"  # weight 0: the recognizer's ranking
+    assert best_by_llm(hyps, [-10.0, -5.0], 0.5) == "typed"  # -1 - 5 < -2 - 2.5
+    assert best_by_llm(hyps, [-10.0, -8.5], 0.5) == "heard"  # -6 > -6.25
+    with pytest.raises(ValueError, match="2 hypotheses but 1"):
+        best_by_llm(hyps, [-1.0], 1.0)
+    with pytest.raises(ValueError, match=r"bridge\.rescore"):
+        BridgeConfig(rescore=-0.1)
+
+
+def _full_sequence_scores(llm, tokenizer, texts):
+    """The same scores from the whole template, no cache: the reference for TurnScorer."""
+    before, after = user_turn_frame(tokenizer, None)
+    start = len(tokenizer(before, add_special_tokens=False).input_ids)
+    out = []
+    for text in texts:
+        ids = torch.tensor([tokenizer(before + text + after, add_special_tokens=False).input_ids])
+        with torch.no_grad():
+            logp = llm(input_ids=ids).logits[0].log_softmax(-1)  # L, V
+        out.append(float(sum(logp[t - 1, ids[0, t]] for t in range(start, ids.shape[1]))))
+    return out
+
+
+def test_turn_scores_equal_whole_template_scores_and_the_start_runs_once(tiny_model):
+    llm, tokenizer = tiny_model.llm, tiny_model.processor.tokenizer
+    texts = ["What is the capital of France?", "What is the capital of power juggle?", "Hi."]
+    scorer = TurnScorer(llm, tokenizer, None)
+    calls = LLMCalls(tiny_model)
+    try:
+        got = scorer(texts)
+        again = scorer(texts[:1])
+    finally:
+        calls.remove()
+    assert got == pytest.approx(_full_sequence_scores(llm, tokenizer, texts), rel=1e-4, abs=1e-3)
+    assert again[0] == pytest.approx(got[0], rel=1e-5)
+    assert len(calls.calls) == 3  # the template's start once, then one batch per call
+    assert scorer([]) == []
+
+
+def test_hear_picks_the_hypothesis_the_llm_prefers(tiny_config, tone):
+    """With a large weight the transcript is the LLM's favourite of the recognizer's best distinct
+    hypotheses; with 0 it is Whisper's own pick."""
+    from speechllm.model import assemble
+    from speechllm.model.encoder import load_whisper_encoder
+    from speechllm.weights.llm import load_llm
+
+    tiny_config.encoder.padding = "30s"
+    tiny_config.bridge = BridgeConfig(mode="top1", recognizer="whisper", beam_size=4, max_tokens=3, rescore=1e6)
+    encoder = load_whisper_encoder(tiny_config.encoder)
+    llm, tokenizer = load_llm(tiny_config.llm)
+    words = ["apple", "river", "stone", "cloud", "music", "green", "table", "light"]
+    arch = DecoderArch(vocab_size=len(words) + 3, d_model=encoder.config.d_model, n_layers=1, n_heads=4,
+                       ffn_dim=64, max_positions=16, prompt=[0], eot=1, suppress=[], suppress_begin=[1],
+                       specials_from=None)  # fmt: skip
+    torch.manual_seed(1)
+    recognizer = WhisperTextDecoder(arch, detokenize=lambda ids: " ".join(words[i - 3] for i in ids if i >= 3))
+    model = assemble(tiny_config, encoder, llm, tokenizer, recognizer.eval()).eval()
+    audio = tone(1.0)
+    with torch.no_grad():
+        features, lengths = model.processor.log_mel([audio])
+        from speechllm.model.bridge import tidy_transcript
+        from speechllm.model.whisper_decoder import encode_windows
+
+        states, _ = encode_windows(encoder, features, lengths)
+        found = recognizer.nbest(states, beam_size=4, max_tokens=3)
+        hyps = candidates([(tidy_transcript(recognizer.detokenize(ids).strip()), lp) for ids, lp in found])
+        assert len(hyps) >= 2, "the test needs a beam with distinct hypotheses"
+        scores = TurnScorer(llm, tokenizer, None)([t for t, _ in hyps])
+        favourite = hyps[max(range(len(hyps)), key=scores.__getitem__)][0]
+        assert model.hear([audio]) == [favourite]
+        model.config.bridge.rescore = 0.0
+        whisper_pick = tidy_transcript(recognizer.transcribe(states, beam_size=4, max_tokens=3)[0])
+        assert model.hear([audio]) == [whisper_pick]
