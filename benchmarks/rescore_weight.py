@@ -6,10 +6,10 @@ development set that shares no audio, voice engine or question with the held-out
 The development set: shipped questions (`assets/text/questions.jsonl`) whose text is not one of the
 held-out spoken questions, spoken alternately by Piper `joe` and eSpeak NG `en-us` (engines the
 training recipes use, never the held-out Festival/flite voices or people). For each, the default
-recognizer (Whisper tiny.en, beam 5, 30 s window) gives its finished hypotheses; the LLM scores the
+recognizer (Whisper tiny.en, beam `--beam` (5), 30 s window) gives its finished hypotheses; the LLM scores the
 best distinct ones (`model.rescore.candidates`) as the user's turn; for each weight, the script
 counts the questions whose picked transcript equals the question to the letter (what agreement
-needs) and the WER. Hypotheses and scores: runs/rescore/dev.jsonl.
+needs) and the WER. Hypotheses and scores: runs/rescore/dev_b<beam>.jsonl.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=120)
     parser.add_argument("--heldout", type=Path, default=Path("data_out/heldout/spoken_qa/spoken_qa.jsonl"))
     parser.add_argument("--weights", type=float, nargs="+", default=[0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0])
+    parser.add_argument("--beam", type=int, default=5, help="the recognizer's beam width (bridge.beam_size)")
     parser.add_argument("--out", type=Path, default=Path("runs/rescore"))
     args = parser.parse_args()
     import torch
@@ -42,7 +43,7 @@ def main() -> None:
     held = {s.meta["question"].strip().lower() for s in read_manifest(args.heldout)}
     questions = [q for q in read_questions(shipped_text("questions.jsonl")) if q.question.strip().lower() not in held]
     random.Random(0).shuffle(questions)
-    model = load_model(None, ["bridge.beam_size=5"]).eval()
+    model = load_model(None, [f"bridge.beam_size={args.beam}"]).eval()
     recognizer = model.recognizer
     assert recognizer is not None and recognizer.detokenize is not None
     scorer = TurnScorer(model.llm, model.processor.tokenizer, model.processor.system_prompt)
@@ -53,18 +54,19 @@ def main() -> None:
             voice = "piper:joe" if i % 2 == 0 else "espeak:en-us"
             features, lengths = model.processor.log_mel([synthesize(voice, q.question)])
             states, _ = encode_windows(model.encoder, features, lengths)
-            found = recognizer.nbest(states[:1], beam_size=5, max_tokens=128)
+            found = recognizer.nbest(states[:1], beam_size=args.beam, max_tokens=128)
             hyps = candidates([(tidy_transcript(recognizer.detokenize(ids).strip()), lp) for ids, lp in found])
             rows.append({"id": q.id, "voice": voice, "question": q.question, "hyps": hyps,
                          "llm": scorer([t for t, _ in hyps])})  # fmt: skip
-    with open(args.out / "dev.jsonl", "w", encoding="utf-8") as f:
+    with open(args.out / f"dev_b{args.beam}.jsonl", "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     refs = [r["question"] for r in rows]
     for weight in args.weights:
         picks = [best_by_llm([tuple(h) for h in r["hyps"]], r["llm"], weight) for r in rows]
         exact = sum(p == r for p, r in zip(picks, refs))
-        print(json.dumps({"weight": weight, "n": len(rows), "exact": exact, "wer": round(wer(refs, picks), 4)}))
+        row = {"beam": args.beam, "weight": weight, "n": len(rows), "exact": exact, "wer": round(wer(refs, picks), 4)}
+        print(json.dumps(row))
 
 
 if __name__ == "__main__":
