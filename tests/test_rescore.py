@@ -92,3 +92,26 @@ def test_hear_picks_the_hypothesis_the_llm_prefers(tiny_config, tone):
         model.config.bridge.rescore = 0.0
         whisper_pick = tidy_transcript(recognizer.transcribe(states, beam_size=4, max_tokens=3)[0])
         assert model.hear([audio]) == [whisper_pick]
+
+
+def test_a_beam_with_one_distinct_transcript_costs_no_llm_pass(tiny_config, tone):
+    from speechllm.model import assemble
+    from speechllm.model.encoder import load_whisper_encoder
+    from speechllm.weights.llm import load_llm
+
+    tiny_config.encoder.padding = "30s"
+    tiny_config.bridge = BridgeConfig(mode="top1", recognizer="whisper", beam_size=3, max_tokens=3, rescore=0.7)
+    encoder = load_whisper_encoder(tiny_config.encoder)
+    llm, tokenizer = load_llm(tiny_config.llm)
+    arch = DecoderArch(vocab_size=8, d_model=encoder.config.d_model, n_layers=1, n_heads=4, ffn_dim=64,
+                       max_positions=16, prompt=[0], eot=1, suppress=[], suppress_begin=[1],
+                       specials_from=None)  # fmt: skip
+    recognizer = WhisperTextDecoder(arch, detokenize=lambda ids: "the same words").eval()  # every path one text
+    model = assemble(tiny_config, encoder, llm, tokenizer, recognizer).eval()
+    calls = LLMCalls(model)
+    try:
+        with torch.no_grad():
+            assert model.hear([tone(1.0)]) == ["The same words"]
+    finally:
+        calls.remove()
+    assert calls.calls == []

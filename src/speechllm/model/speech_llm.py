@@ -200,6 +200,8 @@ class SpeechLLM(nn.Module):
         """The recognizer's finished hypotheses (text, log-probability) rescored by the LLM (`rescore`)."""
         bridge = self.config.bridge
         tidied = candidates([(tidy_transcript(t) if bridge.tidy else t, logp) for t, logp in hypotheses])
+        if len(tidied) == 1:  # nothing to choose between: no LLM pass
+            return tidied[0][0]
         if self._turn_scorer is None:
             self._turn_scorer = TurnScorer(self.llm, self.processor.tokenizer, self.processor.system_prompt)
         return best_by_llm(tidied, self._turn_scorer([t for t, _ in tidied]), bridge.rescore)
