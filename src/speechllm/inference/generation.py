@@ -32,10 +32,9 @@ from typing import Any
 import torch
 from torch import Tensor
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from speechllm.inference.detok import TextStream
-from speechllm.inference.prompt_cache import PromptCache
+from speechllm.inference.prompt_cache import PromptCache, filled_layers
 from speechllm.model.processor import Message
 from speechllm.model.speech_llm import Batch, SpeechLLM, position_ids
 
@@ -111,16 +110,6 @@ def _left_pad(x: Tensor, width: int, dim: int) -> Tensor:
     return torch.cat([x.new_zeros(shape), x], dim=dim)
 
 
-def _kv(cache: DynamicCache) -> list[tuple[DynamicLayer, Tensor, Tensor]]:
-    """Each layer of a filled cache with its keys and values (B, H, L, D)."""
-    out = []
-    for layer in cache.layers:
-        if type(layer) is not DynamicLayer or layer.keys is None or layer.values is None:
-            raise ValueError(f"rows can only join a filled cache of full-attention layers, got {type(layer).__name__}")
-        out.append((layer, layer.keys, layer.values))
-    return out
-
-
 def _cat_hidden(a: Tensor | None, n_a: int, b: Tensor | None, n_b: int) -> Tensor | None:
     """Hidden states (n_a, D) and (n_b, D) stacked; a side that has none gets zeros."""
     if a is None and b is None:
@@ -167,8 +156,9 @@ class DecodeBatch:
         `reuse`: a prompt cache; a lone causal prompt starts from the positions it shares with the
         stored one, and is stored in its place."""
         positions = position_ids(attention_mask)  # B, L
-        reusable = reuse is not None and PromptCache.usable(attention_mask, full_mask)
-        cache, first = reuse.lookup(inputs_embeds) if reuse is not None and reusable else (DynamicCache(), 0)
+        if reuse is not None and not PromptCache.usable(attention_mask, full_mask):
+            reuse = None
+        cache, first = reuse.lookup(inputs_embeds) if reuse is not None else (DynamicCache(), 0)
         length = attention_mask.shape[1]
         step = length if full_mask is not None else self.chunk
         out = None
@@ -186,7 +176,7 @@ class DecodeBatch:
                 logits_to_keep=1,
             )
         assert out is not None, "a prompt has at least one position"
-        if reuse is not None and reusable:
+        if reuse is not None:
             reuse.store(inputs_embeds, cache)
         hidden = out.hidden_states[-1][:, -1] if want_hidden else None
         return Prefilled(cache, attention_mask, positions[:, -1:] + 1, out.logits[:, -1], hidden)
@@ -199,7 +189,7 @@ class DecodeBatch:
         old = self.state
         n_old, n_new = old.mask.shape[0], new.mask.shape[0]
         width = max(old.mask.shape[1], new.mask.shape[1])
-        for (layer, ka, va), (_, kb, vb) in zip(_kv(old.cache), _kv(new.cache), strict=True):
+        for (layer, ka, va), (_, kb, vb) in zip(filled_layers(old.cache), filled_layers(new.cache), strict=True):
             layer.keys = torch.cat([_left_pad(ka, width, 2), _left_pad(kb, width, 2)])  # B, H, L, D
             layer.values = torch.cat([_left_pad(va, width, 2), _left_pad(vb, width, 2)])
         old.mask = torch.cat([_left_pad(old.mask, width, 1), _left_pad(new.mask, width, 1)])
@@ -228,7 +218,7 @@ class DecodeBatch:
             s.mask, s.next_pos, tokens = s.mask[rows], s.next_pos[rows], tokens[rows]
             first = int(s.mask.any(0).long().argmax())  # columns before it are padding in every row left
             if first:
-                for layer, k, v in _kv(s.cache):
+                for layer, k, v in filled_layers(s.cache):
                     layer.keys, layer.values = k[:, :, first:], v[:, :, first:]
                 s.mask = s.mask[:, first:]
         s.mask = torch.cat([s.mask, s.mask.new_ones(s.mask.shape[0], 1)], dim=1)

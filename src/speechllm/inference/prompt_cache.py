@@ -16,6 +16,17 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 
+def filled_layers(cache: DynamicCache) -> list[tuple[DynamicLayer, Tensor, Tensor]]:
+    """Each layer of a filled cache of full-attention layers with its keys and values (B, H, L, D);
+    ValueError for any other layer."""
+    out = []
+    for layer in cache.layers:
+        if type(layer) is not DynamicLayer or layer.keys is None or layer.values is None:
+            raise ValueError(f"needs a filled cache of full-attention layers, got {type(layer).__name__}")
+        out.append((layer, layer.keys, layer.values))
+    return out
+
+
 class PromptCache:
     """The keys and values of one stored prompt (at most `max_positions` long)."""
 
@@ -54,20 +65,15 @@ class PromptCache:
     def store(self, inputs_embeds: Tensor, cache: DynamicCache) -> None:
         """Remember a prefilled prompt (1, L, D) and its cache (copied: the cache goes on growing)."""
         length = inputs_embeds.shape[1]
-        kv = []
-        for layer in cache.layers:
-            keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
-            if (
-                length > self.max_positions
-                or type(layer) is not DynamicLayer
-                or keys is None
-                or values is None
-                or keys.shape[2] != length
-            ):
-                self.clear()  # only full-attention layers holding exactly this prompt are stored
-                return
-            kv.append((keys.clone(), values.clone()))
-        self._embeds, self._kv = inputs_embeds[0].detach().clone(), kv
+        try:
+            layers = filled_layers(cache)
+        except ValueError:
+            layers = []
+        if not layers or length > self.max_positions or any(k.shape[2] != length for _, k, _ in layers):
+            self.clear()  # only full-attention layers holding exactly this prompt are stored
+            return
+        self._embeds = inputs_embeds[0].detach().clone()
+        self._kv = [(k.clone(), v.clone()) for _, k, v in layers]
 
     def clear(self) -> None:
         self._embeds, self._kv = None, []

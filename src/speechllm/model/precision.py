@@ -63,13 +63,10 @@ class LowPrecisionLinear(nn.Module):
         return F.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
 
 
-def lower_linears(module: nn.Module, dtype: torch.dtype) -> int:
+def lower_linears(module: nn.Module, dtype: torch.dtype) -> None:
     """Replace every `nn.Linear` inside `module` by a `LowPrecisionLinear` in `dtype` (same parameter
-    names); returns how many were replaced."""
-    replaced = 0
+    names)."""
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
                 setattr(parent, name, LowPrecisionLinear(child, dtype))
-                replaced += 1
-    return replaced

@@ -48,6 +48,12 @@ Chooser = Callable[[list[tuple[str, float]]], str]
 """Picks a transcript from a beam's finished hypotheses: (text, summed log-probability) each."""
 
 
+def whisper_pick(finished: list[tuple[list[int], float]]) -> list[int]:
+    """Whisper's own choice among finished hypotheses (tokens, summed log-probability): the best mean
+    log-probability per token (no length penalty)."""
+    return max(finished, key=lambda f: f[1] / max(len(f[0]), 1))[0]
+
+
 class _DecoderLayer(nn.Module):
     def __init__(self, d_model: int, n_heads: int, ffn_dim: int) -> None:
         super().__init__()
@@ -179,8 +185,7 @@ class WhisperTextDecoder(nn.Module):
         Finished hypotheses are ranked by mean log-probability per token (Whisper's default without a
         length penalty); the search stops once `beam_size` hypotheses have finished.
         """
-        finished = self.nbest(states, beam_size, max_tokens)
-        return max(finished, key=lambda f: f[1] / max(len(f[0]), 1))[0]
+        return whisper_pick(self.nbest(states, beam_size, max_tokens))
 
     @torch.no_grad()
     def nbest(self, states: Tensor, beam_size: int = 5, max_tokens: int = 128) -> list[tuple[list[int], float]]:
@@ -239,13 +244,12 @@ class WhisperTextDecoder(nn.Module):
         if self.detokenize is None:
             raise ValueError("this decoder was built without a tokenizer: pass detokenize= to transcribe")
         detokenize = self.detokenize
-        if beam_size > 1 and choose is not None:
-            n = [states.shape[1]] * states.shape[0] if lengths is None else lengths.tolist()
-            found = [self.nbest(states[i : i + 1, : int(n[i])], beam_size, max_tokens) for i in range(len(n))]
-            return [choose([(detokenize(ids).strip(), logp) for ids, logp in hyps]) for hyps in found]
         if beam_size > 1:
             n = [states.shape[1]] * states.shape[0] if lengths is None else lengths.tolist()
-            ids = [self.beam_search(states[i : i + 1, : int(n[i])], beam_size, max_tokens) for i in range(len(n))]
+            found = [self.nbest(states[i : i + 1, : int(n[i])], beam_size, max_tokens) for i in range(len(n))]
+            if choose is not None:
+                return [choose([(detokenize(ids).strip(), logp) for ids, logp in hyps]) for hyps in found]
+            ids = [whisper_pick(hyps) for hyps in found]
         else:
             ids = self.greedy(states, lengths, max_tokens)
         return [self.detokenize(x).strip() for x in ids]
