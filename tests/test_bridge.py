@@ -299,6 +299,49 @@ def test_a_bfloat16_recognizer_multiplies_in_bfloat16_and_keeps_norms_and_logits
         BridgeConfig(precision="float16")
 
 
+def test_screened_logits_are_exact_float32_for_each_rows_best_k_and_close_elsewhere(hf_whisper):
+    """bridge.logits screened: every logit estimated against a bfloat16 table, then each row's best k
+    recomputed in float32, so the tokens a beam can take have exactly the float32 decoder's logits."""
+    decoder = ours_from_hf(hf_whisper)
+    screened = copy.deepcopy(decoder)
+    k = 6
+    screened.screen_logits(k)
+    assert screened.screen_table is not None and screened.screen_table.dtype == torch.bfloat16
+    torch.manual_seed(1)
+    states = torch.randn(1, 6, decoder.arch.d_model)
+    tokens = torch.tensor([decoder.arch.prompt, [1, 9]])
+    with torch.no_grad():
+        full = decoder._step(tokens, 0, decoder._cross_cache(states.expand(2, -1, -1)), None)  # 2, V
+        fast = screened._step(tokens, 0, screened._cross_cache(states.expand(2, -1, -1)), None)
+    assert fast.dtype == torch.float32
+    best = full.topk(k, dim=-1).indices  # the estimates rank these first too (random logits: well apart)
+    torch.testing.assert_close(fast.gather(-1, best), full.gather(-1, best), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fast, full, rtol=0.02, atol=0.02 * float(full.abs().max()))
+    assert not torch.equal(fast, full)  # the rest are bfloat16 estimates, not a second exact pass
+    with torch.no_grad():  # a beam of 3 takes each row's best 6: the same hypotheses, near-equal scores
+        got, want = screened.nbest(states, 3, 5), decoder.nbest(states, 3, 5)
+    assert [ids for ids, _ in got] == [ids for ids, _ in want]
+    assert [logp for _, logp in got] == pytest.approx([logp for _, logp in want], abs=0.05)
+    half = copy.deepcopy(decoder)
+    half.lower_precision(torch.bfloat16)
+    with pytest.raises(ValueError, match="lower-precision"):
+        half.screen_logits()
+    with pytest.raises(ValueError, match="k >= 1"):
+        decoder.screen_logits(0)
+
+
+def test_auto_screening_follows_native_bfloat16_and_names_a_bad_choice():
+    from speechllm.model.precision import cpu_has_native_bf16, resolve_screening
+
+    cpu = torch.device("cpu")
+    assert resolve_screening("auto", cpu) == cpu_has_native_bf16()
+    assert resolve_screening("screened", cpu) and not resolve_screening("exact", cpu)
+    with pytest.raises(ValueError, match="logits"):
+        resolve_screening("int8", cpu)
+    with pytest.raises(ValueError, match=r"bridge\.logits"):
+        BridgeConfig(logits="bfloat16")
+
+
 def test_auto_precision_is_bfloat16_only_where_the_cpu_multiplies_it_natively(tmp_path):
     from speechllm.model.precision import cpu_has_native_bf16, resolve_precision
 

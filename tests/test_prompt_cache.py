@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from conftest import LLMCalls
 from speechllm.inference.engine import Engine
@@ -120,3 +121,22 @@ def test_engine_answers_are_unchanged_and_later_requests_prefill_less(model):
     prefills = [positions for _, positions, prefill in calls.calls if prefill]
     lengths = [model.prepare([c]).inputs_embeds.shape[1] for c in convs]
     assert prefills[0] == lengths[0] and prefills[1] < lengths[1] and prefills[2] == 1
+
+
+def test_an_offered_piece_serves_the_next_lookup_only_and_only_where_it_shares_more():
+    torch.manual_seed(0)
+    embeds = torch.randn(1, 9, 4)  # the prompt: 1, L, D
+    stored_kv = [(torch.randn(1, 2, 9, 3), torch.randn(1, 2, 9, 3))]
+    cache = PromptCache()
+    cache.store(torch.cat([embeds[:, :3], torch.randn(1, 6, 4)], dim=1), DynamicCache(ddp_cache_data=stored_kv))
+    assert cache.common(embeds) == 3
+    offered_kv = [(torch.randn(1, 2, 6, 3), torch.randn(1, 2, 6, 3))]
+    cache.offer(embeds[0, :6], offered_kv)  # shares 6 positions with the prompt: more than the stored 3
+    got, n = cache.lookup(embeds)
+    assert n == 6 and torch.equal(got.layers[0].keys, offered_kv[0][0])
+    got, n = cache.lookup(embeds)  # dropped after one lookup: the stored prompt again
+    assert n == 3 and torch.equal(got.layers[0].keys, stored_kv[0][0][:, :, :3])
+    cache.offer(torch.randn(6, 4), offered_kv)  # shares nothing: the stored prompt serves
+    assert cache.lookup(embeds)[1] == 3
+    with pytest.raises(ValueError, match="6 positions"):
+        cache.offer(embeds[0, :6], [(torch.randn(1, 2, 5, 3), torch.randn(1, 2, 5, 3))])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from conftest import LLMCalls
 from speechllm.config import BridgeConfig
@@ -58,24 +59,83 @@ def test_turn_scores_equal_whole_template_scores_and_the_start_runs_once(tiny_mo
     assert scorer([]) == []
 
 
-def test_hear_picks_the_hypothesis_the_llm_prefers(tiny_config, tone):
-    """With a large weight the transcript is the LLM's favourite of the recognizer's best distinct
-    hypotheses; with 0 it is Whisper's own pick."""
+def test_a_scored_turns_state_is_the_whole_templates_keys_through_that_turn(tiny_model):
+    llm, tokenizer = tiny_model.llm, tiny_model.processor.tokenizer
+    texts = ["What is the capital of France?", "Hi."]
+    scorer = TurnScorer(llm, tokenizer, None)
+    with pytest.raises(ValueError, match="no texts"):
+        scorer.turn_state(0)
+    scorer(texts)
+    before, after = user_turn_frame(tokenizer, None)
+    for i, text in enumerate(texts):
+        ids, kv = scorer.turn_state(i)
+        assert ids == list(tokenizer(before + text + after, add_special_tokens=False).input_ids)
+        cache = DynamicCache()
+        with torch.no_grad():
+            llm(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
+        assert len(kv) == len(cache.layers)
+        for (keys, values), layer in zip(kv, cache.layers):
+            assert keys.shape == layer.keys.shape and values.shape == layer.values.shape  # 1, H, L, D_head
+            torch.testing.assert_close(keys, layer.keys, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(values, layer.values, rtol=1e-4, atol=1e-4)
+    with pytest.raises(IndexError):
+        scorer.turn_state(2)
+
+
+def _rescoring_model(tiny_config, rescore: float):
+    """A tiny model whose recognizer's beam holds several distinct word sequences."""
     from speechllm.model import assemble
     from speechllm.model.encoder import load_whisper_encoder
     from speechllm.weights.llm import load_llm
 
     tiny_config.encoder.padding = "30s"
-    tiny_config.bridge = BridgeConfig(mode="top1", recognizer="whisper", beam_size=4, max_tokens=3, rescore=1e6)
+    tiny_config.bridge = BridgeConfig(mode="top1", recognizer="whisper", beam_size=4, max_tokens=3, rescore=rescore)
     encoder = load_whisper_encoder(tiny_config.encoder)
     llm, tokenizer = load_llm(tiny_config.llm)
-    words = ["apple", "river", "stone", "cloud", "music", "green", "table", "light"]
-    arch = DecoderArch(vocab_size=len(words) + 3, d_model=encoder.config.d_model, n_layers=1, n_heads=4,
+    arch = DecoderArch(vocab_size=len(WORDS) + 3, d_model=encoder.config.d_model, n_layers=1, n_heads=4,
                        ffn_dim=64, max_positions=16, prompt=[0], eot=1, suppress=[], suppress_begin=[1],
                        specials_from=None)  # fmt: skip
     torch.manual_seed(1)
-    recognizer = WhisperTextDecoder(arch, detokenize=lambda ids: " ".join(words[i - 3] for i in ids if i >= 3))
-    model = assemble(tiny_config, encoder, llm, tokenizer, recognizer.eval()).eval()
+    # never an empty text: the LLM reads "..." for one (llm_token_paths), not the empty turn it scored
+    recognizer = WhisperTextDecoder(arch, detokenize=lambda ids: " ".join(WORDS[i - 3] for i in ids if i >= 3) or "hm")
+    return assemble(tiny_config, encoder, llm, tokenizer, recognizer.eval()).eval(), recognizer
+
+
+WORDS = ["apple", "river", "stone", "cloud", "music", "green", "table", "light"]
+
+
+def test_the_prompt_on_a_rescored_transcript_prefills_only_the_assistants_header(tiny_config, tone):
+    """The rescored turn's keys are offered to the prompt cache: the same answer, and the prompt's
+    prefill runs only the positions after the user's turn."""
+    from speechllm.inference.generation import GenerationConfig, stream_generate
+    from speechllm.inference.prompt_cache import PromptCache
+
+    model, _ = _rescoring_model(tiny_config, rescore=1e6)
+    conv = [{"role": "user", "content": [{"type": "audio", "audio": tone(1.0)}]}]
+    gen = GenerationConfig(max_new_tokens=5)
+    with torch.no_grad():
+        batch = model.prepare([conv])
+        assert model.take_heard_turn() is not None and model.take_heard_turn() is None  # taken once
+        plain = [int(t[0]) for t in stream_generate(model, batch, gen)]
+        batch = model.prepare([conv])
+        ids, _ = model._heard_turn
+        reuse = PromptCache()
+        calls = LLMCalls(model)
+        try:
+            reused = [int(t[0]) for t in stream_generate(model, batch, gen, reuse=reuse)]
+        finally:
+            calls.remove()
+    assert reused == plain
+    assert reuse.hits == len(ids)  # the template through the user's turn
+    prefills = [positions for _, positions, prefill in calls.calls if prefill]
+    assert prefills == [batch.inputs_embeds.shape[1] - len(ids)]
+
+
+def test_hear_picks_the_hypothesis_the_llm_prefers(tiny_config, tone):
+    """With a large weight the transcript is the LLM's favourite of the recognizer's best distinct
+    hypotheses; with 0 it is Whisper's own pick."""
+    model, recognizer = _rescoring_model(tiny_config, rescore=1e6)
+    encoder, llm, tokenizer = model.encoder, model.llm, model.processor.tokenizer
     audio = tone(1.0)
     with torch.no_grad():
         features, lengths = model.processor.log_mel([audio])

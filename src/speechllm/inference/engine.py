@@ -54,7 +54,13 @@ from torch import Tensor
 
 from speechllm.inference.budget import PromptBudget
 from speechllm.inference.detok import TextStream
-from speechllm.inference.generation import PREFILL_CHUNK, DecodeBatch, GenerationConfig, eos_token_ids
+from speechllm.inference.generation import (
+    PREFILL_CHUNK,
+    DecodeBatch,
+    GenerationConfig,
+    eos_token_ids,
+    offer_heard_turn,
+)
 from speechllm.inference.prompt_cache import PromptCache
 from speechllm.inference.request import (
     Audio,
@@ -349,6 +355,7 @@ class Engine:
         try:
             mask = self.model.attention_mask_for(prepared.attention_mask, prepared.prefix_lengths)
             batch = batch or DecodeBatch(self.model.llm, requests[0].gen, chunk=self.prefill_chunk)
+            offer_heard_turn(self.model, self.prompt_cache)
             prefilled = batch.prefill(
                 prepared.inputs_embeds,
                 prepared.attention_mask,

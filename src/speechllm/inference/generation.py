@@ -279,6 +279,16 @@ def generate_tokens(
         rows.advance(token, keep, want_hidden=on_hidden is not None)
 
 
+def offer_heard_turn(model: SpeechLLM, reuse: PromptCache | None) -> None:
+    """Hand the user's turn that N-best rescoring ran last (`SpeechLLM.take_heard_turn`) to the prompt
+    cache, so the prompt built on it is prefilled from the assistant's header on."""
+    turn = model.take_heard_turn()
+    if reuse is not None and turn is not None:
+        ids, kv = turn
+        table = model.embedding_table()
+        reuse.offer(table[torch.tensor(ids, device=table.device)], kv)  # L, D: the prompt's own rows
+
+
 def stream_generate(
     model: SpeechLLM,
     batch: Batch,
@@ -286,7 +296,9 @@ def stream_generate(
     on_hidden: Callable[[Tensor], None] | None = None,
     reuse: PromptCache | None = None,
 ) -> Iterator[Tensor]:
-    """`generate_tokens` for a SpeechLLM batch (its prefix mask, eos and pad ids)."""
+    """`generate_tokens` for a SpeechLLM batch (its prefix mask, eos and pad ids); with `reuse`, the
+    rescored user turn is offered to it first (`offer_heard_turn`)."""
+    offer_heard_turn(model, reuse)
     mask = model.attention_mask_for(batch.attention_mask, batch.prefix_lengths)
     return generate_tokens(
         model.llm,

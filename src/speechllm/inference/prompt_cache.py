@@ -7,6 +7,12 @@ positions are the LLM's own embedding rows, so a transcript is reused like typed
 causal prompt alone in its group (no padding) is reused or stored: a padded row's positions and a
 prefix-LM prompt's keys (which see later positions) would differ. The last position of a prompt is
 always computed, so its logits (and hidden state) come from a forward pass as without the cache.
+
+Besides the last prompt, the cache takes one offered piece for the next lookup only: the chat
+template through the user's turn as N-best rescoring ran it (`SpeechLLM.take_heard_turn`,
+`offer_heard_turn`), so the prompt built on the transcript rescoring chose runs only the assistant's
+header. Whichever shares more positions with the prompt is used; equal embeddings position by
+position are the test, so a piece that does not fit costs nothing but the comparison.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class PromptCache:
         self.max_positions = max_positions
         self._embeds: Tensor | None = None  # L, D
         self._kv: list[tuple[Tensor, Tensor]] = []  # per layer: 1, H, L, D_head
+        self._offered: tuple[Tensor, list[tuple[Tensor, Tensor]]] | None = None  # next lookup only
         self.hits = 0  # positions reused so far (for benchmarks and tests)
 
     @staticmethod
@@ -43,24 +50,42 @@ class PromptCache:
         """Whether a prompt group can be reused or stored: one causal row without padding."""
         return full_mask is None and attention_mask.shape[0] == 1 and bool(attention_mask.all())
 
-    def common(self, inputs_embeds: Tensor) -> int:
-        """How many leading positions of a prompt (1, L, D) equal the stored one's, at most L - 1."""
-        if self._embeds is None:
+    @staticmethod
+    def _shared(held: Tensor | None, inputs_embeds: Tensor) -> int:
+        """How many leading positions of a prompt (1, L, D) equal `held`'s (L', D), at most L - 1."""
+        if held is None:
             return 0
-        n = min(self._embeds.shape[0], inputs_embeds.shape[1] - 1)
+        n = min(held.shape[0], inputs_embeds.shape[1] - 1)
         if n <= 0:
             return 0
-        same = (self._embeds[:n] == inputs_embeds[0, :n]).all(-1)  # n
+        same = (held[:n] == inputs_embeds[0, :n]).all(-1)  # n
         return n if bool(same.all()) else int((~same).long().argmax())
 
+    def common(self, inputs_embeds: Tensor) -> int:
+        """How many leading positions of a prompt (1, L, D) equal the stored one's, at most L - 1."""
+        return self._shared(self._embeds, inputs_embeds)
+
+    def offer(self, embeds: Tensor, kv: list[tuple[Tensor, Tensor]]) -> None:
+        """A piece for the next lookup only: its input embeddings (L, D) and per layer its keys and
+        values (1, H, L, D_head), computed as a lone causal prompt from position 0."""
+        if any(k.shape[2] != embeds.shape[0] or v.shape[2] != embeds.shape[0] for k, v in kv):
+            raise ValueError(f"offered keys and values do not hold the {embeds.shape[0]} positions offered")
+        self._offered = (embeds.detach(), kv) if kv and embeds.shape[0] <= self.max_positions else None
+
     def lookup(self, inputs_embeds: Tensor) -> tuple[DynamicCache, int]:
-        """A fresh cache holding the stored keys of the prompt's common positions, and their count
-        (an empty cache and 0 when nothing is shared)."""
-        n = self.common(inputs_embeds)
+        """A fresh cache holding the keys of the prompt's positions shared with the stored prompt or
+        the offered piece, whichever shares more, and their count (an empty cache and 0 when nothing
+        is shared). The offered piece is then dropped."""
+        n, kv = self.common(inputs_embeds), self._kv
+        if self._offered is not None:
+            offered = self._shared(self._offered[0], inputs_embeds)
+            if offered > n:
+                n, kv = offered, self._offered[1]
+            self._offered = None
         if n == 0:
             return DynamicCache(), 0
         self.hits += n
-        return DynamicCache(ddp_cache_data=[(k[:, :, :n], v[:, :, :n]) for k, v in self._kv]), n
+        return DynamicCache(ddp_cache_data=[(k[:, :, :n], v[:, :, :n]) for k, v in kv]), n
 
     def store(self, inputs_embeds: Tensor, cache: DynamicCache) -> None:
         """Remember a prefilled prompt (1, L, D) and its cache (copied: the cache goes on growing)."""
@@ -76,7 +101,7 @@ class PromptCache:
         self._kv = [(k.clone(), v.clone()) for _, k, v in layers]
 
     def clear(self) -> None:
-        self._embeds, self._kv = None, []
+        self._embeds, self._kv, self._offered = None, [], None
 
     @property
     def stored(self) -> int:

@@ -63,5 +63,5 @@ def build_speech_llm(config: SpeechLLMConfig) -> SpeechLLM:
     llm, tokenizer = load_llm(config.llm)
     recognizer = None
     if config.bridge.reads_whisper:
-        recognizer = load_whisper_decoder(config.encoder.source, config.bridge.precision)
+        recognizer = load_whisper_decoder(config.encoder.source, config.bridge.precision, config.bridge.logits)
     return assemble(config, encoder, llm, tokenizer, recognizer)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from speechllm.config import PRECISIONS
+from speechllm.config import LOGITS, PRECISIONS
 
 _BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -47,6 +47,17 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     return "bfloat16" if device.type == "cpu" and cpu_has_native_bf16() else "float32"
+
+
+def resolve_screening(logits: str, device: torch.device) -> bool:
+    """Whether the float32 decoder screens its logits in bfloat16 (`bridge.logits`): `screened`
+    always, `exact` never, `auto` where bfloat16 multiplies natively (a CPU with AMX / AVX512-BF16,
+    or CUDA that supports it)."""
+    if logits not in LOGITS:
+        raise ValueError(f"logits must be one of {LOGITS}, got {logits!r}")
+    if logits != "auto":
+        return logits == "screened"
+    return resolve_precision("auto", device) == "bfloat16"
 
 
 class LowPrecisionLinear(nn.Module):

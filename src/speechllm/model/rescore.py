@@ -44,6 +44,7 @@ class TurnScorer:
         self.prefix = list(tokenizer(self.before, add_special_tokens=False).input_ids)
         self._kv: list[tuple[Tensor, Tensor]] | None = None  # per layer: 1, H, P, D_head
         self._first: Tensor | None = None  # V: log-probs of the turn's first token
+        self._last: tuple[list[list[int]], DynamicCache] | None = None  # the last call's turns and cache
 
     def _prefix_state(self, device: torch.device) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
         if self._kv is None or self._first is None or self._first.device != device:
@@ -82,9 +83,28 @@ class TurnScorer:
         mask = torch.cat([real.new_ones(n, p), real], dim=1)  # N, P + T
         positions = torch.arange(p, p + width, device=device).expand(n, -1)
         logits = self.llm(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache).logits
+        self._last = (turns, cache)
         logp = logits[:, :-1].float().log_softmax(-1)  # N, T-1, V: predicts tokens 1 ..
         later = logp.gather(-1, ids[:, 1:, None]).squeeze(-1) * real[:, 1:]  # N, T-1
         return (first[ids[:, 0]] + later.sum(-1)).tolist()
+
+    def turn_state(self, index: int) -> tuple[list[int], list[tuple[Tensor, Tensor]]]:
+        """The template's token ids through the `index`-th text of the last call (its turn's end
+        included), and the LLM's keys and values (1, H, L, D_head) per layer of those positions: a
+        prompt that goes on from that turn need not run them again (`inference.prompt_cache`)."""
+        if self._last is None:
+            raise ValueError("no texts were scored yet")
+        turns, cache = self._last
+        if not 0 <= index < len(turns):
+            raise IndexError(f"text {index} of {len(turns)} scored")
+        length = len(self.prefix) + len(turns[index])
+        kv = []
+        for layer in cache.layers:
+            keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+            if keys is None or values is None:
+                raise ValueError(f"rescoring needs a full-attention LLM cache, got {type(layer).__name__}")
+            kv.append((keys[index : index + 1, :, :length], values[index : index + 1, :, :length]))
+        return [*self.prefix, *turns[index]], kv
 
 
 CANDIDATES = 3

@@ -83,6 +83,7 @@ class SpeechLLM(nn.Module):
         self.processor = processor
         self.recognizer = recognizer
         self._turn_scorer: TurnScorer | None = None  # the LLM's scorer of transcripts (`bridge.rescore`)
+        self._heard_turn: tuple[list[int], list[tuple[Tensor, Tensor]]] | None = None  # see take_heard_turn
         self.set_trainable(config.trainable)
 
     # ------------------------------------------------------------------ parts and freezing
@@ -96,6 +97,7 @@ class SpeechLLM(nn.Module):
             p.requires_grad_(part_of(name) in parts)
         self.config.trainable = list(parts)
         self._turn_scorer = None  # its cached template start is stale once the LLM may train
+        self._heard_turn = None
 
     def trainable_parameter_names(self) -> set[str]:
         return {n for n, p in self.named_parameters() if p.requires_grad}
@@ -188,6 +190,7 @@ class SpeechLLM(nn.Module):
         if self.recognizer is None:
             raise ValueError("this model has no Whisper text decoder (bridge.recognizer is not 'whisper')")
         bridge = self.config.bridge
+        self._heard_turn = None
         choose = self._rescored if bridge.rescore > 0 and bridge.beam_size > 1 else None
         windows = transcribe_windows(
             self.encoder, self.recognizer, features, feature_lengths, bridge.max_tokens, bridge.beam_size, choose
@@ -204,7 +207,18 @@ class SpeechLLM(nn.Module):
             return tidied[0][0]
         if self._turn_scorer is None:
             self._turn_scorer = TurnScorer(self.llm, self.processor.tokenizer, self.processor.system_prompt)
-        return best_by_llm(tidied, self._turn_scorer([t for t, _ in tidied]), bridge.rescore)
+        texts = [t for t, _ in tidied]
+        chosen = best_by_llm(tidied, self._turn_scorer(texts), bridge.rescore)
+        self._heard_turn = self._turn_scorer.turn_state(texts.index(chosen))
+        return chosen
+
+    def take_heard_turn(self) -> tuple[list[int], list[tuple[Tensor, Tensor]]] | None:
+        """The last transcript rescoring chose, as the LLM ran it: the chat template's token ids
+        through that user turn (the default system turn first) and the LLM's keys and values (1, H, L,
+        D_head) per layer; then forgotten. None when the last audio heard was not rescored. A prompt
+        that starts the same way need not run those positions again (`inference.prompt_cache`)."""
+        turn, self._heard_turn = self._heard_turn, None
+        return turn
 
     def llm_token_paths(self, texts: list[str]) -> list[list[int]]:
         """Transcripts -> the LLM's own token ids (a silent audio reads as an ellipsis, never nothing)."""

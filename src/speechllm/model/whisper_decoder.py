@@ -20,7 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechllm.model.encoder import WINDOW_FRAMES, WhisperAttention, WhisperEncoder, split_windows
-from speechllm.model.precision import lower_linears, resolve_precision
+from speechllm.model.precision import lower_linears, resolve_precision, resolve_screening
+
+SCREEN_K = 64
+"""Logits recomputed exactly per row when screening (`WhisperTextDecoder.screen_logits`): a beam of 5
+takes its next tokens from each row's best 10."""
 
 
 @dataclass
@@ -98,6 +102,9 @@ class WhisperTextDecoder(nn.Module):
         self.layer_norm = nn.LayerNorm(arch.d_model)
         self.logits_table: Tensor | None = None
         """A lower-precision copy of the token table for the logits (`lower_precision`); None: the table."""
+        self.screen_table: Tensor | None = None
+        """A bfloat16 copy of the token table that screens the float32 logits (`screen_logits`)."""
+        self.screen_k = 0
 
     @property
     def matmul_dtype(self) -> torch.dtype:
@@ -110,6 +117,28 @@ class WhisperTextDecoder(nn.Module):
         and logits stay float32 (`model.precision`)."""
         lower_linears(self.layers, dtype)
         self.logits_table = self.embed_tokens.weight.detach().to(dtype)
+
+    def screen_logits(self, k: int = SCREEN_K) -> None:
+        """Compute each step's logits against a bfloat16 copy of the token table, then recompute the
+        `k` largest of each row exactly in float32 (the table is read from memory at every step, and
+        in bfloat16 half as much of it: the step's largest cost). The chosen tokens' logits are the
+        float32 ones; only the softmax's normaliser sums the others' bfloat16 estimates."""
+        if k < 1:
+            raise ValueError(f"screen_logits needs k >= 1, got {k}")
+        if self.logits_table is not None:
+            raise ValueError("the logits already read a lower-precision table (lower_precision): nothing to screen")
+        self.screen_table, self.screen_k = self.embed_tokens.weight.detach().to(torch.bfloat16), k
+
+    def _logits(self, h: Tensor) -> Tensor:
+        """Logits (B, V) in float32 of final hidden states h (B, D) against the tied token table."""
+        if self.screen_table is not None:
+            table = self.embed_tokens.weight
+            logits = F.linear(h.to(torch.bfloat16), self.screen_table).float()  # B, V: estimates
+            top = logits.topk(min(self.screen_k, logits.shape[-1]), dim=-1).indices  # B, k
+            exact = torch.einsum("bd,bkd->bk", h.to(table.dtype), table[top])  # B, k
+            return logits.scatter_(-1, top, exact.float())
+        table = self.embed_tokens.weight if self.logits_table is None else self.logits_table
+        return F.linear(h.to(table.dtype), table).float()  # beam scores add up in float32 whatever the table's
 
     def _cross_cache(self, states: Tensor) -> list[dict[str, Tensor]]:
         states = states.to(self.embed_positions.weight.dtype)  # the residual stream's (float32)
@@ -129,9 +158,7 @@ class WhisperTextDecoder(nn.Module):
             self_mask = torch.ones(t, start + t, dtype=torch.bool, device=tokens.device).tril(start)
         for layer, cache in zip(self.layers, caches):
             x = layer(x, cache, self_mask, cross_mask)
-        table = self.embed_tokens.weight if self.logits_table is None else self.logits_table
-        logits = F.linear(self.layer_norm(x[:, -1]).to(table.dtype), table)  # B, D -> B, V (tied output)
-        return logits.float()  # beam scores add up in float32 whatever the table's dtype
+        return self._logits(self.layer_norm(x[:, -1]))  # B, D -> B, V (tied output)
 
     @torch.no_grad()
     def greedy(self, states: Tensor, lengths: Tensor | None = None, max_tokens: int = 128) -> list[list[int]]:
@@ -285,9 +312,10 @@ def transcribe_windows(
     return grouped
 
 
-def load_whisper_decoder(source: str, precision: str = "float32") -> WhisperTextDecoder:
+def load_whisper_decoder(source: str, precision: str = "float32", logits: str = "exact") -> WhisperTextDecoder:
     """The pretrained text decoder (with its tokenizer) of the Whisper checkpoint `source` names, its
-    weights in `precision` (`model.precision.resolve_precision`; the matmuls then run in it too)."""
+    weights in `precision` (`model.precision.resolve_precision`; the matmuls then run in it too), its
+    float32 logits screened in bfloat16 or not (`logits`: `model.precision.resolve_screening`)."""
     from speechllm.weights.errors import WeightsError
     from speechllm.weights.whisper_decoder import read_whisper_decoder
 
@@ -298,4 +326,6 @@ def load_whisper_decoder(source: str, precision: str = "float32") -> WhisperText
         raise WeightsError(f"{source}: decoder weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})")
     if resolve_precision(precision, torch.device("cpu")) == "bfloat16":
         decoder.lower_precision(torch.bfloat16)
+    elif resolve_screening(logits, torch.device("cpu")):
+        decoder.screen_logits()
     return decoder.eval()
