@@ -8,9 +8,11 @@ Same subsets as benchmarks/heldout_table.py (`--limit`, a fixed random subset), 
 (`eval.metrics.wer`, normalised). `--window real` encodes the audio at its real length instead of
 Whisper's 30 s window (about 10x less encoder work on a 3 s question), `--window 10s` / `20s` over
 the audio padded with silence to that length; `--precision bfloat16` runs the text decoder under
-bfloat16 (`bridge.precision`), `--encoder-precision bfloat16` the encoder under autocast; `--prompt` gives Whisper a
-previous-text prompt (`<|startofprev|>`), which steers its style. Transcripts are written to
-`runs/recognizer/<source>_<set>_<window>_b<beam>[_prompt].jsonl`.
+bfloat16 (`bridge.precision`), `--encoder-precision bfloat16` the encoder's layers under bfloat16
+autocast (`encoder.precision`), `--logits screened` the decoder's logits screened in bfloat16
+(`bridge.logits`); `--prompt` gives Whisper a previous-text prompt (`<|startofprev|>`), which steers
+its style. Transcripts are written to
+`runs/recognizer/<source>_<set>_<window>_b<beam>[_prompt][_bf16][_encbf16][_screened].jsonl`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ def main() -> None:
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="float32",
                         help="compute precision of the text decoder (bridge.precision)")  # fmt: skip
     parser.add_argument("--encoder-precision", choices=["auto", "float32", "bfloat16"], default="float32",
-                        help="compute precision of the encoder (the model keeps it float32)")  # fmt: skip
+                        help="compute precision of the encoder (encoder.precision)")  # fmt: skip
+    parser.add_argument("--logits", choices=["exact", "screened", "auto"], default="exact",
+                        help="the float32 decoder's logits (bridge.logits)")  # fmt: skip
     parser.add_argument("--prompt", default="", help="a previous-text prompt for Whisper (default: none)")
     parser.add_argument("--out", type=Path, default=Path("runs/recognizer"))
     args = parser.parse_args()
@@ -52,15 +56,16 @@ def main() -> None:
     from speechllm.model.bridge import tidy_transcript
     from speechllm.model.encoder import load_whisper_encoder
     from speechllm.model.features import LogMel
-    from speechllm.model.precision import resolve_precision
+    from speechllm.model.precision import resolve_precision, resolve_screening
     from speechllm.model.whisper_decoder import encode_windows, load_whisper_decoder
     from speechllm.weights.whisper_decoder import read_whisper_decoder
 
     torch.set_num_threads(1)
     short = args.window in ("20s", "10s")  # encoded at real length over the silence-padded audio
     padding = "real" if short else args.window
-    encoder = load_whisper_encoder(EncoderConfig(source=args.source, padding=padding)).eval()
-    decoder = load_whisper_decoder(args.source, args.precision)
+    config = EncoderConfig(source=args.source, padding=padding, precision=args.encoder_precision)
+    encoder = load_whisper_encoder(config).eval()
+    decoder = load_whisper_decoder(args.source, args.precision, args.logits)
     if args.prompt:
         tokenizer = read_whisper_decoder(args.source)[2]
         previous = [tokenizer.token_to_id("<|startofprev|>"), *tokenizer.encode(" " + args.prompt.strip()).ids]
@@ -72,8 +77,7 @@ def main() -> None:
         refs = [s.meta.get("question") or spoken_text(s) for s in samples]
         states, t0 = [], time.perf_counter()
         cpu = torch.device("cpu")
-        encoder_bf16 = resolve_precision(args.encoder_precision, cpu) == "bfloat16"
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=encoder_bf16):
+        with torch.no_grad():
             for s in samples:
                 audio = load_audio(s.audio[0])
                 if short:
@@ -94,11 +98,12 @@ def main() -> None:
             tag = f"{args.source.split(':')[-1]}_{name}_{args.window}_b{beam}" + ("_prompt" if args.prompt else "")
             tag += "_bf16" if precision == "bfloat16" else ""
             tag += "_encbf16" if encoder_precision == "bfloat16" else ""
+            tag += "_screened" if resolve_screening(args.logits, cpu) and precision == "float32" else ""
             with open(args.out / f"{tag}.jsonl", "w", encoding="utf-8") as f:
                 for s, r, h in zip(samples, refs, hyps):
                     f.write(json.dumps({"id": s.id, "reference": r, "hypothesis": h}) + "\n")
             row = {"source": args.source, "set": name, "n": len(samples), "window": args.window, "beam": beam,
-                   "precision": precision, "encoder_precision": encoder_precision,
+                   "precision": precision, "encoder_precision": encoder_precision, "logits": args.logits,
                    "prompt": bool(args.prompt), "wer": round(wer(refs, hyps), 4),
                    "exact": sum(h == r for h, r in zip(hyps, refs)),
                    "exact_tidy": sum(tidy_transcript(h) == r for h, r in zip(hyps, refs)),

@@ -32,6 +32,25 @@ def test_matches_transformers_on_30s_input(tiny_whisper_dir, hf_encoder):
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_a_bfloat16_encoder_computes_its_layers_in_bfloat16_and_returns_float32(tiny_whisper_dir):
+    full = load_whisper_encoder(EncoderConfig(source=str(tiny_whisper_dir), padding="30s")).eval()
+    low = load_whisper_encoder(EncoderConfig(source=str(tiny_whisper_dir), padding="30s", precision="bfloat16"))
+    low.eval()
+    seen: list[torch.dtype] = []
+    low.layers[0].self_attn.q_proj.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    torch.manual_seed(0)
+    feats = torch.randn(1, 80, 3000)
+    with torch.no_grad():
+        ref, _ = full(feats, torch.tensor([3000]))
+        got, _ = low(feats, torch.tensor([3000]))
+    assert seen == [torch.bfloat16] and got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=0.1, atol=0.1)
+    assert not torch.equal(got, ref)
+    assert full.fingerprint() != low.fingerprint()  # a cache of its outputs is not the float32 one's
+    with pytest.raises(ValueError, match=r"encoder\.precision"):
+        EncoderConfig(precision="float16")
+
+
 def test_layer_selection_matches_transformers_hidden_states(tiny_whisper_dir, hf_encoder):
     feats = torch.randn(1, 80, 3000)
     with torch.no_grad():

@@ -65,9 +65,14 @@ class EncoderConfig:
     ffn_dim: int = 1536
     max_positions: int = 1500
     """Architecture; filled from the checkpoint when one is loaded, used as is for `random`."""
+    precision: str = "float32"
+    """Precision the encoder's layers compute in: `float32`, `bfloat16` (under autocast: matmuls and
+    attention in bfloat16, norms and softmax as autocast keeps them; the convolutions and the
+    output stay float32), or `auto` (bfloat16 where the hardware multiplies it natively)."""
 
     def __post_init__(self) -> None:
         _check_choice("encoder.padding", self.padding, ("real", "30s"))
+        _check_choice("encoder.precision", self.precision, PRECISIONS)
         if self.layer != "weighted" and not isinstance(self.layer, int):
             raise ValueError(f"encoder.layer must be an int or 'weighted', got {self.layer!r}")
         if isinstance(self.layer, int) and self.layer < -1:

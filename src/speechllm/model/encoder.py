@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechllm.config import EncoderConfig
+from speechllm.model.precision import resolve_precision
 
 WINDOW_FRAMES = 3000  # mel frames in Whisper's 30 s window (100 frames a second)
 
@@ -120,7 +121,9 @@ class WhisperEncoder(nn.Module):
         key_mask = None
         if real and bool((out_lengths < x.shape[1]).any()):
             key_mask = (torch.arange(x.shape[1], device=x.device)[None, :] < out_lengths[:, None])[:, None, None, :]
-        states = self._run_layers(x, key_mask)
+        low = resolve_precision(self.config.precision, x.device) == "bfloat16"
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low):  # see encoder.precision
+            states = self._run_layers(x, key_mask).to(features.dtype)
         if not trim:
             return states, torch.full_like(out_lengths, states.shape[1])
         t_out = int(out_lengths.max()) if b else 0
