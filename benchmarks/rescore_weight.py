@@ -1,7 +1,8 @@
 """Choose `bridge.rescore` (the weight of the LLM's score of the recognizer's hypotheses) on a
 development set that shares no audio, voice engine or question with the held-out sets.
 
-    OMP_NUM_THREADS=1 python benchmarks/rescore_weight.py [--num 120] [--weights 0 0.1 0.2 ...]
+    OMP_NUM_THREADS=1 python benchmarks/rescore_weight.py [--num 120] [--weights 0 0.1 0.2 ...] \
+        [--override encoder.source=bundled:whisper-base ...]
 
 The development set: shipped questions (`assets/text/questions.jsonl`) whose text is not one of the
 held-out spoken questions, spoken alternately by Piper `joe` and eSpeak NG `en-us` (engines the
@@ -9,7 +10,8 @@ training recipes use, never the held-out Festival/flite voices or people). For e
 recognizer (Whisper tiny.en, beam `--beam` (5), 30 s window) gives its finished hypotheses; the LLM scores the
 best distinct ones (`model.rescore.candidates`) as the user's turn; for each weight, the script
 counts the questions whose picked transcript equals the question to the letter (what agreement
-needs) and the WER. Hypotheses and scores: runs/rescore/dev_b<beam>.jsonl.
+needs) and the WER. `--override` changes the default's config first (another recognizer).
+Hypotheses and scores: runs/rescore/dev_b<beam>[_<overrides>].jsonl.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main() -> None:
     parser.add_argument("--heldout", type=Path, default=Path("data_out/heldout/spoken_qa/spoken_qa.jsonl"))
     parser.add_argument("--weights", type=float, nargs="+", default=[0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0])
     parser.add_argument("--beam", type=int, default=5, help="the recognizer's beam width (bridge.beam_size)")
+    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, default=Path("runs/rescore"))
     args = parser.parse_args()
     import torch
@@ -43,7 +46,7 @@ def main() -> None:
     held = {s.meta["question"].strip().lower() for s in read_manifest(args.heldout)}
     questions = [q for q in read_questions(shipped_text("questions.jsonl")) if q.question.strip().lower() not in held]
     random.Random(0).shuffle(questions)
-    model = load_model(None, [f"bridge.beam_size={args.beam}"]).eval()
+    model = load_model(None, [f"bridge.beam_size={args.beam}", *args.override]).eval()
     recognizer = model.recognizer
     assert recognizer is not None and recognizer.detokenize is not None
     scorer = TurnScorer(model.llm, model.processor.tokenizer, model.processor.system_prompt)
@@ -58,14 +61,22 @@ def main() -> None:
             hyps = candidates([(tidy_transcript(recognizer.detokenize(ids).strip()), lp) for ids, lp in found])
             rows.append({"id": q.id, "voice": voice, "question": q.question, "hyps": hyps,
                          "llm": scorer([t for t, _ in hyps])})  # fmt: skip
-    with open(args.out / f"dev_b{args.beam}.jsonl", "w", encoding="utf-8") as f:
+    tag = "".join("_" + o.split("=")[-1].split(":")[-1] for o in args.override)
+    with open(args.out / f"dev_b{args.beam}{tag}.jsonl", "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     refs = [r["question"] for r in rows]
     for weight in args.weights:
         picks = [best_by_llm([tuple(h) for h in r["hyps"]], r["llm"], weight) for r in rows]
         exact = sum(p == r for p, r in zip(picks, refs))
-        row = {"beam": args.beam, "weight": weight, "n": len(rows), "exact": exact, "wer": round(wer(refs, picks), 4)}
+        row = {
+            "beam": args.beam,
+            "overrides": args.override,
+            "weight": weight,
+            "n": len(rows),
+            "exact": exact,
+            "wer": round(wer(refs, picks), 4),
+        }
         print(json.dumps(row))
 
 
