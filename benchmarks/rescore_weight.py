@@ -2,13 +2,14 @@
 development set that shares no audio, voice engine or question with the held-out sets.
 
     OMP_NUM_THREADS=1 python benchmarks/rescore_weight.py [--num 120] [--weights 0 0.1 0.2 ...] \
-        [--override encoder.source=bundled:whisper-base ...]
+        [--candidates 1 2 3] [--override encoder.source=bundled:whisper-base ...]
 
 The development set: shipped questions (`assets/text/questions.jsonl`) whose text is not one of the
 held-out spoken questions, spoken alternately by Piper `joe` and eSpeak NG `en-us` (engines the
 training recipes use, never the held-out Festival/flite voices or people). For each, the default
 recognizer (Whisper tiny.en, beam `--beam` (5), 30 s window) gives its finished hypotheses; the LLM scores the
-best distinct ones (`model.rescore.candidates`) as the user's turn; for each weight, the script
+best distinct ones (`model.rescore.candidates`, the most `--candidates` asks for) as the user's
+turn; for each number of candidates and each weight, the script
 counts the questions whose picked transcript equals the question to the letter (what agreement
 needs) and the WER. `--override` changes the default's config first (another recognizer).
 Hypotheses and scores: runs/rescore/dev_b<beam>[_<overrides>].jsonl.
@@ -28,6 +29,8 @@ def main() -> None:
     parser.add_argument("--heldout", type=Path, default=Path("data_out/heldout/spoken_qa/spoken_qa.jsonl"))
     parser.add_argument("--weights", type=float, nargs="+", default=[0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0])
     parser.add_argument("--beam", type=int, default=5, help="the recognizer's beam width (bridge.beam_size)")
+    parser.add_argument("--candidates", type=int, nargs="+", default=[3],
+                        help="how many best distinct hypotheses the LLM scores (bridge.candidates)")  # fmt: skip
     parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, default=Path("runs/rescore"))
     args = parser.parse_args()
@@ -58,7 +61,8 @@ def main() -> None:
             features, lengths = model.processor.log_mel([synthesize(voice, q.question)])
             states, _ = encode_windows(model.encoder, features, lengths)
             found = recognizer.nbest(states[:1], beam_size=args.beam, max_tokens=128)
-            hyps = candidates([(tidy_transcript(recognizer.detokenize(ids).strip()), lp) for ids, lp in found])
+            texts = [(tidy_transcript(recognizer.detokenize(ids).strip()), lp) for ids, lp in found]
+            hyps = candidates(texts, max(args.candidates))
             rows.append({"id": q.id, "voice": voice, "question": q.question, "hyps": hyps,
                          "llm": scorer([t for t, _ in hyps])})  # fmt: skip
     tag = "".join("_" + o.split("=")[-1].split(":")[-1] for o in args.override)
@@ -66,18 +70,12 @@ def main() -> None:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     refs = [r["question"] for r in rows]
-    for weight in args.weights:
-        picks = [best_by_llm([tuple(h) for h in r["hyps"]], r["llm"], weight) for r in rows]
-        exact = sum(p == r for p, r in zip(picks, refs))
-        row = {
-            "beam": args.beam,
-            "overrides": args.override,
-            "weight": weight,
-            "n": len(rows),
-            "exact": exact,
-            "wer": round(wer(refs, picks), 4),
-        }
-        print(json.dumps(row))
+    for k in args.candidates:  # the best k of each row's hypotheses (they are stored best first)
+        for weight in args.weights:
+            picks = [best_by_llm([tuple(h) for h in r["hyps"][:k]], r["llm"][:k], weight) for r in rows]
+            exact = sum(p == r for p, r in zip(picks, refs))
+            print(json.dumps({"beam": args.beam, "overrides": args.override, "candidates": k, "weight": weight,
+                              "n": len(rows), "exact": exact, "wer": round(wer(refs, picks), 4)}))  # fmt: skip
 
 
 if __name__ == "__main__":

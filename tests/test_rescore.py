@@ -144,7 +144,8 @@ def test_hear_picks_the_hypothesis_the_llm_prefers(tiny_config, tone):
 
         states, _ = encode_windows(encoder, features, lengths)
         found = recognizer.nbest(states, beam_size=4, max_tokens=3)
-        hyps = candidates([(tidy_transcript(recognizer.detokenize(ids).strip()), lp) for ids, lp in found])
+        texts = [(tidy_transcript(recognizer.detokenize(ids).strip()), lp) for ids, lp in found]
+        hyps = candidates(texts, model.config.bridge.candidates)
         assert len(hyps) >= 2, "the test needs a beam with distinct hypotheses"
         scores = TurnScorer(llm, tokenizer, None)([t for t, _ in hyps])
         favourite = hyps[max(range(len(hyps)), key=scores.__getitem__)][0]

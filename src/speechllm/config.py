@@ -173,6 +173,11 @@ class BridgeConfig:
     """With beam search (`beam_size` > 1), weight of the LLM's own log-likelihood of each finished
     hypothesis as the user's turn, added to the recognizer's log-probability to pick the transcript
     (N-best rescoring, `speechllm.model.rescore`); 0: Whisper's own ranking."""
+    candidates: int = 3
+    """How many of the recognizer's best distinct hypotheses the LLM scores when rescoring (the cost
+    of rescoring grows with it). On the development set (benchmarks/rescore_weight.py `--candidates 1
+    2 3 4 5`, weight 0.7), tiny.en's best 2 / 3 / 5 give 54 / 55 / 54 of 120 exact transcripts (WER
+    0.116 / 0.125 / 0.131): 3 keeps the most exact ones, which is what agreement needs."""
     tidy: bool = True
     """Write the `whisper` recognizer's transcript as a person types it before the LLM reads it: each
     sentence starts with a capital, and one that opens like a question ends with "?" (Whisper
@@ -195,6 +200,7 @@ class BridgeConfig:
         _check_choice("bridge.logits", self.logits, LOGITS)
         if self.rescore < 0:
             raise ValueError(f"bridge.rescore must be >= 0, got {self.rescore}")
+        _check_positive("bridge.candidates", self.candidates)
         if self.recognizer == "whisper" and self.mode == "posterior":
             raise ValueError(
                 "bridge.mode 'posterior' needs bridge.recognizer 'ctc' (the whisper recognizer gives top1 only)"

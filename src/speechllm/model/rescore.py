@@ -107,12 +107,7 @@ class TurnScorer:
         return [*self.prefix, *turns[index]], kv
 
 
-CANDIDATES = 3
-"""Distinct hypotheses the LLM scores: the recognizer's best few. On the development set the best 3
-pick exactly what all of them (about 6 a question, 3.6 distinct) pick (benchmarks/rescore_weight.py)."""
-
-
-def candidates(hypotheses: list[tuple[str, float]], n: int = CANDIDATES) -> list[tuple[str, float]]:
+def candidates(hypotheses: list[tuple[str, float]], n: int) -> list[tuple[str, float]]:
     """The `n` best distinct texts by recognizer log-probability (each text with its best)."""
     best: dict[str, float] = {}
     for text, logp in hypotheses:

@@ -202,7 +202,9 @@ class SpeechLLM(nn.Module):
     def _rescored(self, hypotheses: list[tuple[str, float]]) -> str:
         """The recognizer's finished hypotheses (text, log-probability) rescored by the LLM (`rescore`)."""
         bridge = self.config.bridge
-        tidied = candidates([(tidy_transcript(t) if bridge.tidy else t, logp) for t, logp in hypotheses])
+        tidied = candidates(
+            [(tidy_transcript(t) if bridge.tidy else t, logp) for t, logp in hypotheses], bridge.candidates
+        )
         if len(tidied) == 1:  # nothing to choose between: no LLM pass
             return tidied[0][0]
         if self._turn_scorer is None:
