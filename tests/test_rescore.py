@@ -10,6 +10,7 @@ from transformers import DynamicCache
 from conftest import LLMCalls
 from speechllm.config import BridgeConfig
 from speechllm.model.rescore import TurnScorer, best_by_llm, candidates, user_turn_frame
+from speechllm.model.speech_llm import SILENT_TEXT
 from speechllm.model.whisper_decoder import DecoderArch, WhisperTextDecoder
 
 
@@ -96,8 +97,7 @@ def _rescoring_model(tiny_config, rescore: float):
                        ffn_dim=64, max_positions=16, prompt=[0], eot=1, suppress=[], suppress_begin=[1],
                        specials_from=None)  # fmt: skip
     torch.manual_seed(1)
-    # never an empty text: the LLM reads "..." for one (llm_token_paths), not the empty turn it scored
-    recognizer = WhisperTextDecoder(arch, detokenize=lambda ids: " ".join(WORDS[i - 3] for i in ids if i >= 3) or "hm")
+    recognizer = WhisperTextDecoder(arch, detokenize=lambda ids: " ".join(WORDS[i - 3] for i in ids if i >= 3))
     return assemble(tiny_config, encoder, llm, tokenizer, recognizer.eval()).eval(), recognizer
 
 
@@ -147,7 +147,7 @@ def test_hear_picks_the_hypothesis_the_llm_prefers(tiny_config, tone):
         texts = [(tidy_transcript(recognizer.detokenize(ids).strip()), lp) for ids, lp in found]
         hyps = candidates(texts, model.config.bridge.candidates)
         assert len(hyps) >= 2, "the test needs a beam with distinct hypotheses"
-        scores = TurnScorer(llm, tokenizer, None)([t for t, _ in hyps])
+        scores = TurnScorer(llm, tokenizer, None)([t or SILENT_TEXT for t, _ in hyps])  # as the LLM reads them
         favourite = hyps[max(range(len(hyps)), key=scores.__getitem__)][0]
         assert model.hear([audio]) == [favourite]
         model.config.bridge.rescore = 0.0

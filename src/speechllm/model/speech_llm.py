@@ -26,6 +26,9 @@ from speechllm.model.processor import Message, Rendered, SpeechLLMProcessor
 from speechllm.model.rescore import TurnScorer, best_by_llm, candidates
 from speechllm.model.whisper_decoder import WhisperTextDecoder, transcribe_windows
 
+SILENT_TEXT = "..."
+"""What the LLM reads for an audio whose transcript is empty (never an empty turn)."""
+
 IGNORE_INDEX = -100
 
 
@@ -210,7 +213,8 @@ class SpeechLLM(nn.Module):
         if self._turn_scorer is None:
             self._turn_scorer = TurnScorer(self.llm, self.processor.tokenizer, self.processor.system_prompt)
         texts = [t for t, _ in tidied]
-        chosen = best_by_llm(tidied, self._turn_scorer(texts), bridge.rescore)
+        read = [t or SILENT_TEXT for t in texts]  # scored as the LLM will read it (llm_token_paths)
+        chosen = best_by_llm(tidied, self._turn_scorer(read), bridge.rescore)
         self._heard_turn = self._turn_scorer.turn_state(texts.index(chosen))
         return chosen
 
@@ -225,7 +229,7 @@ class SpeechLLM(nn.Module):
     def llm_token_paths(self, texts: list[str]) -> list[list[int]]:
         """Transcripts -> the LLM's own token ids (a silent audio reads as an ellipsis, never nothing)."""
         tokenizer = self.processor.tokenizer
-        return [list(tokenizer.encode(t or "...", add_special_tokens=False)) for t in texts]
+        return [list(tokenizer.encode(t or SILENT_TEXT, add_special_tokens=False)) for t in texts]
 
     def hear(self, audios: list[np.ndarray]) -> list[str]:
         """The text the LLM reads for each audio, for a token bridge (top1 path, detokenized)."""
