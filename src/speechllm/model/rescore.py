@@ -32,6 +32,18 @@ def user_turn_frame(tokenizer: Any, system_prompt: str | None) -> tuple[str, str
     return before, after.rstrip()
 
 
+def _layer_kv(cache: DynamicCache) -> list[tuple[Tensor, Tensor]]:
+    """Each layer's keys and values (B, H, L, D_head) of a filled LLM cache; ValueError for a layer
+    that holds none (the inference layer's stricter `prompt_cache.filled_layers` is above this one)."""
+    out = []
+    for layer in cache.layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if keys is None or values is None:
+            raise ValueError(f"rescoring needs a full-attention LLM cache, got {type(layer).__name__}")
+        out.append((keys, values))
+    return out
+
+
 class TurnScorer:
     """The LLM's summed log-probability of texts as the user's turn (its tokens and the turn's end),
     given what precedes it in the template. The template's start (system turn, user header) is run
@@ -51,12 +63,7 @@ class TurnScorer:
             cache = DynamicCache()
             ids = torch.tensor([self.prefix], device=device)
             out = self.llm(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            self._kv = []
-            for layer in cache.layers:
-                keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
-                if keys is None or values is None:
-                    raise ValueError(f"rescoring needs a full-attention LLM cache, got {type(layer).__name__}")
-                self._kv.append((keys, values))
+            self._kv = _layer_kv(cache)
             self._first = out.logits[0, -1].float().log_softmax(-1)
         return self._kv, self._first
 
@@ -97,13 +104,8 @@ class TurnScorer:
         turns, cache = self._last
         if not 0 <= index < len(turns):
             raise IndexError(f"text {index} of {len(turns)} scored")
-        length = len(self.prefix) + len(turns[index])
-        kv = []
-        for layer in cache.layers:
-            keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
-            if keys is None or values is None:
-                raise ValueError(f"rescoring needs a full-attention LLM cache, got {type(layer).__name__}")
-            kv.append((keys[index : index + 1, :, :length], values[index : index + 1, :, :length]))
+        n = len(self.prefix) + len(turns[index])
+        kv = [(k[index : index + 1, :, :n], v[index : index + 1, :, :n]) for k, v in _layer_kv(cache)]
         return [*self.prefix, *turns[index]], kv
 
 
