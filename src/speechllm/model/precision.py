@@ -1,5 +1,10 @@
-"""Precision of the Whisper recognizer's text decoder (`bridge.precision`): bfloat16 where the
-hardware multiplies it natively, float32 elsewhere.
+"""Lower precision where the hardware multiplies bfloat16 natively (`auto` choices), float32 elsewhere:
+the encoder's layers (`encoder.precision`), the Whisper recognizer's text decoder
+(`bridge.precision`), and the screening of that decoder's float32 logits (`bridge.logits`).
+
+The encoder runs its layers under bfloat16 autocast (one call per 30 s window, so recasting its
+frozen weights costs little); with rescoring its held-out figures equal float32's and it runs ~2.3x
+faster on a CPU with AMX, so the default is `auto` (README, Figures).
 
 The decoder's linear layers are held in bfloat16 and multiply in it, and its logits read a bfloat16
 copy of the token table; layer norms, input rows, attention softmax, residual sums, logits and
@@ -8,8 +13,9 @@ every call under autocast, which made decoding slower, not faster; with every we
 norms too, it cost words. Measured (benchmarks/heldout_table.py `--override bridge.precision=bfloat16`;
 README, Figures): first token about 0.14 s sooner on a CPU with AMX; held-out WER still no worse
 than Whisper's own on every set, but people 0.228 vs float32's 0.218 and spoken-question agreement
-56.9% vs 58.5%, so the default stays float32. On a CPU without native bfloat16 it is emulated and
-slower, so `auto` keeps float32 there.
+56.9% vs 58.5%, so the default stays float32. Screening (`resolve_screening`) keeps the decoder
+float32 and only estimates the logits of tokens no beam takes. On a CPU without native bfloat16 it
+is emulated and slower, so `auto` keeps float32 there.
 """
 
 from __future__ import annotations
