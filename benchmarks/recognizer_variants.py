@@ -56,7 +56,7 @@ def main() -> None:
     from speechllm.model.bridge import tidy_transcript
     from speechllm.model.encoder import load_whisper_encoder
     from speechllm.model.features import LogMel
-    from speechllm.model.precision import resolve_precision, resolve_screening
+    from speechllm.model.precision import resolve_precision
     from speechllm.model.whisper_decoder import encode_windows, load_whisper_decoder
     from speechllm.weights.whisper_decoder import read_whisper_decoder
 
@@ -98,7 +98,7 @@ def main() -> None:
             tag = f"{args.source.split(':')[-1]}_{name}_{args.window}_b{beam}" + ("_prompt" if args.prompt else "")
             tag += "_bf16" if precision == "bfloat16" else ""
             tag += "_encbf16" if encoder_precision == "bfloat16" else ""
-            tag += "_screened" if resolve_screening(args.logits, cpu) and precision == "float32" else ""
+            tag += "_screened" if decoder.screen_table is not None else ""
             with open(args.out / f"{tag}.jsonl", "w", encoding="utf-8") as f:
                 for s, r, h in zip(samples, refs, hyps):
                     f.write(json.dumps({"id": s.id, "reference": r, "hypothesis": h}) + "\n")

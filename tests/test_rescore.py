@@ -83,8 +83,9 @@ def test_a_scored_turns_state_is_the_whole_templates_keys_through_that_turn(tiny
         scorer.turn_state(2)
 
 
-def _rescoring_model(tiny_config, rescore: float):
-    """A tiny model whose recognizer's beam holds several distinct word sequences."""
+def _rescoring_model(tiny_config, rescore: float, detokenize=None):
+    """A tiny model whose recognizer's beam holds several distinct word sequences (`detokenize`: its
+    texts; default: one word of WORDS per token)."""
     from speechllm.model import assemble
     from speechllm.model.encoder import load_whisper_encoder
     from speechllm.weights.llm import load_llm
@@ -97,7 +98,8 @@ def _rescoring_model(tiny_config, rescore: float):
                        ffn_dim=64, max_positions=16, prompt=[0], eot=1, suppress=[], suppress_begin=[1],
                        specials_from=None)  # fmt: skip
     torch.manual_seed(1)
-    recognizer = WhisperTextDecoder(arch, detokenize=lambda ids: " ".join(WORDS[i - 3] for i in ids if i >= 3))
+    words = detokenize or (lambda ids: " ".join(WORDS[i - 3] for i in ids if i >= 3))
+    recognizer = WhisperTextDecoder(arch, detokenize=words)
     return assemble(tiny_config, encoder, llm, tokenizer, recognizer.eval()).eval(), recognizer
 
 
@@ -156,19 +158,7 @@ def test_hear_picks_the_hypothesis_the_llm_prefers(tiny_config, tone):
 
 
 def test_a_beam_with_one_distinct_transcript_costs_no_llm_pass(tiny_config, tone):
-    from speechllm.model import assemble
-    from speechllm.model.encoder import load_whisper_encoder
-    from speechllm.weights.llm import load_llm
-
-    tiny_config.encoder.padding = "30s"
-    tiny_config.bridge = BridgeConfig(mode="top1", recognizer="whisper", beam_size=3, max_tokens=3, rescore=0.7)
-    encoder = load_whisper_encoder(tiny_config.encoder)
-    llm, tokenizer = load_llm(tiny_config.llm)
-    arch = DecoderArch(vocab_size=8, d_model=encoder.config.d_model, n_layers=1, n_heads=4, ffn_dim=64,
-                       max_positions=16, prompt=[0], eot=1, suppress=[], suppress_begin=[1],
-                       specials_from=None)  # fmt: skip
-    recognizer = WhisperTextDecoder(arch, detokenize=lambda ids: "the same words").eval()  # every path one text
-    model = assemble(tiny_config, encoder, llm, tokenizer, recognizer).eval()
+    model, _ = _rescoring_model(tiny_config, rescore=0.7, detokenize=lambda ids: "the same words")  # every path
     calls = LLMCalls(model)
     try:
         with torch.no_grad():

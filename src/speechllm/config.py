@@ -162,13 +162,14 @@ class BridgeConfig:
     `bfloat16`, or `auto` (bfloat16 where the hardware multiplies it natively: CUDA, or a CPU with
     AMX / AVX512-BF16). bfloat16 gives the first token ~0.14 s sooner on such a CPU, at a small cost
     (held-out people WER 0.228 vs 0.218, agreement 56.9% vs 58.5%: README, Figures), so float32 is
-    the default; see `speechllm.model.precision`. The encoder always runs in float32."""
+    the default; see `speechllm.model.precision`. The encoder's precision is `encoder.precision`."""
     logits: str = "exact"
     """How a float32 recognizer computes each step's logits against its 51,864-row token table:
     `exact`; `screened`, all of them against a bfloat16 copy of the table and each row's best 64
     again exactly in float32 (the tokens a beam can take keep their float32 logits; the table is
-    read at every step, and in bfloat16 half as much: the decoder runs ~2x faster on a CPU with
-    AMX); `auto`: screened where bfloat16 multiplies natively. See `WhisperTextDecoder.screen_logits`."""
+    read at every step, and in bfloat16 half as much: the beam search runs ~30% faster on a CPU
+    with AMX, benchmarks/screened_logits.py); `auto`: screened where bfloat16 multiplies natively.
+    See `WhisperTextDecoder.screen_logits`."""
     rescore: float = 0.0
     """With beam search (`beam_size` > 1), weight of the LLM's own log-likelihood of each finished
     hypothesis as the user's turn, added to the recognizer's log-probability to pick the transcript

@@ -279,7 +279,7 @@ class WhisperTextDecoder(nn.Module):
             ids = [whisper_pick(hyps) for hyps in found]
         else:
             ids = self.greedy(states, lengths, max_tokens)
-        return [self.detokenize(x).strip() for x in ids]
+        return [detokenize(x).strip() for x in ids]
 
 
 def encode_windows(encoder: WhisperEncoder, features: Tensor, lengths: Tensor) -> tuple[Tensor, list[int]]:
