@@ -219,6 +219,57 @@ def test_beam_search_of_width_one_is_greedy_and_wider_beams_score_no_worse(hf_wh
     assert ours.transcribe(states, max_tokens=6, beam_size=3)[0] == " ".join(map(str, ours.beam_search(states, 3, 6)))
 
 
+def test_beams_sharing_one_samples_encoder_cache_attend_as_with_a_copy_per_beam(hf_whisper):
+    ours = ours_from_hf(hf_whisper)
+    torch.manual_seed(6)
+    layer = ours.layers[0]
+    states, x = torch.randn(1, 50, 32), torch.randn(4, 3, 32)
+    shared = ours._cross_cache(states)[0]
+    copied = {key: value.expand(4, -1, -1, -1).contiguous() for key, value in shared.items()}
+    with torch.no_grad():
+        got = layer(x, dict(shared), None, None)
+        want = layer(x, copied, None, None)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="batch 2 do not fit queries for batch 4"):
+        layer(x, {key: value.expand(2, -1, -1, -1) for key, value in shared.items()}, None, None)
+
+
+def test_beam_candidates_are_the_best_pairs_over_the_whole_vocabulary(hf_whisper):
+    """nbest ranks each hypothesis' best 2B tokens; a search ranking every (hypothesis, token) pair
+    finishes the same hypotheses with the same scores."""
+    ours = ours_from_hf(hf_whisper)
+    ours.arch.eot = 30  # a token this decoder often ranks high, so that hypotheses finish within 12 steps
+    torch.manual_seed(7)
+    states, beam = torch.randn(1, 50, 32), 3
+    a = ours.arch
+    suppress, begin = ours._suppressed(states.device)
+    seqs, scores, finished = [[]], torch.zeros(1), []
+    for step in range(12):
+        rows = torch.tensor([a.prompt + s for s in seqs])
+        with torch.no_grad():
+            logits = torch.stack([ours._step(r[None], 0, ours._cross_cache(states), None)[0] for r in rows])
+        logp = logits.masked_fill(begin if step == 0 else suppress, float("-inf")).log_softmax(-1)
+        total = (scores[:, None] + logp).flatten()
+        kept = []
+        for value, index in zip(*total.topk(2 * beam)):
+            hyp, token = divmod(int(index), a.vocab_size)
+            if token == a.eot:
+                finished.append((seqs[hyp], float(value)))
+                continue
+            kept.append(([*seqs[hyp], token], value))
+            if len(kept) == beam:
+                break
+        if len(finished) >= beam:
+            break
+        seqs, scores = [k[0] for k in kept], torch.stack([k[1] for k in kept])
+    if not finished:
+        finished = [(s, float(v)) for s, v in zip(seqs, scores)]
+    got = ours.nbest(states, beam, 12)
+    assert len({len(ids) for ids, _ in got}) > 1  # hypotheses finished, at different steps
+    assert [ids for ids, _ in got] == [ids for ids, _ in finished]
+    assert [lp for _, lp in got] == pytest.approx([lp for _, lp in finished], abs=1e-4)
+
+
 @pytest.mark.parametrize(
     ("heard", "typed"),
     [

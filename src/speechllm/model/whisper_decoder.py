@@ -79,10 +79,22 @@ class _DecoderLayer(nn.Module):
             k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)  # B, H, S+T, D/H
         cache["k"], cache["v"] = k, v
         x = x + self.self_attn.attend(h, k, v, self_mask)
-        # One sample's beams share its encoder keys/values: a batch-1 cache is broadcast, not copied.
-        xk, xv = (cache[key].expand(x.shape[0], -1, -1, -1) for key in ("xk", "xv"))
-        x = x + self.encoder_attn.attend(self.encoder_attn_layer_norm(x), xk, xv, cross_mask)
+        x = x + self._cross_attend(self.encoder_attn_layer_norm(x), cache["xk"], cache["xv"], cross_mask)
         return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+
+    def _cross_attend(self, h: Tensor, xk: Tensor, xv: Tensor, cross_mask: Tensor | None) -> Tensor:
+        """Cross-attention of h (B, T, D) over encoder keys/values (B or 1, H, S, D/H).
+
+        One sample's beams share its encoder keys/values (a batch-1 cache): their queries are then
+        attended as one sample's B*T queries, which is exact (no query sees another) and spares
+        broadcasting the keys to B copies, which the CPU kernel would materialise at every step.
+        """
+        b, t, d = h.shape
+        if xk.shape[0] == b:
+            return self.encoder_attn.attend(h, xk, xv, cross_mask)
+        if xk.shape[0] != 1 or (cross_mask is not None and cross_mask.shape[0] != 1):
+            raise ValueError(f"encoder keys for batch {xk.shape[0]} do not fit queries for batch {b}")
+        return self.encoder_attn.attend(h.reshape(1, b * t, d), xk, xv, cross_mask).view(b, t, d)  # 1, B*T, D -> B, T, D
 
 
 class WhisperTextDecoder(nn.Module):
@@ -232,12 +244,16 @@ class WhisperTextDecoder(nn.Module):
             logits = self._step(tokens, start, caches, None)  # live, V
             start += tokens.shape[1]
             logp = logits.masked_fill(begin if step == 0 else suppress, float("-inf")).log_softmax(-1)
-            total = (scores[:, None] + logp).flatten()  # live * V
+            # The best 2 * beam_size of all (hypothesis, token) pairs lie within each hypothesis' own
+            # best 2 * beam_size: ranking those (live * 2B) gives the same candidates as ranking live * V.
+            row_best, row_tokens = logp.topk(min(2 * beam_size, a.vocab_size), dim=-1)  # live, 2B
+            total = (scores[:, None] + row_best).flatten()  # live * 2B
             keep_seqs, keep_scores, source = [], [], []
             # Best first: an end of text ranked above the last kept hypothesis finishes one (as in
             # Whisper's own beam search); those ranked below it are not candidates at all.
             for value, index in zip(*total.topk(min(2 * beam_size, total.numel()))):
-                hyp, token = divmod(int(index), a.vocab_size)
+                hyp = int(index) // row_best.shape[1]
+                token = int(row_tokens.flatten()[index])
                 if token == a.eot:
                     finished.append((seqs[hyp], float(value)))
                     continue
