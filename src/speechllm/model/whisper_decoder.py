@@ -94,7 +94,8 @@ class _DecoderLayer(nn.Module):
             return self.encoder_attn.attend(h, xk, xv, cross_mask)
         if xk.shape[0] != 1 or (cross_mask is not None and cross_mask.shape[0] != 1):
             raise ValueError(f"encoder keys for batch {xk.shape[0]} do not fit queries for batch {b}")
-        return self.encoder_attn.attend(h.reshape(1, b * t, d), xk, xv, cross_mask).view(b, t, d)  # 1, B*T, D -> B, T, D
+        y = self.encoder_attn.attend(h.reshape(1, b * t, d), xk, xv, cross_mask)  # B, T, D -> 1, B*T, D
+        return y.view(b, t, d)
 
 
 class WhisperTextDecoder(nn.Module):
