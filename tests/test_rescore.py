@@ -12,6 +12,7 @@ from speechllm.config import BridgeConfig
 from speechllm.model.rescore import TurnScorer, best_by_llm, candidates, user_turn_frame
 from speechllm.model.speech_llm import SILENT_TEXT
 from speechllm.model.whisper_decoder import DecoderArch, WhisperTextDecoder
+from speechllm.weights.llm import cache_kwargs
 
 
 def test_candidates_keep_each_texts_best_score_and_the_best_few():
@@ -73,7 +74,7 @@ def test_a_scored_turns_state_is_the_whole_templates_keys_through_that_turn(tiny
         assert ids == list(tokenizer(before + text + after, add_special_tokens=False).input_ids)
         cache = DynamicCache()
         with torch.no_grad():
-            llm(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
+            llm(input_ids=torch.tensor([ids]), **cache_kwargs(llm, cache), use_cache=True)
         assert len(kv) == len(cache.layers)
         for (keys, values), layer in zip(kv, cache.layers):
             assert keys.shape == layer.keys.shape and values.shape == layer.values.shape  # 1, H, L, D_head

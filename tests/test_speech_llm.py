@@ -368,3 +368,26 @@ def test_load_model_applies_config_overrides(tiny_model, tmp_path):
     assert load_model(out, ["bridge.beam_size=3", "system_prompt=Be brief."]).config.bridge.beam_size == 3
     with pytest.raises(ValueError, match="beam_size"):
         load_model(out, ["bridge.beam_size=0"])
+
+
+def test_the_cache_goes_by_the_keyword_the_llms_transformers_takes(tiny_model):
+    """transformers 5.x takes the cache as `cache` (removing `past_key_values` in 5.40); earlier releases
+    took `past_key_values`. A LoRA-wrapped LLM is asked through its base model."""
+    import inspect
+
+    from peft import LoraConfig as PeftLora
+    from peft import get_peft_model
+
+    from speechllm.weights.llm import cache_kwargs
+
+    llm = tiny_model.llm
+    keyword = "cache" if "cache" in inspect.signature(type(llm).forward).parameters else "past_key_values"
+    assert cache_kwargs(llm, "the cache") == {keyword: "the cache"}
+    wrapped = get_peft_model(llm, PeftLora(r=2, target_modules=["q_proj"]))
+    assert cache_kwargs(wrapped, "the cache") == {keyword: "the cache"}
+
+    class Older(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+            return past_key_values
+
+    assert cache_kwargs(Older(), 7) == {"past_key_values": 7}

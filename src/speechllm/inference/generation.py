@@ -37,6 +37,7 @@ from speechllm.inference.detok import TextStream
 from speechllm.inference.prompt_cache import PromptCache, filled_layers
 from speechllm.model.processor import Message
 from speechllm.model.speech_llm import Batch, SpeechLLM, position_ids
+from speechllm.weights.llm import cache_kwargs
 
 PREFILL_CHUNK = 256
 """Prompt positions per prefill call: the grain at which a long prompt can be cancelled."""
@@ -170,7 +171,7 @@ class DecodeBatch:
                 inputs_embeds=inputs_embeds[:, start:end],
                 attention_mask=full_mask if full_mask is not None else attention_mask[:, :end],
                 position_ids=positions[:, start:end],
-                past_key_values=cache,
+                **cache_kwargs(self.llm, cache),
                 use_cache=True,
                 output_hidden_states=want_hidden and end == length,
                 logits_to_keep=1,
@@ -226,7 +227,7 @@ class DecodeBatch:
             input_ids=tokens[:, None],
             attention_mask=s.mask,
             position_ids=s.next_pos,
-            past_key_values=s.cache,
+            **cache_kwargs(self.llm, s.cache),
             use_cache=True,
             output_hidden_states=want_hidden,
         )

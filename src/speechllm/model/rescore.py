@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
+from speechllm.weights.llm import cache_kwargs
+
 MARK = "\ue000"  # a private-use character no chat template or user text contains
 
 
@@ -62,7 +64,7 @@ class TurnScorer:
         if self._kv is None or self._first is None or self._first.device != device:
             cache = DynamicCache()
             ids = torch.tensor([self.prefix], device=device)
-            out = self.llm(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = self.llm(input_ids=ids, **cache_kwargs(self.llm, cache), use_cache=True, logits_to_keep=1)
             self._kv = _layer_kv(cache)
             self._first = out.logits[0, -1].float().log_softmax(-1)
         return self._kv, self._first
@@ -89,7 +91,8 @@ class TurnScorer:
         cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv])
         mask = torch.cat([real.new_ones(n, p), real], dim=1)  # N, P + T
         positions = torch.arange(p, p + width, device=device).expand(n, -1)
-        logits = self.llm(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache).logits
+        out = self.llm(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(self.llm, cache))
+        logits = out.logits
         self._last = (turns, cache)
         logp = logits[:, :-1].float().log_softmax(-1)  # N, T-1, V: predicts tokens 1 ..
         later = logp.gather(-1, ids[:, 1:, None]).squeeze(-1) * real[:, 1:]  # N, T-1

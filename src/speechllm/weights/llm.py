@@ -7,12 +7,15 @@ directory under the cache root, so later loads read safetensors in well under a 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -127,3 +130,16 @@ def load_llm(config: LLMConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     if tokenizer.chat_template is None:
         raise WeightsError(f"{directory}: the tokenizer has no chat template; speechllm prompts through it")
     return model.eval(), tokenizer
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def cache_kwargs(llm: Any, cache: Any) -> dict[str, Any]:
+    """The keyword argument that hands `cache` to `llm`'s forward: `cache` where transformers takes it
+    (5.x, which removes `past_key_values` in 5.40), else `past_key_values` (our floor, 4.57).
+    A LoRA-wrapped (peft) model passes it on to its base model, whose signature decides."""
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    return {_cache_keyword(type(base)): cache}
