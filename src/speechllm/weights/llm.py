@@ -7,7 +7,6 @@ directory under the cache root, so later loads read safetensors in well under a 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import inspect
@@ -132,14 +131,19 @@ def load_llm(config: LLMConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     return model.eval(), tokenizer
 
 
-@functools.cache
+_CACHE_KEYWORDS: dict[type, str] = {}
+
+
 def _cache_keyword(model_class: type) -> str:
-    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+    if model_class not in _CACHE_KEYWORDS:
+        parameters = inspect.signature(model_class.forward).parameters  # type: ignore[attr-defined]
+        _CACHE_KEYWORDS[model_class] = "cache" if "cache" in parameters else "past_key_values"
+    return _CACHE_KEYWORDS[model_class]
 
 
 def cache_kwargs(llm: Any, cache: Any) -> dict[str, Any]:
     """The keyword argument that hands `cache` to `llm`'s forward: `cache` where transformers takes it
     (5.x, which removes `past_key_values` in 5.40), else `past_key_values` (our floor, 4.57).
     A LoRA-wrapped (peft) model passes it on to its base model, whose signature decides."""
-    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    base: torch.nn.Module = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
     return {_cache_keyword(type(base)): cache}
