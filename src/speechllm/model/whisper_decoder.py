@@ -248,13 +248,12 @@ class WhisperTextDecoder(nn.Module):
             # The best 2 * beam_size of all (hypothesis, token) pairs lie within each hypothesis' own
             # best 2 * beam_size: ranking those (live * 2B) gives the same candidates as ranking live * V.
             row_best, row_tokens = logp.topk(min(2 * beam_size, a.vocab_size), dim=-1)  # live, 2B
-            total = (scores[:, None] + row_best).flatten()  # live * 2B
+            total, row_tokens = (scores[:, None] + row_best).flatten(), row_tokens.flatten()  # live * 2B
             keep_seqs, keep_scores, source = [], [], []
             # Best first: an end of text ranked above the last kept hypothesis finishes one (as in
             # Whisper's own beam search); those ranked below it are not candidates at all.
             for value, index in zip(*total.topk(min(2 * beam_size, total.numel()))):
-                hyp = int(index) // row_best.shape[1]
-                token = int(row_tokens.flatten()[index])
+                hyp, token = int(index) // row_best.shape[1], int(row_tokens[index])
                 if token == a.eot:
                     finished.append((seqs[hyp], float(value)))
                     continue
