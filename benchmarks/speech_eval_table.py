@@ -1,5 +1,6 @@
-"""Summarise `speechllm speech eval` per-answer files: WER of every path over all answers, over the
-answers the judge can score (English, not a repetition loop), and the median per-answer WER.
+"""Summarise `speechllm speech eval` per-answer files: WER of every path (against the words the voice
+says, `speech_out.judge`) over all answers, over the answers the judge can score (English, not a
+repetition loop), and the median per-answer WER.
 
     python benchmarks/speech_eval_table.py runs/speech/eval_phonemes
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speechllm.eval.metrics import wer
+from speechllm.speech_out.judge import spoken_wer
 
 
 def judgeable(text: str) -> bool:
@@ -35,10 +36,10 @@ def main() -> None:
         kept = [r for r in rows if judgeable(r["text"])]
         table[name] = {
             "answers": len(rows),
-            "wer_all": wer([r["text"] for r in rows], [r[name] for r in rows]),
+            "wer_all": spoken_wer([r["text"] for r in rows], [r[name] for r in rows]),
             "judgeable": len(kept),
-            "wer_judgeable": wer([r["text"] for r in kept], [r[name] for r in kept]),
-            "median_answer_wer": float(np.median([wer([r["text"]], [r[name]]) for r in rows])),
+            "wer_judgeable": spoken_wer([r["text"] for r in kept], [r[name] for r in kept]),
+            "median_answer_wer": float(np.median([spoken_wer([r["text"]], [r[name]]) for r in rows])),
         }
     print(json.dumps(table, indent=2))
 

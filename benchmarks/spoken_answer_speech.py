@@ -9,7 +9,8 @@ with speak=True and the events are read as they come. Per answer: seconds from t
 question's waveform in memory) to the first text piece and to the first audio chunk, in the same
 request. Then, in the same run:
 - intelligibility: Whisper tiny.en (faster-whisper, beam 5) transcribes the streamed audio of
-  each answer; WER against the answer's own text, over all answers and over the judgeable ones
+  each answer; WER against the words the voice says for the answer's own text (`speech_out.judge`:
+  `1 + 1` is "1 plus 1", words in brackets are said), over all answers and over the judgeable ones
   (English, not a repetition loop: `benchmarks/speech_eval_table.py:judgeable`);
 - the reference: the same answer texts rendered by the same voice one sentence at a time, the
   way Piper itself speaks a text (whole text phonemized by eSpeak NG, one voice call a sentence):
@@ -147,9 +148,9 @@ def main() -> None:
     from speechllm.data.audio import load_audio, save_wav
     from speechllm.data.manifest import read_manifest
     from speechllm.defaults import load_model
-    from speechllm.eval.metrics import wer
     from speechllm.eval.whisper_asr import WhisperTranscriber
     from speechllm.inference.engine import Engine
+    from speechllm.speech_out.judge import spoken_wer
     from speechllm.speech_out.piper_voice import PiperVoice
 
     torch.set_num_threads(1)
@@ -191,10 +192,10 @@ def main() -> None:
     summary = {
         "answers": len(rows),
         "judgeable": len(kept),
-        "wer_all": wer([r["text"] for r in rows], [r["heard"] for r in rows]),
-        "wer_judgeable": wer([r["text"] for r in kept], [r["heard"] for r in kept]),
-        "reference_wer_all": wer([r["text"] for r in rows], [r["reference_heard"] for r in rows]),
-        "reference_wer_judgeable": wer([r["text"] for r in kept], [r["reference_heard"] for r in kept]),
+        "wer_all": spoken_wer([r["text"] for r in rows], [r["heard"] for r in rows]),
+        "wer_judgeable": spoken_wer([r["text"] for r in kept], [r["heard"] for r in kept]),
+        "reference_wer_all": spoken_wer([r["text"] for r in rows], [r["reference_heard"] for r in rows]),
+        "reference_wer_judgeable": spoken_wer([r["text"] for r in kept], [r["reference_heard"] for r in kept]),
         "first_text_s_median": float(np.nanmedian(first_text)),
         "first_audio_s_median": float(np.nanmedian(first_audio)),
         "first_audio_over_first_text_median": float(np.nanmedian(first_audio / first_text)),

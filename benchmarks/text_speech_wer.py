@@ -5,7 +5,8 @@
 Reads the answer texts (`text`) of a `speechllm speech eval` or `spoken_answer_speech.py` run, speaks
 each with the default speech output exactly as a stream would (phrase by phrase; the voice's chunk
 sizes can be changed to see what they cost), and prints the WER of
-Whisper tiny.en's transcripts (beam 5) against the texts: all answers and the judgeable ones
+Whisper tiny.en's transcripts (beam 5) against the words the voice says for the texts
+(`speech_out.judge`): all answers and the judgeable ones
 (English, not a repetition loop; `benchmarks/speech_eval_table.py`).
 """
 
@@ -31,9 +32,9 @@ def main() -> None:
     from speech_eval_table import judgeable
 
     from speechllm.config import LLMConfig
-    from speechllm.eval.metrics import wer
     from speechllm.eval.whisper_asr import WhisperTranscriber
     from speechllm.speech_out.config import VoiceConfig
+    from speechllm.speech_out.judge import spoken_wer
     from speechllm.speech_out.text_speech import TextSpeechOutput
     from speechllm.weights.llm import load_llm
 
@@ -50,8 +51,8 @@ def main() -> None:
         heard.append(judge(np.concatenate([*pieces, stream.finish()])))
     kept = [i for i, t in enumerate(texts) if judgeable(t)]
     print(f"voice {voice}")
-    print(f"answers {len(texts)}: WER {wer(texts, heard):.3f}")
-    print(f"judgeable {len(kept)}: WER {wer([texts[i] for i in kept], [heard[i] for i in kept]):.3f}")
+    print(f"answers {len(texts)}: WER {spoken_wer(texts, heard):.3f}")
+    print(f"judgeable {len(kept)}: WER {spoken_wer([texts[i] for i in kept], [heard[i] for i in kept]):.3f}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ each answer token are kept). Each answer is then voiced by:
   voice (a text-to-speech cascade: the shipped default, `speechllm.speech_out.text_speech`);
 - `kmeans`: LLM states -> k-means speech decoder -> our unit vocoder;
 - `text_tts_whole`: the text rendered one sentence a chunk (Piper's own way): the voice's ceiling.
-Whisper tiny.en transcribes each; WER is against the answer text. Also per path: real-time factor
+Whisper tiny.en transcribes each; WER is against the words the voice says for the answer text
+(`speech_out.judge`: `1 + 1` is "1 plus 1"). Also per path: real-time factor
 (speech seconds / audio seconds), seconds from the end of the question (waveform in memory) to the
 first audio chunk next to the time to the first text token (each path in its own generation run,
 so one path's work does not delay another's), and the mean push time per token at tokens 1-20
@@ -30,8 +31,8 @@ from tqdm.auto import tqdm
 
 from speechllm.config import SAMPLE_RATE
 from speechllm.data.audio import load_audio, save_wav
-from speechllm.eval.metrics import wer
 from speechllm.speech_out.config import VoiceConfig
+from speechllm.speech_out.judge import spoken_wer
 from speechllm.speech_out.piper_voice import PiperVoice
 from speechllm.speech_out.streaming import SpeechOutput
 from speechllm.speech_out.text_speech import TextSpeechOutput
@@ -174,7 +175,7 @@ def intelligibility(paths: dict[str, Voicing], answers: list[SpokenAnswer], out:
             if len(rows) - rows.index(row) <= 5:  # a few to listen to
                 save_wav(out / "wav" / f"{a.id}.{name}.wav", audio, SAMPLE_RATE)
             row[name] = judge(audio) if len(audio) else ""
-        figures[f"wer_{name}"] = wer([r["text"] for r in rows], [r[name] for r in rows])
+        figures[f"wer_{name}"] = spoken_wer([r["text"] for r in rows], [r[name] for r in rows])
         figures[f"rtf_{name}"] = seconds / max(audio_seconds, 1e-9)
         figures[f"audio_s_{name}"] = audio_seconds
         with open(out / f"per_answer.{name}.jsonl", "w") as f:

@@ -5,9 +5,10 @@ k-means path voice the same answers in one run (speechllm.speech_out.compare). W
 (k-means only, the earlier evaluation on reference answers):
 - intelligibility: Whisper tiny.en (faster-whisper, greedy) transcribes the speech made from
   each held-out text answer (LLM states by teacher forcing -> speech decoder -> vocoder) and
-  we report its WER against the text; for reference, the WER on the TTS recording the units
-  came from (`source`), on the vocoder fed those recordings' own units and durations
-  (`resynthesis`), and on the same units with predicted durations (`resynthesis_predicted_durations`);
+  we report its WER against the words said for the text (`speech_out.judge`); for reference, the
+  WER on the TTS recording the units came from (`source`), on the vocoder fed those recordings'
+  own units and durations (`resynthesis`), and on the same units with predicted durations
+  (`resynthesis_predicted_durations`);
 - speed: real-time factor of the speech path (decoder + vocoder seconds per second of audio).
 """
 
@@ -27,10 +28,10 @@ from tqdm.auto import tqdm
 from speechllm.config import SAMPLE_RATE
 from speechllm.data.audio import load_audio, save_wav
 from speechllm.data.manifest import read_manifest
-from speechllm.eval.metrics import wer
 from speechllm.eval.whisper_asr import WhisperTranscriber
 from speechllm.model.ctc import run_lengths
 from speechllm.speech_out.answers import SAY_PROMPT, answer_states, prompts_from_questions
+from speechllm.speech_out.judge import spoken_wer
 from speechllm.speech_out.streaming import SpeechOutput, load_speech_output
 from speechllm.speech_out.vocoder import UnitVocoder
 
@@ -65,14 +66,14 @@ def intelligibility(speech: SpeechOutput, model: Any, samples: list[Any], out_di
     refs = [r["text"] for r in rows]
     figures = {
         "samples": len(rows),
-        "wer_generated": wer(refs, [r["generated"] for r in rows]),
-        "wer_source_tts": wer(refs, [r["source"] for r in rows]),
+        "wer_generated": spoken_wer(refs, [r["generated"] for r in rows]),
+        "wer_source_tts": spoken_wer(refs, [r["source"] for r in rows]),
         "rtf_speech_path": speech_seconds / max(audio_seconds, 1e-9),
         "audio_seconds": audio_seconds,
     }
     for key in ("resynthesis", "resynthesis_predicted_durations"):
         if all(key in r for r in rows):
-            figures[f"wer_{key}"] = wer(refs, [r[key] for r in rows])
+            figures[f"wer_{key}"] = spoken_wer(refs, [r[key] for r in rows])
     return figures
 
 

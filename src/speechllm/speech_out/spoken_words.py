@@ -4,6 +4,9 @@ eSpeak NG already says numbers, `+`, `=`, `%`, `°`, `÷`, `×` and most abbrevi
 gets wrong in chat answers is markup and ASCII arithmetic: `**Lion**` is read "asterisk asterisk
 lion asterisk asterisk", `10 * 60` "ten asterisk sixty", and `12 - 2` "twelve two" (a lone
 hyphen is silent). Held-out answers of the default model hold all three (README, Speech output).
+The signs it says right standing alone (`+ = × ÷`) are written here as the words it says for them
+(the same phonemes), so these words are the words said: the speech judge's reference
+(`speech_out.judge`), which Whisper's normaliser would otherwise strip of `1 + 1 = 2`'s signs.
 
 The rule reads one whitespace-separated word and the word before it, never a later one, so a
 stream can say a word as soon as it is written, and the same words give the same speech whether
@@ -22,6 +25,8 @@ TIMES = {"*", "x", "X"}
 """Said "times" between numbers (`10 * 60`); a lone `*` elsewhere is a bullet, not said."""
 MINUS = {"-", "\u2013", "\u2212"}
 """Hyphen, en dash, minus sign: said "minus" after a number (`12 - 2`); elsewhere a dash, not said."""
+SAID = {"+": "plus", "=": "equals", "\u00d7": "times", "\u00f7": "divided by"}
+"""Signs eSpeak NG reads as these words when they stand alone: written as the words (same phonemes)."""
 CLAUSE_END = ".,:;!?"
 _NUMBER = re.compile(r"^[(\[]?[-+\u2212]?\d[\d,.]*[)\]]?$")
 
@@ -38,6 +43,8 @@ def spoken_word(word: str, previous: str = "") -> str:
     if word in MINUS:
         return "minus" if is_number(previous) else ""
     core = word.rstrip(CLAUSE_END)
+    if core in SAID:
+        return SAID[core] + word[len(core) :]
     bare = core.lstrip(HEADING).strip(EMPHASIS)
     if bare == core:
         return word
