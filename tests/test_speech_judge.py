@@ -39,6 +39,11 @@ def test_the_reference_is_the_spoken_words_without_brackets():
     assert said_reference("") == ""
 
 
+def test_a_transcript_writing_the_signs_scores_as_one_writing_the_words():
+    assert spoken_wer(["1 + 1 = 2."], ["1 + 1 = 2"]) == 0.0
+    assert spoken_wer(["One plus one equals two."], ["1 + 1 = 2"]) == 0.0
+
+
 def test_a_wrong_transcript_still_counts():
     assert spoken_wer(["1 + 1 = 2."], ["1 plus 1 equals 3"]) == pytest.approx(1 / 4)
     assert spoken_wer(["The lion (Panthera leo)."], ["The lion."]) == pytest.approx(2 / 4)

@@ -4,8 +4,9 @@ The reference is not the answer's text as written but the words the speech outpu
 (`spoken_words`, the function the voice itself speaks through): `**Lion**` is "Lion", `10 * 60`
 "10 times 60", `1 + 1 = 2.` "1 plus 1 equals 2.". Brackets are silent and the words inside them are
 said (eSpeak NG reads `(Panthera leo)` as "Panthera leo"), so they become spaces; Whisper's
-normaliser would drop the words between them. Then reference and transcript go through the same
-Whisper normalisation (`eval.metrics.wer`); the transcript is scored as Whisper wrote it.
+normaliser would drop the words between them. The transcript is written as said in the same way, so
+Whisper writing the signs ("1 + 1 = 2") or the words ("1 plus 1 equals 2") of the same speech scores
+the same; then both go through Whisper's normalisation (`eval.metrics.wer`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ _BRACKETS = re.compile(r"[()\[\]<>]")
 
 
 def said_reference(text: str) -> str:
-    """The words the voice says for `text`, as the text a listener's transcript is compared with."""
+    """The words the voice says for `text`: what a reference and a listener's transcript are compared as."""
     return " ".join(_BRACKETS.sub(" ", " ".join(spoken_words(text))).split())
 
 
 def spoken_wer(texts: Sequence[str], heard: Sequence[str]) -> float:
-    """Corpus WER of the transcripts `heard` against what the voice says for `texts` (Whisper-normalised)."""
-    return wer([said_reference(t) for t in texts], list(heard))
+    """Corpus WER of the transcripts `heard` against what the voice says for `texts`, both written as said
+    (`said_reference`) and Whisper-normalised."""
+    return wer([said_reference(t) for t in texts], [said_reference(h) for h in heard])
