@@ -17,7 +17,8 @@ from speechllm.config import SAMPLE_RATE
 from speechllm.data.audio import load_audio, save_wav
 from speechllm.speech_out.config import HOP_SAMPLES, VocoderConfig
 from speechllm.speech_out.unit_data import UnitsItem, read_units_manifest
-from speechllm.speech_out.vocoder import OverlapAdd, UnitVocoder
+from speechllm.speech_out.vocoder import UnitVocoder
+from speechllm.speech_out.vocoder_parts import OverlapAdd
 from speechllm.speech_out.vocoder_train import UnitsDataset, VocoderLoss
 
 

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from speechllm.config import save_config
 from speechllm.speech_out.train_config import DurationTrainConfig
 from speechllm.speech_out.unit_data import duration_batch, duration_l1, duration_sequences, read_units_manifest
-from speechllm.speech_out.vocoder import DurationPredictor, UnitVocoder
+from speechllm.speech_out.vocoder import UnitVocoder
+from speechllm.speech_out.vocoder_parts import DurationPredictor
 from speechllm.training.loop import Batches, ResumableSampler, fit
 
 Sequences = list[tuple[list[int], list[int]]]
