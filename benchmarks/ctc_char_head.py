@@ -18,8 +18,8 @@ Rerun (one CPU thread each; data and checkpoints are git-ignored)::
 
     export OMP_NUM_THREADS=1
     python benchmarks/ctc_char_head.py data --rounds 16         # data_out/ctc_char/ (resumes)
-    python benchmarks/ctc_char_head.py train --minutes 50       # runs/ctc_char/ (checkpoints every 3 min)
-    python benchmarks/ctc_char_head.py train --minutes 50 --resume
+    python benchmarks/ctc_char_head.py train --minutes 46       # runs/ctc_char/ (as measured; checkpoints every 3 min)
+    python benchmarks/ctc_char_head.py train --minutes 46 --resume   # after an interruption
     python benchmarks/ctc_char_head.py eval                     # table + runs/ctc_char/summary.json
 """
 
