@@ -48,6 +48,7 @@ from speechllm.data.feature_cache import FeatureCache, encode_manifest
 from speechllm.data.manifest import Sample, read_manifest, write_manifest
 from speechllm.data.tts import EspeakEngine
 from speechllm.eval.metrics import cer, wer
+from speechllm.model.ctc import collapse
 from speechllm.model.encoder import load_whisper_encoder
 from speechllm.model.features import LogMel
 
@@ -72,14 +73,9 @@ def encode_text(text: str) -> list[int]:
 
 
 def greedy(logits: torch.Tensor) -> str:
-    """(T, C) -> text: best class per frame, repeats merged, blanks dropped."""
-    best = logits.argmax(-1).tolist()
-    out, prev = [], 0
-    for k in best:
-        if k != prev and k != 0:
-            out.append(ALPHABET[k - 1])
-        prev = k
-    return re.sub(r" +", " ", "".join(out)).strip()
+    """(T, C) -> text: best class per frame, repeats merged, blanks dropped (`model.ctc.collapse`)."""
+    labels = collapse(logits.argmax(-1).tolist(), blank=0)
+    return re.sub(r" +", " ", "".join(ALPHABET[k - 1] for k in labels)).strip()
 
 
 def load_encoder(precision: str):
