@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -39,6 +38,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from speechllm.atomic import atomic_path, atomic_write_text
 from speechllm.config import EncoderConfig
 from speechllm.data.audio import load_audio
 from speechllm.data.augment import AugmentConfig
@@ -270,8 +270,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                           "train_utterances": len(train), "train_hours": round(sum(lengths) / 50 / 3600, 2),
                           "max_frames": args.max_frames, "lr": args.lr, "minutes": args.minutes}  # fmt: skip
                 saved = {"model": model.state_dict(), "opt": opt.state_dict(), "state": state, "config": config}
-                torch.save(saved, out / "last.tmp")
-                os.replace(out / "last.tmp", ckpt)
+                with atomic_path(ckpt) as tmp:
+                    torch.save(saved, tmp)
                 last_save = time.monotonic()
         else:
             state["epoch"] += 1
@@ -342,7 +342,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         "ms_per_utterance": per_utt,
         "sets": results,
     }
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=1))
     print("\n| set | n | char-CTC head WER | CER | Whisper tiny.en decoder WER (same ids) | CER |")
     print("|---|---|---|---|---|---|")
     for name, r in results.items():
