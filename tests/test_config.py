@@ -135,7 +135,7 @@ def test_load_config_file_errors(tmp_path):
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda: EncoderConfig(padding="10s"), r"encoder.padding must be one of \['real', '30s'\], got '10s'"),
+        (lambda: EncoderConfig(padding="10s"), r"encoder.padding must be one of \['real', '30s', 'tail'\], got '10s'"),
         (lambda: EncoderConfig(layer="mean"), "encoder.layer must be an int or 'weighted', got 'mean'"),
         (lambda: EncoderConfig(source="random", layer=5), r"encoder.layer must be in \[-1, 4\], got 5"),
         (lambda: EncoderConfig(layer=-2), r"encoder.layer must be >= -1, got -2"),

@@ -51,9 +51,12 @@ class EncoderConfig:
     """Where the weights live: `bundled:whisper-tiny.en`, `bundled:whisper-base`, a CTranslate2
     Whisper directory (model.bin + config.json), a Hugging Face Whisper directory, or `random`
     (architecture from the fields below; for tests and from-scratch runs)."""
-    padding: Literal["real", "30s"] = "real"
+    padding: Literal["real", "30s", "tail"] = "real"
     """`real`: encode the audio at its real length (fast on CPU); `30s`: pad each 30 s window as
-    Whisper was trained. Outputs are trimmed to the audio's real length in both cases."""
+    Whisper was trained; `tail`: encode the real length and 1 s of silence after it, and complete the
+    window's 1500 positions with the states of an encoded silent window (computed once), so Whisper's
+    own decoder reads a whole window for a fraction of the encoder's work (a 3 s question: ~1/7).
+    Outputs are trimmed to the audio's real length in every mode (`forward(trim=True)`)."""
     layer: int | Literal["weighted"] = -1
     """Which hidden state feeds the compressor: -1 the last (after the final layer norm), i >= 0
     the output of layer i (0 is the embeddings), or `weighted` for a learned softmax-weighted sum
@@ -71,7 +74,7 @@ class EncoderConfig:
     output stay float32), or `auto` (bfloat16 where the hardware multiplies it natively)."""
 
     def __post_init__(self) -> None:
-        _check_choice("encoder.padding", self.padding, ("real", "30s"))
+        _check_choice("encoder.padding", self.padding, ("real", "30s", "tail"))
         _check_choice("encoder.precision", self.precision, PRECISIONS)
         if self.layer != "weighted" and not isinstance(self.layer, int):
             raise ValueError(f"encoder.layer must be an int or 'weighted', got {self.layer!r}")
@@ -148,7 +151,7 @@ class BridgeConfig:
     """Where the path comes from in `posterior` / `top1`: `ctc`, the adaptor's CTC head over the
     LLM's vocabulary + blank (trained by the `ctc_embed` stage, no LLM forward pass); or `whisper`,
     the encoder checkpoint's own pretrained text decoder (greedy; `top1` only; needs
-    `encoder.padding: 30s`, the window Whisper's decoder was trained on)."""
+    `encoder.padding: 30s` or `tail`, the window Whisper's decoder was trained on)."""
     blank_threshold: float = 0.95
     """CTC frames whose blank posterior is above this are dropped before merging."""
     temperature: float = 1.0
@@ -276,10 +279,10 @@ class SpeechLLMConfig:
                 f"bridge.mode {bridge.mode!r} with the ctc recognizer needs the adaptor's CTC head: "
                 "set adaptor.select to blank_removal or frame_average (got 'none')"
             )
-        if bridge.reads_whisper and self.encoder.padding != "30s":
+        if bridge.reads_whisper and self.encoder.padding == "real":
             raise ValueError(
                 "bridge.recognizer 'whisper' reads Whisper's 30 s window: set encoder.padding to '30s' "
-                f"(got {self.encoder.padding!r})"
+                f"or 'tail' (got {self.encoder.padding!r})"
             )
         if "recognizer" in self.trainable:
             raise ValueError("the recognizer is a frozen pretrained part; remove 'recognizer' from trainable")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from speechllm.model.encoder import WhisperEncoder
-from speechllm.model.features import LogMel
+from speechllm.model.features import log_mel_for
 
 
 def encoder_fn(encoder: WhisperEncoder) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
@@ -16,7 +16,7 @@ def encoder_fn(encoder: WhisperEncoder) -> Callable[[list[np.ndarray]], list[np.
 
     Audios are sorted by length inside each call so that padding stays small.
     """
-    log_mel = LogMel(encoder.config.n_mels, pad_to_30s=encoder.config.padding == "30s")
+    log_mel = log_mel_for(encoder.config)
     encoder.eval()
 
     @torch.inference_mode()

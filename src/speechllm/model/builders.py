@@ -10,7 +10,7 @@ from speechllm.config import LoraConfig, SpeechLLMConfig
 from speechllm.model.adaptor import Adaptor
 from speechllm.model.compressor import build_compressor
 from speechllm.model.encoder import WhisperEncoder
-from speechllm.model.features import LogMel
+from speechllm.model.features import log_mel_for
 from speechllm.model.processor import SpeechLLMProcessor
 from speechllm.model.speech_llm import SpeechLLM
 from speechllm.model.whisper_decoder import WhisperTextDecoder, load_whisper_decoder
@@ -43,7 +43,7 @@ def assemble(
     config.encoder = encoder.config  # the checkpoint's architecture, for the saved config
     processor = SpeechLLMProcessor(
         tokenizer,
-        LogMel(encoder.config.n_mels, pad_to_30s=encoder.config.padding == "30s"),
+        log_mel_for(encoder.config),
         speech_token=config.speech_token,
         system_prompt=config.system_prompt,
     )

@@ -12,6 +12,7 @@ CTranslate2 checkpoint onto them.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from speechllm.model.encoder import WINDOW_FRAMES, WhisperAttention, WhisperEncoder, split_windows
+from speechllm.model.encoder import WhisperAttention, WhisperEncoder, split_windows
 from speechllm.model.precision import lower_linears, resolve_precision, resolve_screening
 
 SCREEN_K = 64
@@ -46,6 +47,17 @@ class DecoderArch:
     """Not emitted as the first token (a bare space, end of text)."""
     specials_from: int | None = 50257
     """Ids from here on are special tokens (start of transcript, languages, timestamps ...): never emitted."""
+
+
+COMPRESSION_LIMIT = 2.4
+"""Whisper's own test for a decoder caught in a loop (`compression_ratio_threshold`, Radford et al.
+2022): a transcript whose UTF-8 bytes zlib-compress by more than this."""
+
+
+def repetitive(text: str) -> bool:
+    """Whether a transcript compresses like a decoder repeating itself (`COMPRESSION_LIMIT`)."""
+    data = text.encode()
+    return bool(data) and len(data) / len(zlib.compress(data)) > COMPRESSION_LIMIT
 
 
 Chooser = Callable[[list[tuple[str, float]]], str]
@@ -118,6 +130,15 @@ class WhisperTextDecoder(nn.Module):
         self.screen_table: Tensor | None = None
         """A bfloat16 copy of the token table that screens the float32 logits (`screen_logits`)."""
         self.screen_k = 0
+        self._known: tuple[Tensor, list[dict[str, Tensor]]] | None = None
+        """A window's states (S, D) whose cross-attention keys/values are kept (`know_window`)."""
+
+    def know_window(self, window: Tensor) -> None:
+        """Keep the cross-attention keys and values of `window` (S, D): encoder positions equal to its
+        (a `tail` encoding's silent part) then reuse them instead of projecting them again."""
+        if self._known is None or self._known[0] is not window:
+            with torch.no_grad():
+                self._known = (window, self._project(window[None]))
 
     @property
     def matmul_dtype(self) -> torch.dtype:
@@ -153,7 +174,8 @@ class WhisperTextDecoder(nn.Module):
         table = self.embed_tokens.weight if self.logits_table is None else self.logits_table
         return F.linear(h.to(table.dtype), table).float()  # beam scores add up in float32 whatever the table's
 
-    def _cross_cache(self, states: Tensor) -> list[dict[str, Tensor]]:
+    def _project(self, states: Tensor) -> list[dict[str, Tensor]]:
+        """Each layer's cross-attention keys and values (B, H, S, D/H) of encoder states (B, S, D)."""
         states = states.to(self.embed_positions.weight.dtype)  # the residual stream's (float32)
         caches = []
         for layer in self.layers:
@@ -161,6 +183,21 @@ class WhisperTextDecoder(nn.Module):
             att = layer.encoder_attn
             caches.append({"xk": att.heads(att.k_proj(states)), "xv": att.heads(att.v_proj(states))})
         return caches
+
+    def _cross_cache(self, states: Tensor) -> list[dict[str, Tensor]]:
+        """`_project(states)`, the positions from which every sample's states equal the known
+        window's (`know_window`) taken from its kept keys and values."""
+        if self._known is None or self._known[0].shape[0] != states.shape[1]:
+            return self._project(states)
+        window, kept = self._known
+        same = (states == window.to(states.dtype)).all(dim=-1).all(dim=0)  # S: every sample equals the window
+        start = states.shape[1] - int(same.flip(0).int().cumprod(0).sum())  # where the shared suffix begins
+        head = self._project(states[:, :start])
+        b = states.shape[0]
+        return [
+            {name: torch.cat([h[name], k[name][:, :, start:].expand(b, -1, -1, -1)], dim=2) for name in ("xk", "xv")}
+            for h, k in zip(head, kept)
+        ]
 
     def _step(self, tokens: Tensor, start: int, caches: list[dict[str, Tensor]], cross_mask: Tensor | None) -> Tensor:
         """Logits (B, V) of the last of `tokens` (B, T), which sit at positions start .. start+T-1."""
@@ -299,12 +336,17 @@ class WhisperTextDecoder(nn.Module):
 
 
 def encode_windows(encoder: WhisperEncoder, features: Tensor, lengths: Tensor) -> tuple[Tensor, list[int]]:
-    """Encoder states (W, 1500, D_enc) of every 30 s window of log-mel features (N, n_mels, T),
-    silence-padded to whole windows, over all of each window's positions as Whisper was trained;
-    and the input each window came from (W,)."""
-    windows, _, owner = split_windows(features, lengths)  # W, n_mels, 3000
-    full = torch.full((len(owner),), WINDOW_FRAMES, device=windows.device)
-    states, _ = encoder(windows, full, trim=False)  # W, 1500, D_enc
+    """Encoder states (W, 1500, D_enc) of every 30 s window of log-mel features (N, n_mels, T), over
+    all of each window's positions as Whisper's decoder reads them (`encoder.padding` `30s`: the
+    features silence-padded to whole windows, as Whisper was trained; `tail`: each window's real
+    frames and the silence after them, completed by a silent window's states); and the input each
+    window came from (W,)."""
+    if encoder.config.padding == "real":
+        raise ValueError(
+            "encode_windows reads whole windows: the encoder's padding must be '30s' or 'tail', got 'real'"
+        )
+    windows, window_lengths, owner = split_windows(features, lengths)  # W, n_mels, 3000
+    states, _ = encoder(windows, window_lengths, trim=False)  # W, 1500, D_enc
     return states, owner
 
 
@@ -318,9 +360,23 @@ def transcribe_windows(
     choose: Chooser | None = None,
 ) -> list[list[str]]:
     """The transcripts of each input's 30 s windows (`encode_windows`): per input, its windows'
-    non-empty texts in order (`choose`: see `WhisperTextDecoder.transcribe`)."""
+    non-empty texts in order (`choose`: see `WhisperTextDecoder.transcribe`).
+
+    With the `tail` encoder, a window whose transcript loops (`repetitive`) is encoded again over its
+    whole 30 s and decoded again: the shortened window is new to Whisper's decoder, the whole one is
+    what it was trained on.
+    """
+    if encoder.config.padding == "tail":
+        decoder.know_window(encoder.silence_states())  # the windows' silent part: its keys once
     states, owner = encode_windows(encoder, features, lengths)
     texts = decoder.transcribe(states, max_tokens=max_tokens, beam_size=beam_size, choose=choose)
+    again = [j for j, text in enumerate(texts) if repetitive(text)] if encoder.config.padding == "tail" else []
+    if again:
+        windows, window_lengths, _ = split_windows(features, lengths)
+        index = torch.tensor(again, device=windows.device)
+        whole = encoder.whole_windows(windows[index], window_lengths[index])  # A, 1500, D_enc
+        for j, text in zip(again, decoder.transcribe(whole, max_tokens=max_tokens, beam_size=beam_size, choose=choose)):
+            texts[j] = text
     grouped: list[list[str]] = [[] for _ in range(features.shape[0])]
     for i, text in zip(owner, texts):
         if text:
