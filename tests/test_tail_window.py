@@ -122,9 +122,9 @@ def test_the_whisper_recognizer_reads_a_whole_or_a_tail_window(tiny_config):
             tiny_config, bridge=bridge, encoder=dataclasses.replace(tiny_config.encoder, padding=padding)
         )
     real = dataclasses.replace(tiny_config.encoder, padding="real")
-    with pytest.raises(ValueError, match="set encoder.padding to '30s' or 'tail'"):
+    with pytest.raises(ValueError, match=r"set encoder.padding to '30s' or 'tail'"):
         dataclasses.replace(tiny_config, bridge=bridge, encoder=real)
-    with pytest.raises(ValueError, match="padding must be '30s' or 'tail'"):
+    with pytest.raises(ValueError, match=r"padding must be '30s' or 'tail'"):
         encode_windows(load_whisper_encoder(real), torch.zeros(1, 80, 10), torch.tensor([10]))
 
 

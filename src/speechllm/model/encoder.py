@@ -162,7 +162,7 @@ class WhisperEncoder(nn.Module):
         was trained, whatever `padding` says (the `tail` recognizer's fallback). Frames past each
         window's `lengths` and its silence margin become its silence: its smallest value, the floor
         Whisper's normalisation clamps to (what `LogMel(pad_to_30s=True)` gives there)."""
-        w, _, t = windows.shape
+        t = windows.shape[-1]
         margin = TAIL_MARGIN_FRAMES if self.config.padding == "tail" else 0
         end = (lengths + margin).clamp(max=t)  # W
         kept = torch.arange(t, device=windows.device)[None, :] < end[:, None]  # W, T
