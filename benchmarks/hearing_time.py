@@ -1,6 +1,6 @@
-"""Where the token bridge's time to hear a spoken question goes: log-mel, the encoder's 30 s window,
-the recognizer's beam search, the LLM's rescoring of its best hypotheses, and the whole
-`SpeechLLM.prepare` (which also embeds the prompt) as a check on their sum. Mean seconds per
+"""Where the token bridge's time to hear a spoken question goes: log-mel, the encoder's window (30 s,
+or its `tail` encoding), the recognizer's beam search, the LLM's rescoring of its best hypotheses,
+and the whole `SpeechLLM.prepare` (which also embeds the prompt) as a check on their sum. Mean seconds per
 question, one thread, the parts run in `prepare`'s order on each question.
 
     OMP_NUM_THREADS=1 python benchmarks/hearing_time.py --set spoken_qa --num 20 [--override key=value ...]
@@ -58,6 +58,8 @@ def main() -> None:
             with timed("encoder"):
                 states, _ = encode_windows(model.encoder, features, lengths)
             with timed("beam_search"):
+                if model.encoder.config.padding == "tail":  # as transcribe_windows does
+                    recognizer.know_window(model.encoder.silence_states())
                 found = recognizer.nbest(states[:1], bridge.beam_size, bridge.max_tokens)
             hyps = [(recognizer.detokenize(ids).strip(), logp) for ids, logp in found]
             if bridge.rescore > 0:

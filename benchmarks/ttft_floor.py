@@ -4,9 +4,9 @@ cascade's time to first token, on `speechllm bench`'s inputs, in one process, on
     OMP_NUM_THREADS=1 python benchmarks/ttft_floor.py [--n 5] [--override key=value ...] [--json OUT]
 
 Per input (after one untimed warm-up), three parts are timed:
-- `encoder_s`: log-mel + the default model's Whisper encoder over the 30 s window (what every
-  whisper-bridge configuration runs before its recognizer, and what the cascade's faster-whisper
-  runs too, there in int8);
+- `encoder_s`: log-mel + the default model's Whisper encoder over the 30 s window, or its `tail`
+  (what every whisper-bridge configuration runs before its recognizer, and what the cascade's
+  faster-whisper runs too, there in int8, over the 30 s window);
 - `llm_ttft_s`: the model's LLM from the rendered prompt of the question's text to its first token,
   with the bench's prompt reuse (the system turn's keys kept): what the LLM needs at least once the
   question is known, however it was heard;
@@ -16,7 +16,8 @@ Per input (after one untimed warm-up), three parts are timed:
 `floor_ratio` = (encoder_s + llm_ttft_s) / (cascade_asr_s + llm_ttft_s): the time to first token of a
 bridge whose recognizer cost nothing, over the cascade's. A design below it must not encode the 30 s
 window (the real length and 10 s windows cost the decoder words: README, Figures) or must not need
-the LLM's prompt after hearing.
+the LLM's prompt after hearing. `--override encoder.padding=tail` times the `tail` encoding instead
+(the real length and 1 s of silence, the window completed by a silent window's states).
 """
 
 from __future__ import annotations
