@@ -55,7 +55,7 @@ class EncoderConfig:
     """`real`: encode the audio at its real length (fast on CPU); `30s`: pad each 30 s window as
     Whisper was trained; `tail`: encode the real length and 1 s of silence after it, and complete the
     window's 1500 positions with the states of an encoded silent window (computed once), so Whisper's
-    own decoder reads a whole window for a fraction of the encoder's work (a 3 s question: ~1/7).
+    own decoder reads a whole window for ~1/4 of the encoder's time (a 3 s question, README Figures).
     Outputs are trimmed to the audio's real length in every mode (`forward(trim=True)`)."""
     layer: int | Literal["weighted"] = -1
     """Which hidden state feeds the compressor: -1 the last (after the final layer norm), i >= 0

@@ -161,10 +161,12 @@ class WhisperEncoder(nn.Module):
         """States (W, 1500, D) of windows (W, n_mels, T <= 3000) encoded over the whole 30 s as Whisper
         was trained, whatever `padding` says (the `tail` recognizer's fallback). Frames past each
         window's `lengths` and its silence margin become its silence: its smallest value, the floor
-        Whisper's normalisation clamps to (what `LogMel(pad_to_30s=True)` gives there)."""
+        Whisper's normalisation clamps to (what `LogMel(pad_to_30s=True)` gives there). Other modes'
+        windows are encoded as they are (a `30s` encoder's features hold that silence already)."""
         t = windows.shape[-1]
-        margin = TAIL_MARGIN_FRAMES if self.config.padding == "tail" else 0
-        end = (lengths + margin).clamp(max=t)  # W
+        if self.config.padding != "tail":
+            return self._encode(F.pad(windows, (0, WINDOW_FRAMES - t)), None)
+        end = (lengths + TAIL_MARGIN_FRAMES).clamp(max=t)  # W
         kept = torch.arange(t, device=windows.device)[None, :] < end[:, None]  # W, T
         floor = windows.masked_fill(~kept[:, None, :], float("inf")).amin(dim=(1, 2))  # W
         whole = floor[:, None, None].expand(-1, windows.shape[1], WINDOW_FRAMES).clone()  # W, n_mels, 3000
