@@ -64,7 +64,9 @@ def test_whole_windows_of_tail_features_are_whispers_30s_encoding(tiny_whisper_d
         expected, _ = encode_windows(whole, *log_mel_for(whole.config)([audio]))
         windows, window_lengths, _ = split_windows(*log_mel_for(tail.config)([audio]))
         got = tail.whole_windows(windows, window_lengths)
+        already = whole.whole_windows(*split_windows(*log_mel_for(whole.config)([audio]))[:2])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(already, expected, atol=1e-5, rtol=1e-5)  # a 30s encoder's windows as they are
 
 
 def test_the_silent_window_is_kept_in_eval_and_recomputed_after_training(tiny_whisper_dir):
