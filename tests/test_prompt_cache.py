@@ -14,6 +14,7 @@ from speechllm.inference.engine import Engine
 from speechllm.inference.generation import DecodeBatch, GenerationConfig, generate
 from speechllm.inference.prompt_cache import PromptCache
 from speechllm.model import build_speech_llm
+from speechllm.weights.llm import cache_kwargs
 
 
 def _conv(*turns: str) -> list[dict]:
@@ -132,11 +133,57 @@ def test_an_offered_piece_serves_the_next_lookup_only_and_only_where_it_shares_m
     assert cache.common(embeds) == 3
     offered_kv = [(torch.randn(1, 2, 6, 3), torch.randn(1, 2, 6, 3))]
     cache.offer(embeds[0, :6], offered_kv)  # shares 6 positions with the prompt: more than the stored 3
-    got, n = cache.lookup(embeds)
-    assert n == 6 and torch.equal(got.layers[0].keys, offered_kv[0][0])
-    got, n = cache.lookup(embeds)  # dropped after one lookup: the stored prompt again
+    got, n, logits, _ = cache.lookup(embeds)
+    assert n == 6 and torch.equal(got.layers[0].keys, offered_kv[0][0]) and logits is None
+    got, n, _, _ = cache.lookup(embeds)  # dropped after one lookup: the stored prompt again
     assert n == 3 and torch.equal(got.layers[0].keys, stored_kv[0][0][:, :, :3])
     cache.offer(torch.randn(6, 4), offered_kv)  # shares nothing: the stored prompt serves
     assert cache.lookup(embeds)[1] == 3
     with pytest.raises(ValueError, match="6 positions"):
         cache.offer(embeds[0, :6], [(torch.randn(1, 2, 5, 3), torch.randn(1, 2, 5, 3))])
+
+
+def test_an_offered_piece_with_its_outputs_serves_the_whole_prompt():
+    """A piece that is the whole prompt and brings the logits (and hidden state) after it leaves no
+    position to run; without them, or without the hidden state a caller wants, the last position runs."""
+    torch.manual_seed(0)
+    embeds = torch.randn(1, 5, 4)
+    kv = [(torch.randn(1, 2, 5, 3), torch.randn(1, 2, 5, 3))]
+    logits, hidden = torch.randn(7), torch.randn(4)
+    cache = PromptCache()
+    cache.offer(embeds[0], kv, logits, hidden)
+    got = cache.lookup(embeds, want_hidden=True)
+    assert got.positions == 5 and torch.equal(got.logits, logits[None]) and torch.equal(got.hidden, hidden[None])
+    assert torch.equal(got.cache.layers[0].keys, kv[0][0])
+    cache.offer(embeds[0], kv, logits)  # no hidden state: a caller that wants one runs the last position
+    assert cache.lookup(embeds, want_hidden=True).positions == 4
+    cache.offer(embeds[0], kv, logits)
+    got = cache.lookup(embeds)
+    assert got.positions == 5 and got.hidden is None
+    cache.offer(embeds[0], kv)  # no outputs: the last position runs
+    assert cache.lookup(embeds).positions == 4
+    longer = torch.cat([embeds, torch.randn(1, 2, 4)], dim=1)
+    cache.offer(embeds[0], kv, logits, hidden)  # a prompt that goes on past the piece runs the rest
+    got = cache.lookup(longer, want_hidden=True)
+    assert got.positions == 5 and got.logits is None
+
+
+def test_a_prompt_served_whole_by_a_piece_decodes_as_one_prefilled(tiny_model):
+    """Prefill from a piece with its outputs gives the same tokens as prefilling the prompt."""
+    from speechllm.inference.generation import GenerationConfig, generate_tokens
+
+    llm = tiny_model.llm
+    torch.manual_seed(2)
+    ids = torch.randint(0, 200, (1, 9))
+    embeds = llm.get_input_embeddings()(ids).detach()
+    gen = GenerationConfig(max_new_tokens=6)
+    with torch.no_grad():
+        plain = [int(t[0]) for t in generate_tokens(llm, embeds, torch.ones_like(ids), gen, eos=set(), pad_id=0)]
+        cache = DynamicCache()
+        out = llm(inputs_embeds=embeds, **cache_kwargs(llm, cache), use_cache=True, output_hidden_states=True)
+        reuse = PromptCache()
+        reuse.offer(embeds[0], [(layer.keys, layer.values) for layer in cache.layers], out.logits[0, -1],
+                    out.hidden_states[-1][0, -1])  # fmt: skip
+        served = [int(t[0]) for t in generate_tokens(llm, embeds, torch.ones_like(ids), gen, eos=set(), pad_id=0,
+                                                     reuse=reuse)]  # fmt: skip
+    assert served == plain and reuse.hits == 9

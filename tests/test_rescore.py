@@ -61,25 +61,32 @@ def test_turn_scores_equal_whole_template_scores_and_the_start_runs_once(tiny_mo
     assert scorer([]) == []
 
 
-def test_a_scored_turns_state_is_the_whole_templates_keys_through_that_turn(tiny_model):
+def test_a_scored_turns_state_is_the_whole_answer_prompts_run(tiny_model):
+    """Each text's state holds the answer prompt on it (the user's turn and the assistant's header)
+    as one forward pass over the whole template gives it: ids, keys and values, the logits and the
+    final hidden state after its last position."""
     llm, tokenizer = tiny_model.llm, tiny_model.processor.tokenizer
     texts = ["What is the capital of France?", "Hi."]
     scorer = TurnScorer(llm, tokenizer, None)
     with pytest.raises(ValueError, match="no texts"):
         scorer.turn_state(0)
     scorer(texts)
-    before, after = user_turn_frame(tokenizer, None)
+    before, header = user_turn_frame(tokenizer, None, answer=True)
+    assert header.startswith(user_turn_frame(tokenizer, None)[1]) and "assistant" in header
     for i, text in enumerate(texts):
-        ids, kv = scorer.turn_state(i)
-        assert ids == list(tokenizer(before + text + after, add_special_tokens=False).input_ids)
+        turn = scorer.turn_state(i)
+        assert turn.ids == list(tokenizer(before + text + header, add_special_tokens=False).input_ids)
         cache = DynamicCache()
         with torch.no_grad():
-            llm(input_ids=torch.tensor([ids]), **cache_kwargs(llm, cache), use_cache=True)
-        assert len(kv) == len(cache.layers)
-        for (keys, values), layer in zip(kv, cache.layers):
+            out = llm(input_ids=torch.tensor([turn.ids]), **cache_kwargs(llm, cache), use_cache=True,
+                      output_hidden_states=True)  # fmt: skip
+        assert len(turn.kv) == len(cache.layers)
+        for (keys, values), layer in zip(turn.kv, cache.layers):
             assert keys.shape == layer.keys.shape and values.shape == layer.values.shape  # 1, H, L, D_head
             torch.testing.assert_close(keys, layer.keys, rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(values, layer.values, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(turn.logits, out.logits[0, -1], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(turn.hidden, out.hidden_states[-1][0, -1], rtol=1e-4, atol=1e-4)
     with pytest.raises(IndexError):
         scorer.turn_state(2)
 
@@ -107,9 +114,9 @@ def _rescoring_model(tiny_config, rescore: float, detokenize=None):
 WORDS = ["apple", "river", "stone", "cloud", "music", "green", "table", "light"]
 
 
-def test_the_prompt_on_a_rescored_transcript_prefills_only_the_assistants_header(tiny_config, tone):
-    """The rescored turn's keys are offered to the prompt cache: the same answer, and the prompt's
-    prefill runs only the positions after the user's turn."""
+def test_the_prompt_on_a_rescored_transcript_runs_no_position(tiny_config, tone):
+    """The rescored turn's run (the user's turn and the assistant's header, with the logits after
+    them) is offered to the prompt cache: the same answer, and no prefill at all."""
     from speechllm.inference.generation import GenerationConfig, stream_generate
     from speechllm.inference.prompt_cache import PromptCache
 
@@ -121,7 +128,8 @@ def test_the_prompt_on_a_rescored_transcript_prefills_only_the_assistants_header
         assert model.take_heard_turn() is not None and model.take_heard_turn() is None  # taken once
         plain = [int(t[0]) for t in stream_generate(model, batch, gen)]
         batch = model.prepare([conv])
-        ids, _ = model._heard_turn
+        assert model._heard_turn is not None
+        ids = model._heard_turn.ids
         reuse = PromptCache()
         calls = LLMCalls(model)
         try:
@@ -129,9 +137,9 @@ def test_the_prompt_on_a_rescored_transcript_prefills_only_the_assistants_header
         finally:
             calls.remove()
     assert reused == plain
-    assert reuse.hits == len(ids)  # the template through the user's turn
-    prefills = [positions for _, positions, prefill in calls.calls if prefill]
-    assert prefills == [batch.inputs_embeds.shape[1] - len(ids)]
+    assert reuse.hits == len(ids) == batch.inputs_embeds.shape[1]  # the whole prompt
+    assert [positions for _, positions, prefill in calls.calls if prefill] == []
+    assert len(calls.calls) == len(plain) - 1  # one decoding step per token after the first
 
 
 def test_hear_picks_the_hypothesis_the_llm_prefers(tiny_config, tone):

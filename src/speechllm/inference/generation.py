@@ -34,7 +34,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from speechllm.inference.detok import TextStream
-from speechllm.inference.prompt_cache import PromptCache, filled_layers
+from speechllm.inference.prompt_cache import PromptCache, Reused, filled_layers
 from speechllm.model.processor import Message
 from speechllm.model.speech_llm import Batch, SpeechLLM, position_ids
 from speechllm.weights.llm import cache_kwargs
@@ -159,7 +159,8 @@ class DecodeBatch:
         positions = position_ids(attention_mask)  # B, L
         if reuse is not None and not PromptCache.usable(attention_mask, full_mask):
             reuse = None
-        cache, first = reuse.lookup(inputs_embeds) if reuse is not None else (DynamicCache(), 0)
+        hit = reuse.lookup(inputs_embeds, want_hidden) if reuse is not None else Reused(DynamicCache(), 0)
+        cache, first = hit.cache, hit.positions
         length = attention_mask.shape[1]
         step = length if full_mask is not None else self.chunk
         out = None
@@ -176,9 +177,11 @@ class DecodeBatch:
                 output_hidden_states=want_hidden and end == length,
                 logits_to_keep=1,
             )
-        assert out is not None, "a prompt has at least one position"
         if reuse is not None:
             reuse.store(inputs_embeds, cache)
+        if out is None:  # the whole prompt was an offered piece, with the outputs after it
+            assert hit.logits is not None, "a prompt has at least one position"
+            return Prefilled(cache, attention_mask, positions[:, -1:] + 1, hit.logits, hit.hidden)
         hidden = out.hidden_states[-1][:, -1] if want_hidden else None
         return Prefilled(cache, attention_mask, positions[:, -1:] + 1, out.logits[:, -1], hidden)
 
@@ -282,12 +285,12 @@ def generate_tokens(
 
 def offer_heard_turn(model: SpeechLLM, reuse: PromptCache | None) -> None:
     """Hand the user's turn that N-best rescoring ran last (`SpeechLLM.take_heard_turn`) to the prompt
-    cache, so the prompt built on it is prefilled from the assistant's header on."""
+    cache, so the prompt built on it runs no position (or only those after the user's turn)."""
     turn = model.take_heard_turn()
     if reuse is not None and turn is not None:
-        ids, kv = turn
         table = model.embedding_table()
-        reuse.offer(table[torch.tensor(ids, device=table.device)], kv)  # L, D: the prompt's own rows
+        rows = table[torch.tensor(turn.ids, device=table.device)]  # L, D: the prompt's own rows
+        reuse.offer(rows, turn.kv, turn.logits, turn.hidden)
 
 
 def stream_generate(

@@ -14,6 +14,7 @@ spoken questions (Piper and eSpeak voices, none of the held-out audio): benchmar
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,13 +26,31 @@ from speechllm.weights.llm import cache_kwargs
 MARK = "\ue000"  # a private-use character no chat template or user text contains
 
 
-def user_turn_frame(tokenizer: Any, system_prompt: str | None) -> tuple[str, str]:
+def user_turn_frame(tokenizer: Any, system_prompt: str | None, answer: bool = False) -> tuple[str, str]:
     """The chat template's text before and after the content of a lone user turn (the system turn
-    included, as the model renders it)."""
+    included, as the model renders it); `answer`: after it, the assistant's header too (the prompt
+    an answer is generated from)."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
-    text = tokenizer.apply_chat_template([*messages, {"role": "user", "content": MARK}], tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [*messages, {"role": "user", "content": MARK}], tokenize=False, add_generation_prompt=answer
+    )
     before, after = str(text).split(MARK)
-    return before, after.rstrip()
+    return before, after if answer else after.rstrip()
+
+
+@dataclass
+class HeardTurn:
+    """A scored transcript as the LLM ran it: what a prompt on it need not run again."""
+
+    ids: list[int]
+    """The chat template's token ids through the user's turn and, where it tokenizes apart, the
+    assistant's header after it."""
+    kv: list[tuple[Tensor, Tensor]]
+    """Per layer, the LLM's keys and values (1, H, L, D_head) of those positions."""
+    logits: Tensor
+    """(V,): the LLM's logits after the last of `ids` (the answer's first token, after a header)."""
+    hidden: Tensor
+    """(D,): the LLM's final hidden state at the last of `ids`."""
 
 
 def _layer_kv(cache: DynamicCache) -> list[tuple[Tensor, Tensor]]:
@@ -49,16 +68,20 @@ def _layer_kv(cache: DynamicCache) -> list[tuple[Tensor, Tensor]]:
 class TurnScorer:
     """The LLM's summed log-probability of texts as the user's turn (its tokens and the turn's end),
     given what precedes it in the template. The template's start (system turn, user header) is run
-    once and its keys and values reused; the texts run as one right-padded batch on top of it."""
+    once and its keys and values reused; the texts run as one right-padded batch on top of it, each
+    followed by the assistant's header (not scored), so that the chosen one's run is the whole prompt
+    of its answer (`turn_state`)."""
 
     def __init__(self, llm: Any, tokenizer: Any, system_prompt: str | None) -> None:
         self.llm = llm
         self.tokenizer = tokenizer
         self.before, self.after = user_turn_frame(tokenizer, system_prompt)
+        self.header = user_turn_frame(tokenizer, system_prompt, answer=True)[1]  # the turn's end + assistant's header
         self.prefix = list(tokenizer(self.before, add_special_tokens=False).input_ids)
         self._kv: list[tuple[Tensor, Tensor]] | None = None  # per layer: 1, H, P, D_head
         self._first: Tensor | None = None  # V: log-probs of the turn's first token
-        self._last: tuple[list[list[int]], DynamicCache] | None = None  # the last call's turns and cache
+        # the last call's runs (each turn + header), its cache, and each row's last logits and hidden state
+        self._last: tuple[list[list[int]], DynamicCache, Tensor, Tensor] | None = None
 
     def _prefix_state(self, device: torch.device) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
         if self._kv is None or self._first is None or self._first.device != device:
@@ -69,11 +92,16 @@ class TurnScorer:
             self._first = out.logits[0, -1].float().log_softmax(-1)
         return self._kv, self._first
 
-    def _turn_ids(self, text: str) -> list[int]:
+    def _turn_ids(self, text: str) -> tuple[list[int], list[int]]:
+        """The text's user turn as token ids after the template's start (what is scored), and the same
+        followed by the assistant's header (what is run), or the turn alone where the header does
+        not tokenize apart from it."""
+        p = len(self.prefix)
         ids = list(self.tokenizer(self.before + text + self.after, add_special_tokens=False).input_ids)
-        if ids[: len(self.prefix)] != self.prefix:  # the text merged with the header's last token
+        if ids[:p] != self.prefix:  # the text merged with the header's last token
             raise ValueError(f"the chat template's start does not tokenize apart from the turn {text!r}")
-        return ids[len(self.prefix) :]
+        run = list(self.tokenizer(self.before + text + self.header, add_special_tokens=False).input_ids)
+        return ids[p:], run[p:] if run[: len(ids)] == ids else ids[p:]
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> list[float]:
@@ -81,35 +109,39 @@ class TurnScorer:
             return []
         device = next(self.llm.parameters()).device
         kv, first = self._prefix_state(device)
-        turns = [self._turn_ids(t) for t in texts]
-        n, width, p = len(turns), max(len(t) for t in turns), len(self.prefix)
+        turns, runs = zip(*(self._turn_ids(t) for t in texts))
+        n, width, p = len(runs), max(len(r) for r in runs), len(self.prefix)
         ids = torch.zeros(n, width, dtype=torch.long, device=device)
-        real = torch.zeros(n, width, dtype=torch.long, device=device)
-        for i, t in enumerate(turns):
-            ids[i, : len(t)] = torch.tensor(t, device=device)
-            real[i, : len(t)] = 1
+        real = torch.zeros(n, width, dtype=torch.long, device=device)  # positions run
+        scored = torch.zeros(n, width, dtype=torch.long, device=device)  # positions of the user's turn
+        for i, (turn, run) in enumerate(zip(turns, runs)):
+            ids[i, : len(run)] = torch.tensor(run, device=device)
+            real[i, : len(run)] = 1
+            scored[i, : len(turn)] = 1
         cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv])
         mask = torch.cat([real.new_ones(n, p), real], dim=1)  # N, P + T
         positions = torch.arange(p, p + width, device=device).expand(n, -1)
-        out = self.llm(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(self.llm, cache))
+        out = self.llm(input_ids=ids, attention_mask=mask, position_ids=positions,
+                       **cache_kwargs(self.llm, cache), output_hidden_states=True)  # fmt: skip
         logits = out.logits
-        self._last = (turns, cache)
+        last = real.sum(-1) - 1  # N: each row's last position run
+        rows = torch.arange(n, device=device)
+        self._last = (list(runs), cache, logits[rows, last], out.hidden_states[-1][rows, last])
         logp = logits[:, :-1].float().log_softmax(-1)  # N, T-1, V: predicts tokens 1 ..
-        later = logp.gather(-1, ids[:, 1:, None]).squeeze(-1) * real[:, 1:]  # N, T-1
+        later = logp.gather(-1, ids[:, 1:, None]).squeeze(-1) * scored[:, 1:]  # N, T-1
         return (first[ids[:, 0]] + later.sum(-1)).tolist()
 
-    def turn_state(self, index: int) -> tuple[list[int], list[tuple[Tensor, Tensor]]]:
-        """The template's token ids through the `index`-th text of the last call (its turn's end
-        included), and the LLM's keys and values (1, H, L, D_head) per layer of those positions: a
-        prompt that goes on from that turn need not run them again (`inference.prompt_cache`)."""
+    def turn_state(self, index: int) -> HeardTurn:
+        """The `index`-th text of the last call as the LLM ran it (`HeardTurn`): a prompt that goes on
+        from that turn need not run those positions again (`inference.prompt_cache`)."""
         if self._last is None:
             raise ValueError("no texts were scored yet")
-        turns, cache = self._last
-        if not 0 <= index < len(turns):
-            raise IndexError(f"text {index} of {len(turns)} scored")
-        n = len(self.prefix) + len(turns[index])
+        runs, cache, logits, hidden = self._last
+        if not 0 <= index < len(runs):
+            raise IndexError(f"text {index} of {len(runs)} scored")
+        n = len(self.prefix) + len(runs[index])
         kv = [(k[index : index + 1, :, :n], v[index : index + 1, :, :n]) for k, v in _layer_kv(cache)]
-        return [*self.prefix, *turns[index]], kv
+        return HeardTurn([*self.prefix, *runs[index]], kv, logits[index], hidden[index])
 
 
 def candidates(hypotheses: list[tuple[str, float]], n: int) -> list[tuple[str, float]]:

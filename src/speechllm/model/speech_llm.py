@@ -23,7 +23,7 @@ from speechllm.model.bridge import ctc_bridge, tidy_transcript, token_embeddings
 from speechllm.model.compressor import Compressor
 from speechllm.model.encoder import WhisperEncoder
 from speechllm.model.processor import Message, Rendered, SpeechLLMProcessor
-from speechllm.model.rescore import TurnScorer, best_by_llm, candidates
+from speechllm.model.rescore import HeardTurn, TurnScorer, best_by_llm, candidates
 from speechllm.model.whisper_decoder import WhisperTextDecoder, transcribe_windows
 
 SILENT_TEXT = "..."
@@ -86,7 +86,7 @@ class SpeechLLM(nn.Module):
         self.processor = processor
         self.recognizer = recognizer
         self._turn_scorer: TurnScorer | None = None  # the LLM's scorer of transcripts (`bridge.rescore`)
-        self._heard_turn: tuple[list[int], list[tuple[Tensor, Tensor]]] | None = None  # see take_heard_turn
+        self._heard_turn: HeardTurn | None = None  # see take_heard_turn
         self.set_trainable(config.trainable)
 
     # ------------------------------------------------------------------ parts and freezing
@@ -218,11 +218,12 @@ class SpeechLLM(nn.Module):
         self._heard_turn = self._turn_scorer.turn_state(texts.index(chosen))
         return chosen
 
-    def take_heard_turn(self) -> tuple[list[int], list[tuple[Tensor, Tensor]]] | None:
-        """The last transcript rescoring chose, as the LLM ran it: the chat template's token ids
-        through that user turn (the default system turn first) and the LLM's keys and values (1, H, L,
-        D_head) per layer; then forgotten. None when the last audio heard was not rescored. A prompt
-        that starts the same way need not run those positions again (`inference.prompt_cache`)."""
+    def take_heard_turn(self) -> HeardTurn | None:
+        """The last transcript rescoring chose, as the LLM ran it (`model.rescore.HeardTurn`: the chat
+        template's token ids through that user turn and the assistant's header, the default system
+        turn first; the LLM's keys and values of those positions; its logits and hidden state after
+        them); then forgotten. None when the last audio heard was not rescored. A prompt that starts
+        the same way need not run those positions again (`inference.prompt_cache`)."""
         turn, self._heard_turn = self._heard_turn, None
         return turn
 
