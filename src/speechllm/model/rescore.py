@@ -127,8 +127,9 @@ class TurnScorer:
         last = real.sum(-1) - 1  # N: each row's last position run
         rows = torch.arange(n, device=device)
         self._last = (list(runs), cache, logits[rows, last], out.hidden_states[-1][rows, last])
-        logp = logits[:, :-1].float().log_softmax(-1)  # N, T-1, V: predicts tokens 1 ..
-        later = logp.gather(-1, ids[:, 1:, None]).squeeze(-1) * scored[:, 1:]  # N, T-1
+        t = int(scored.sum(-1).max())  # the longest user's turn: the headers are not scored
+        logp = logits[:, : t - 1].float().log_softmax(-1)  # N, t-1, V: predicts tokens 1 .. t-1
+        later = logp.gather(-1, ids[:, 1:t, None]).squeeze(-1) * scored[:, 1:t]  # N, t-1
         return (first[ids[:, 0]] + later.sum(-1)).tolist()
 
     def turn_state(self, index: int) -> HeardTurn:
