@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from speechllm.bench import METRICS, ratio, system_figures
+from speechllm.bench import METRICS, _model_config, ratio, shared_llm_overrides, system_figures
 from speechllm.cli import main
 
 
@@ -45,3 +45,13 @@ def test_bench_smoke_on_tiny_models(tmp_path, capsys):
         if e2e is not None and cascade:
             assert figures[ratio_key] == pytest.approx(e2e / cascade)
     assert figures["cascade_ttft_s"] >= figures["cascade_asr_s"] > 0
+
+
+def test_the_cascade_runs_the_llm_the_end_to_end_model_runs():
+    """Overrides of the LLM or its prompt reach the cascade's LLM too; the rest stay the e2e model's."""
+    given = ["bridge.beam_size=1", "llm.dtype=bfloat16", "system_prompt=Be brief.", "encoder.padding=tail"]
+    shared = shared_llm_overrides(given)
+    assert shared == ["llm.dtype=bfloat16", "system_prompt=Be brief."]
+    config = _model_config(None, shared)
+    assert (config.llm.dtype, config.system_prompt) == ("bfloat16", "Be brief.")
+    assert config.bridge.beam_size == _model_config(None).bridge.beam_size  # not the cascade's business

@@ -86,7 +86,8 @@ class BenchConfig:
     cascade: bool = True
     """Measure the cascade too (needs faster-whisper)."""
     overrides: list[str] = field(default_factory=list)
-    """`key=value` overrides of the end-to-end model's config (e.g. `bridge.beam_size=1`)."""
+    """`key=value` overrides of the end-to-end model's config (e.g. `bridge.beam_size=1`); those of
+    the LLM and its prompt (`shared_llm_overrides`) apply to the cascade's LLM too."""
     reuse_prompts: bool = True
     """Both systems' LLM reuses the keys of the prompt start it shares with the previous input (the
     system turn: `PromptCache`), as the engine does; False prefills every prompt whole."""
@@ -127,15 +128,21 @@ def default_inputs(n: int, out_dir: Path) -> Path:
     return out_dir / "inputs.jsonl"
 
 
-def _model_config(model_dir: str | None) -> Any:
-    from speechllm.config import SpeechLLMConfig, load_config
+def _model_config(model_dir: str | None, overrides: list[str] | None = None) -> Any:
+    from speechllm.config import SpeechLLMConfig, apply_overrides, from_dict, load_config, to_dict
     from speechllm.defaults import DEFAULT_CHECKPOINT
 
     if model_dir is not None:
-        return load_config(Path(model_dir) / "config.yaml")
+        return load_config(Path(model_dir) / "config.yaml", overrides)
     if (DEFAULT_CHECKPOINT / "config.yaml").is_file():
-        return load_config(DEFAULT_CHECKPOINT / "config.yaml")
-    return SpeechLLMConfig()
+        return load_config(DEFAULT_CHECKPOINT / "config.yaml", overrides)
+    return from_dict(SpeechLLMConfig, apply_overrides(to_dict(SpeechLLMConfig()), overrides or []))
+
+
+def shared_llm_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that change the LLM or its prompt (`llm.*`, `system_prompt`): the cascade takes
+    them too, so both systems run the same LLM."""
+    return [o for o in overrides if o.split("=", 1)[0].strip() == "system_prompt" or o.startswith("llm.")]
 
 
 # --------------------------------------------------------------------------- workers (own process each)
@@ -210,7 +217,7 @@ def _run_cascade(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
     asr = WhisperModel(str(resolve_encoder_source(ASR_SOURCE)), device="cpu", compute_type="int8",
                        cpu_threads=torch.get_num_threads())  # fmt: skip
-    config = _model_config(spec["model"])
+    config = _model_config(spec["model"], shared_llm_overrides(spec["overrides"]))
     llm, tokenizer = load_llm(config.llm)  # the plain LLM: decoded with the loop the end-to-end model uses
     processor = SpeechLLMProcessor(tokenizer, LogMel(80), config.speech_token, config.system_prompt)
     gen = GenerationConfig(max_new_tokens=spec["max_new_tokens"])
