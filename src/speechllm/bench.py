@@ -129,20 +129,20 @@ def default_inputs(n: int, out_dir: Path) -> Path:
 
 
 def _model_config(model_dir: str | None, overrides: list[str] | None = None) -> Any:
-    from speechllm.config import SpeechLLMConfig, apply_overrides, from_dict, load_config, to_dict
+    from speechllm.config import SpeechLLMConfig, load_yaml
     from speechllm.defaults import DEFAULT_CHECKPOINT
 
     if model_dir is not None:
-        return load_config(Path(model_dir) / "config.yaml", overrides)
-    if (DEFAULT_CHECKPOINT / "config.yaml").is_file():
-        return load_config(DEFAULT_CHECKPOINT / "config.yaml", overrides)
-    return from_dict(SpeechLLMConfig, apply_overrides(to_dict(SpeechLLMConfig()), overrides or []))
+        return load_yaml(SpeechLLMConfig, Path(model_dir) / "config.yaml", overrides)
+    shipped = DEFAULT_CHECKPOINT / "config.yaml"
+    return load_yaml(SpeechLLMConfig, shipped if shipped.is_file() else None, overrides)  # None: the defaults
 
 
 def shared_llm_overrides(overrides: list[str]) -> list[str]:
     """The overrides that change the LLM or its prompt (`llm.*`, `system_prompt`): the cascade takes
     them too, so both systems run the same LLM."""
-    return [o for o in overrides if o.split("=", 1)[0].strip() == "system_prompt" or o.startswith("llm.")]
+    keys = [o.split("=", 1)[0].strip() for o in overrides]
+    return [o for o, key in zip(overrides, keys) if key == "system_prompt" or key.startswith("llm.")]
 
 
 # --------------------------------------------------------------------------- workers (own process each)
