@@ -281,53 +281,6 @@ def test_missing_layer_weight_is_named(tmp_path):
 # ----------------------------------------------------------------------------- a real CT2 conversion
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """A tiny random HF Whisper (with a word-level tokenizer, which the converter needs), converted by CT2."""
-    ctranslate2 = pytest.importorskip("ctranslate2")
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperForConditionalGeneration
-
-    hf_dir = tmp_path_factory.mktemp("hf_whisper")
-    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>"]
-    vocab = {tok: i for i, tok in enumerate(["a", "b", "c", "<|notimestamps|>", *specials])}
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel(vocab=vocab, unk_token="a")),
-        unk_token="a",
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-    )
-    config = WhisperConfig(
-        vocab_size=60,
-        num_mel_bins=80,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
-        max_source_positions=1500,
-        max_target_positions=64,
-        decoder_start_token_id=5,
-        pad_token_id=4,
-        bos_token_id=4,
-        eos_token_id=4,
-    )
-    torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(config).eval()
-    model.save_pretrained(hf_dir)
-    tokenizer.save_pretrained(hf_dir)
-    out = {"hf_model": model, "ctranslate2": ctranslate2}
-    for quantization in ("float32", "int8"):
-        ct2_dir = tmp_path_factory.mktemp(f"ct2_{quantization}")
-        ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(
-            str(ct2_dir), quantization=quantization, force=True
-        )
-        out[quantization] = ct2_dir
-    return out
-
-
 def test_encoder_from_real_ct2_conversion_matches_ct2_and_transformers(converted):
     ctranslate2 = converted["ctranslate2"]
     ours = load_whisper_encoder(EncoderConfig(source=str(converted["float32"]), padding="30s")).eval()

@@ -31,6 +31,8 @@ BRIDGE_MODES = ("continuous", "posterior", "top1")
 RECOGNIZERS = ("ctc", "whisper")
 PRECISIONS = ("auto", "float32", "bfloat16")
 LOGITS = ("exact", "screened", "auto")
+RECOGNIZER_ENGINES = ("torch", "ctranslate2")
+CT2_COMPUTE_TYPES = ("int8", "int8_float32", "int8_bfloat16", "int16", "float32", "bfloat16")
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
@@ -160,6 +162,14 @@ class BridgeConfig:
     """Longest transcript the `whisper` recognizer writes for one 30 s window."""
     beam_size: int = 1
     """Beam width of the `whisper` recognizer (1: greedy; 5: as Whisper's own decoding by default)."""
+    engine: str = "torch"
+    """What runs the `whisper` recognizer's text decoder: `torch`, our PyTorch decoder (`precision` and
+    `logits` apply; it keeps a `tail` window's silent keys); or `ctranslate2`, the checkpoint's own
+    decoder in CTranslate2 (`compute_type`), reading the same encoder states. See
+    `speechllm.model.ct2_decoder`."""
+    compute_type: str = "int8"
+    """CTranslate2's compute type for the `ctranslate2` engine: `int8` (weights int8, ~4x faster
+    than the PyTorch decoder on this CPU), `int8_float32`, `int8_bfloat16`, `int16`, `float32`, `bfloat16`."""
     precision: str = "float32"
     """Precision of the `whisper` recognizer's text decoder weights and matmuls: `float32`,
     `bfloat16`, or `auto` (bfloat16 where the hardware multiplies it natively: CUDA, or a CPU with
@@ -200,6 +210,8 @@ class BridgeConfig:
         _check_positive("bridge.temperature", self.temperature)
         _check_positive("bridge.max_tokens", self.max_tokens)
         _check_positive("bridge.beam_size", self.beam_size)
+        _check_choice("bridge.engine", self.engine, RECOGNIZER_ENGINES)
+        _check_choice("bridge.compute_type", self.compute_type, CT2_COMPUTE_TYPES)
         _check_choice("bridge.precision", self.precision, PRECISIONS)
         _check_choice("bridge.logits", self.logits, LOGITS)
         if self.rescore < 0:

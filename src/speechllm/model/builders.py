@@ -13,7 +13,7 @@ from speechllm.model.encoder import WhisperEncoder
 from speechllm.model.features import log_mel_for
 from speechllm.model.processor import SpeechLLMProcessor
 from speechllm.model.speech_llm import SpeechLLM
-from speechllm.model.whisper_decoder import WhisperTextDecoder, load_whisper_decoder
+from speechllm.model.whisper_decoder import Transcriber, load_whisper_decoder
 
 
 def add_lora(llm: PreTrainedModel, config: LoraConfig) -> PreTrainedModel:
@@ -36,7 +36,7 @@ def assemble(
     encoder: WhisperEncoder,
     llm: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    recognizer: WhisperTextDecoder | None = None,
+    recognizer: Transcriber | None = None,
 ) -> SpeechLLM:
     """Wrap a loaded encoder and LLM (and the Whisper text decoder of a whisper bridge) with a fresh
     compressor and adaptor (and LoRA if configured)."""
@@ -54,6 +54,16 @@ def assemble(
     return SpeechLLM(config, encoder, compressor, adaptor, llm, processor, recognizer)
 
 
+def load_recognizer(config: SpeechLLMConfig) -> Transcriber:
+    """The `whisper` recognizer of the encoder checkpoint, run by `bridge.engine`."""
+    bridge = config.bridge
+    if bridge.engine == "ctranslate2":
+        from speechllm.model.ct2_decoder import load_ct2_decoder
+
+        return load_ct2_decoder(config.encoder.source, bridge.compute_type)
+    return load_whisper_decoder(config.encoder.source, bridge.precision, bridge.logits)
+
+
 def build_speech_llm(config: SpeechLLMConfig) -> SpeechLLM:
     """Load the encoder and LLM named by the config and assemble a SpeechLLM (new adaptor weights)."""
     from speechllm.model.encoder import load_whisper_encoder
@@ -63,5 +73,5 @@ def build_speech_llm(config: SpeechLLMConfig) -> SpeechLLM:
     llm, tokenizer = load_llm(config.llm)
     recognizer = None
     if config.bridge.reads_whisper:
-        recognizer = load_whisper_decoder(config.encoder.source, config.bridge.precision, config.bridge.logits)
+        recognizer = load_recognizer(config)
     return assemble(config, encoder, llm, tokenizer, recognizer)

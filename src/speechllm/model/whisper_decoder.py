@@ -12,6 +12,7 @@ CTranslate2 checkpoint onto them.
 
 from __future__ import annotations
 
+import abc
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,6 +71,53 @@ def whisper_pick(finished: list[tuple[list[int], float]]) -> list[int]:
     return max(finished, key=lambda f: f[1] / max(len(f[0]), 1))[0]
 
 
+class Transcriber(abc.ABC):
+    """A Whisper text decoder as `transcribe_windows` and the token bridge use it: greedy or beam
+    search over encoder states, transcripts as text. `WhisperTextDecoder` runs it in PyTorch,
+    `model.ct2_decoder.CT2TextDecoder` in CTranslate2."""
+
+    detokenize: Callable[[list[int]], str] | None
+    """Token ids -> text (the checkpoint's tokenizer); needed by `transcribe`."""
+
+    @abc.abstractmethod
+    def know_window(self, window: Tensor) -> None:
+        """A window's states (S, D) that encoder positions will often equal (a `tail` encoding's
+        silent part): a decoder may keep what it computes of them once."""
+
+    @abc.abstractmethod
+    def greedy(self, states: Tensor, lengths: Tensor | None = None, max_tokens: int = 128) -> list[list[int]]:
+        """Greedy transcripts of encoder states (B, S, D): the text tokens of each, without specials."""
+
+    @abc.abstractmethod
+    def nbest(self, states: Tensor, beam_size: int = 5, max_tokens: int = 128) -> list[tuple[list[int], float]]:
+        """The hypotheses a beam search finished for one sample's states (1, S, D): text tokens and
+        summed log-probability (the end of text's included)."""
+
+    def transcribe(
+        self,
+        states: Tensor,
+        lengths: Tensor | None = None,
+        max_tokens: int = 128,
+        beam_size: int = 1,
+        choose: Chooser | None = None,
+    ) -> list[str]:
+        """Transcripts of encoder states (B, S, D) as text, stripped: greedy, or by beam search.
+        `choose` (beam search only): picks each sample's text from its finished hypotheses (text,
+        summed log-probability), e.g. rescored by an LLM; None: Whisper's own ranking."""
+        if self.detokenize is None:
+            raise ValueError("this decoder was built without a tokenizer: pass detokenize= to transcribe")
+        detokenize = self.detokenize
+        if beam_size > 1:
+            n = [states.shape[1]] * states.shape[0] if lengths is None else lengths.tolist()
+            found = [self.nbest(states[i : i + 1, : int(n[i])], beam_size, max_tokens) for i in range(len(n))]
+            if choose is not None:
+                return [choose([(detokenize(ids).strip(), logp) for ids, logp in hyps]) for hyps in found]
+            ids = [whisper_pick(hyps) for hyps in found]
+        else:
+            ids = self.greedy(states, lengths, max_tokens)
+        return [detokenize(x).strip() for x in ids]
+
+
 class _DecoderLayer(nn.Module):
     def __init__(self, d_model: int, n_heads: int, ffn_dim: int) -> None:
         super().__init__()
@@ -110,7 +158,7 @@ class _DecoderLayer(nn.Module):
         return y.view(b, t, d)
 
 
-class WhisperTextDecoder(nn.Module):
+class WhisperTextDecoder(Transcriber, nn.Module):
     """Whisper's decoder: token + learned position embeddings, pre-LN layers with cross-attention,
     logits against the (tied) token embedding matrix."""
 
@@ -118,7 +166,6 @@ class WhisperTextDecoder(nn.Module):
         super().__init__()
         self.arch = arch
         self.detokenize = detokenize
-        """Token ids -> text (the checkpoint's tokenizer); needed by `transcribe`."""
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.d_model)
         self.embed_positions = nn.Embedding(arch.max_positions, arch.d_model)
         self.layers = nn.ModuleList(
@@ -252,7 +299,7 @@ class WhisperTextDecoder(nn.Module):
         if a.specials_from is not None:
             suppress[a.specials_from :] = True
         begin = suppress.clone()
-        begin[a.suppress_begin] = True
+        begin[[i for i in a.suppress_begin if i < a.vocab_size]] = True
         return suppress, begin
 
     @torch.no_grad()
@@ -310,30 +357,6 @@ class WhisperTextDecoder(nn.Module):
             finished = [(s, float(v)) for s, v in zip(seqs, scores)]
         return finished
 
-    def transcribe(
-        self,
-        states: Tensor,
-        lengths: Tensor | None = None,
-        max_tokens: int = 128,
-        beam_size: int = 1,
-        choose: Chooser | None = None,
-    ) -> list[str]:
-        """Transcripts of encoder states (B, S, D) as text, stripped: greedy, or by beam search.
-        `choose` (beam search only): picks each sample's text from its finished hypotheses (text,
-        summed log-probability), e.g. rescored by an LLM; None: Whisper's own ranking."""
-        if self.detokenize is None:
-            raise ValueError("this decoder was built without a tokenizer: pass detokenize= to transcribe")
-        detokenize = self.detokenize
-        if beam_size > 1:
-            n = [states.shape[1]] * states.shape[0] if lengths is None else lengths.tolist()
-            found = [self.nbest(states[i : i + 1, : int(n[i])], beam_size, max_tokens) for i in range(len(n))]
-            if choose is not None:
-                return [choose([(detokenize(ids).strip(), logp) for ids, logp in hyps]) for hyps in found]
-            ids = [whisper_pick(hyps) for hyps in found]
-        else:
-            ids = self.greedy(states, lengths, max_tokens)
-        return [detokenize(x).strip() for x in ids]
-
 
 def encode_windows(encoder: WhisperEncoder, features: Tensor, lengths: Tensor) -> tuple[Tensor, list[int]]:
     """Encoder states (W, 1500, D_enc) of every 30 s window of log-mel features (N, n_mels, T), over
@@ -352,7 +375,7 @@ def encode_windows(encoder: WhisperEncoder, features: Tensor, lengths: Tensor) -
 
 def transcribe_windows(
     encoder: WhisperEncoder,
-    decoder: WhisperTextDecoder,
+    decoder: Transcriber,
     features: Tensor,
     lengths: Tensor,
     max_tokens: int = 128,

@@ -62,7 +62,7 @@ ENGLISH_ONLY_VOCAB = 51864
 """Whisper's English-only checkpoints (*.en) have this vocabulary; multilingual ones one more token."""
 
 
-def _special_tokens(directory: Path, tokenizer: Any, vocab_size: int) -> dict[str, Any]:
+def _special_tokens(directory: Path, tokenizer: Any, multilingual: bool) -> dict[str, Any]:
     """Prompt, end of text and suppressed tokens from a CTranslate2 Whisper dir's config + tokenizer."""
 
     def token(text: str) -> int:
@@ -75,15 +75,15 @@ def _special_tokens(directory: Path, tokenizer: Any, vocab_size: int) -> dict[st
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     prompt = [token("<|startoftranscript|>")]
     # *.en checkpoints list language ids in config.json too, but were never trained with them.
-    if vocab_size > ENGLISH_ONLY_VOCAB:  # multilingual: English, transcribe
+    if multilingual:  # English, transcribe
         prompt += [token("<|en|>"), token("<|transcribe|>")]
     prompt.append(token("<|notimestamps|>"))
     return {
         "prompt": prompt,
         "specials_from": prompt[0],  # <|startoftranscript|>: every id from it on is a special token
         "eot": token("<|endoftext|>"),
-        "suppress": [int(i) for i in config.get("suppress_ids", [])],
-        "suppress_begin": [int(i) for i in config.get("suppress_ids_begin", [220, token("<|endoftext|>")])],
+        "suppress": [int(i) for i in config.get("suppress_ids") or []],  # a converter may write null
+        "suppress_begin": [int(i) for i in config.get("suppress_ids_begin") or [220, token("<|endoftext|>")]],
     }
 
 
@@ -111,4 +111,43 @@ def read_whisper_decoder(source: str) -> tuple[dict[str, Tensor], dict[str, Any]
     sd, arch = ct2_decoder_state_dict(read_ct2_model(parts))
     here = metadata_dir(directory, parts)
     tokenizer = Tokenizer.from_file(str(tokenizer_file(here)))
-    return sd, {**arch, **_special_tokens(here, tokenizer, arch["vocab_size"])}, tokenizer
+    return sd, {**arch, **_special_tokens(here, tokenizer, arch["vocab_size"] > ENGLISH_ONLY_VOCAB)}, tokenizer
+
+
+CT2_VOCABULARIES = ("vocabulary.json", "vocabulary.txt")
+"""The token lists CTranslate2 reads next to a converted model's model.bin (either one, every token
+of the model's vocabulary: timestamps included, which tokenizer.json leaves out)."""
+
+
+def read_ct2_whisper(source: str) -> tuple[str | dict[str, bytes], Any, int]:
+    """What `ctranslate2.models.Whisper` loads for the CTranslate2 Whisper checkpoint `source` names:
+    its directory, or for a model.bin split in parts (Whisper base, shipped in two packages) its files
+    in memory (the parts joined, its config and vocabulary); its `tokenizers.Tokenizer`; and the
+    size of its vocabulary."""
+    from tokenizers import Tokenizer
+
+    directory, parts = ct2_model_files(source)
+    if not parts:
+        raise WeightsError(
+            f"{directory}: bridge.engine 'ctranslate2' needs a CTranslate2 checkpoint (model.bin); "
+            "convert a Hugging Face Whisper with ct2-transformers-converter, or use bridge.engine 'torch'"
+        )
+    here = metadata_dir(directory, parts)
+    tokenizer = Tokenizer.from_file(str(tokenizer_file(here)))
+    vocabulary = next((here / name for name in CT2_VOCABULARIES if (here / name).is_file()), None)
+    if vocabulary is None or not (here / "config.json").is_file():
+        raise WeightsError(f"{here}: CTranslate2 needs config.json and one of {CT2_VOCABULARIES} next to model.bin")
+    text = vocabulary.read_text(encoding="utf-8")
+    size = len(json.loads(text)) if vocabulary.suffix == ".json" else len(text.splitlines())
+    if parts == [directory / "model.bin"]:
+        return str(directory), tokenizer, size
+    files = {"model.bin": b"".join(p.read_bytes() for p in parts)}
+    files |= {path.name: path.read_bytes() for path in (here / "config.json", vocabulary)}
+    return files, tokenizer, size
+
+
+def whisper_special_tokens(source: str, tokenizer: Any, multilingual: bool) -> dict[str, Any]:
+    """The prompt, end of text and suppressed tokens (`DecoderArch` fields) of the CTranslate2
+    Whisper checkpoint `source` names, without reading its weights."""
+    directory, parts = ct2_model_files(source)
+    return _special_tokens(metadata_dir(directory, parts), tokenizer, multilingual)

@@ -1,0 +1,115 @@
+"""Whisper's pretrained text decoder run by CTranslate2 over our encoder's states (`bridge.engine`).
+
+The recognizer's beam search is the token bridge's largest cost before the LLM reads the question.
+A tiny Whisper decoder step is a handful of skinny matrix products (5 beams x 384 wide) and one
+against the 51,864-row token table: PyTorch's float32 and bfloat16 kernels run them far below the
+CPU's speed, while CTranslate2 runs the same checkpoint's decoder in int8 with fused kernels, about
+4x faster on this CPU (README, Figures). It reads the states our PyTorch encoder computed (the 30 s
+window, or its `tail` encoding) as `ctranslate2.models.Whisper.generate` accepts encoder outputs in
+place of features; only the decoder runs in CTranslate2. CTranslate2 projects every encoder
+position's cross-attention keys at each call (it cannot keep a silent window's, as
+`WhisperTextDecoder.know_window` does): ~16 ms of a 30 s window on this CPU, included above.
+
+Decoding as `WhisperTextDecoder` does: Whisper's prompt, the checkpoint's suppressed tokens (and no
+special token but the end of text), a blank or end of text never first; beam search until
+`beam_size` hypotheses finished, scores summed over tokens, the end of text's included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from speechllm.config import CT2_COMPUTE_TYPES
+from speechllm.model.whisper_decoder import Transcriber
+
+
+class CT2TextDecoder(Transcriber):
+    """A CTranslate2 Whisper model's text decoder over encoder states given as a tensor."""
+
+    def __init__(
+        self,
+        whisper: Any,
+        prompt: list[int],
+        suppress: list[int],
+        detokenize: Callable[[list[int]], str] | None = None,
+        max_positions: int = 448,
+    ) -> None:
+        self.whisper = whisper
+        """A `ctranslate2.models.Whisper`."""
+        self.prompt = list(prompt)
+        """Tokens that start every transcript (<|startoftranscript|> ... <|notimestamps|>)."""
+        self.suppress = list(suppress)
+        """Never emitted: the checkpoint's suppressed tokens and every special token but the end of text."""
+        self.detokenize = detokenize
+        self.max_positions = max_positions
+
+    def know_window(self, window: Tensor) -> None:
+        """Nothing to keep: CTranslate2 projects every encoder position at each call."""
+
+    def _generate(self, states: Tensor, beam_size: int, max_tokens: int) -> list[Any]:
+        if states.dim() != 3:
+            raise ValueError(f"encoder states must be (batch, positions, width), got shape {tuple(states.shape)}")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        import ctranslate2
+
+        array = np.ascontiguousarray(states.detach().to(torch.float32).cpu().numpy())  # B, S, D: kept alive below
+        view = ctranslate2.StorageView.from_array(array)
+        return list(
+            self.whisper.generate(
+                view,
+                [self.prompt] * states.shape[0],
+                beam_size=beam_size,
+                num_hypotheses=beam_size,
+                length_penalty=0.0,  # scores summed over tokens, as WhisperTextDecoder's
+                return_scores=True,
+                # CTranslate2 decodes at most half of `max_length` tokens (openai Whisper's sample_len)
+                max_length=2 * min(max_tokens, self.max_positions - len(self.prompt)),
+                suppress_blank=True,
+                suppress_tokens=self.suppress,
+            )
+        )
+
+    def greedy(self, states: Tensor, lengths: Tensor | None = None, max_tokens: int = 128) -> list[list[int]]:
+        """Greedy transcripts of encoder states (B, S, D): the text tokens of each. CTranslate2 reads
+        every position of the window, so `lengths` must be None."""
+        if lengths is not None:
+            raise ValueError("CTranslate2's Whisper decoder reads every encoder position: lengths must be None")
+        return [list(r.sequences_ids[0]) for r in self._generate(states, 1, max_tokens)]
+
+    def nbest(self, states: Tensor, beam_size: int = 5, max_tokens: int = 128) -> list[tuple[list[int], float]]:
+        """The `beam_size` best hypotheses CTranslate2's beam search finished for one sample's states
+        (1, S, D): text tokens and summed log-probability."""
+        if states.shape[0] != 1:
+            raise ValueError(f"beam_search decodes one sample at a time, got states of shape {tuple(states.shape)}")
+        result = self._generate(states, beam_size, max_tokens)[0]
+        return [(list(ids), float(score)) for ids, score in zip(result.sequences_ids, result.scores)]
+
+
+def load_ct2_decoder(source: str, compute_type: str = "int8", threads: int | None = None) -> CT2TextDecoder:
+    """The text decoder of the CTranslate2 Whisper checkpoint `source` names (the bundled ones
+    included), run by CTranslate2 in `compute_type` on `threads` CPU threads (None: torch's)."""
+    if compute_type not in CT2_COMPUTE_TYPES:
+        raise ValueError(f"bridge.compute_type must be one of {CT2_COMPUTE_TYPES}, got {compute_type!r}")
+    try:
+        import ctranslate2
+    except ImportError as e:
+        raise ImportError("bridge.engine 'ctranslate2' needs the ctranslate2 package: pip install ctranslate2") from e
+    from speechllm.weights.whisper_decoder import read_ct2_whisper, whisper_special_tokens
+
+    files, tokenizer, vocab_size = read_ct2_whisper(source)
+    threads = torch.get_num_threads() if threads is None else threads
+    if isinstance(files, str):
+        whisper = ctranslate2.models.Whisper(files, device="cpu", compute_type=compute_type, intra_threads=threads)
+    else:  # a checkpoint split in parts: its files in memory
+        whisper = ctranslate2.models.Whisper(
+            "", device="cpu", compute_type=compute_type, intra_threads=threads, files=files
+        )
+    specials = whisper_special_tokens(source, tokenizer, whisper.is_multilingual)
+    never = {*specials["suppress"], *range(specials["specials_from"], vocab_size)} - {specials["eot"]}
+    return CT2TextDecoder(whisper, specials["prompt"], sorted(never), lambda ids: tokenizer.decode(ids))

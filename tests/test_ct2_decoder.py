@@ -1,0 +1,94 @@
+"""The recognizer run by CTranslate2 (`bridge.engine: ctranslate2`): the same hypotheses, scores and
+greedy transcripts as our PyTorch decoder on the same checkpoint, its length limit, a checkpoint split
+in parts, and the errors it names."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from speechllm.config import BridgeConfig
+from speechllm.model.ct2_decoder import load_ct2_decoder  # imports ctranslate2 only when loading
+from speechllm.model.whisper_decoder import load_whisper_decoder
+from speechllm.weights.errors import WeightsError
+
+pytest.importorskip("ctranslate2")
+
+
+@pytest.fixture(scope="module")
+def peaked(tmp_path_factory):
+    """The conftest's tiny Whisper with peaked logits (see `convert_tiny_whisper`)."""
+    from conftest import convert_tiny_whisper
+
+    return convert_tiny_whisper(tmp_path_factory.mktemp("peaked"), decoder_scale=10.0)
+
+
+def _states(seed: int) -> torch.Tensor:
+    return torch.randn(1, 1500, 64, generator=torch.Generator().manual_seed(seed))  # 1, S, D
+
+
+def test_beam_search_and_greedy_match_the_torch_decoder(peaked):
+    source = str(peaked["float32"])
+    ours, ct2 = load_whisper_decoder(source, "float32", "exact"), load_ct2_decoder(source, "float32", threads=1)
+    assert ct2.prompt == ours.arch.prompt
+    for seed in range(3):
+        states = _states(seed)
+        theirs = ct2.nbest(states, beam_size=3, max_tokens=12)
+        mine = sorted(ours.nbest(states, beam_size=3, max_tokens=12), key=lambda h: -h[1])[:3]
+        assert [ids for ids, _ in theirs] == [ids for ids, _ in mine]
+        for (_, a), (_, b) in zip(theirs, mine):
+            assert a == pytest.approx(b, abs=2e-2)  # summed log-probabilities, summed alike
+        assert ct2.greedy(states, None, 12) == ours.greedy(states, None, 12)
+        assert ct2.transcribe(states, max_tokens=12, beam_size=3) == ours.transcribe(states, max_tokens=12, beam_size=3)
+
+
+def test_max_tokens_is_the_number_of_tokens_written(peaked):
+    ct2 = load_ct2_decoder(str(peaked["float32"]), "float32", threads=1)
+    eot_never = _states(0)  # this model's beams never end within the limits below
+    for limit in (1, 5, 20):
+        assert {len(ids) for ids, _ in ct2.nbest(eot_never, beam_size=2, max_tokens=limit)} == {limit}
+        assert [len(ids) for ids in ct2.greedy(eot_never, None, limit)] == [limit]
+
+
+def test_never_writes_a_special_or_suppressed_token(peaked):
+    ct2 = load_ct2_decoder(str(peaked["float32"]), "float32", threads=1)
+    tokens = {t for seed in range(4) for ids, _ in ct2.nbest(_states(seed), 4, 12) for t in ids}
+    assert tokens and max(tokens) < ct2.prompt[0]  # no id from <|startoftranscript|> on
+    assert 1 not in tokens  # the checkpoint's suppress_ids ("w1", see convert_tiny_whisper)
+
+
+def test_a_checkpoint_split_in_parts_loads_from_memory(peaked, tmp_path):
+    source = peaked["float32"]
+    data = (source / "model.bin").read_bytes()
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / "model.bin.part1").write_bytes(data[: len(data) // 2])
+    (split / "model.bin.part2").write_bytes(data[len(data) // 2 :])
+    for name in ("config.json", "vocabulary.json", "tokenizer.json"):
+        shutil.copy(source / name, split / name)
+    whole, parts = load_ct2_decoder(str(source), "float32", 1), load_ct2_decoder(str(split), "float32", 1)
+    assert parts.nbest(_states(1), 3, 8) == whole.nbest(_states(1), 3, 8)
+
+
+def test_int8_reads_the_same_states(peaked):
+    states = _states(2)
+    exact = load_ct2_decoder(str(peaked["float32"]), "float32", threads=1).greedy(states, None, 6)
+    assert load_ct2_decoder(str(peaked["float32"]), "int8", threads=1).greedy(states, None, 6) == exact
+
+
+def test_errors_name_what_was_wrong(peaked, tiny_whisper_dir):
+    ct2 = load_ct2_decoder(str(peaked["float32"]), "float32", threads=1)
+    with pytest.raises(ValueError, match="lengths must be None"):
+        ct2.greedy(_states(0), torch.tensor([100]), 4)
+    with pytest.raises(ValueError, match="one sample at a time"):
+        ct2.nbest(torch.randn(2, 1500, 64), 2, 4)
+    with pytest.raises(ValueError, match="max_tokens"):
+        ct2.greedy(_states(0), None, 0)
+    with pytest.raises(ValueError, match=r"bridge\.compute_type"):
+        load_ct2_decoder(str(peaked["float32"]), "int4")
+    with pytest.raises(WeightsError, match=r"bridge\.engine 'ctranslate2' needs a CTranslate2 checkpoint"):
+        load_ct2_decoder(str(tiny_whisper_dir))  # a Hugging Face directory
+    with pytest.raises(ValueError, match=r"bridge\.engine"):
+        BridgeConfig(engine="onnx")
