@@ -92,3 +92,19 @@ def test_errors_name_what_was_wrong(peaked, tiny_whisper_dir):
         load_ct2_decoder(str(tiny_whisper_dir))  # a Hugging Face directory
     with pytest.raises(ValueError, match=r"bridge\.engine"):
         BridgeConfig(engine="onnx")
+
+
+def test_the_engine_picks_the_recognizer(peaked):
+    from speechllm.config import EncoderConfig, SpeechLLMConfig
+    from speechllm.model.builders import load_recognizer
+    from speechllm.model.ct2_decoder import CT2TextDecoder
+    from speechllm.model.whisper_decoder import WhisperTextDecoder
+
+    def config(engine: str) -> SpeechLLMConfig:
+        return SpeechLLMConfig(
+            encoder=EncoderConfig(source=str(peaked["int8"]), padding="30s"),
+            bridge=BridgeConfig(mode="top1", recognizer="whisper", engine=engine),
+        )
+
+    assert isinstance(load_recognizer(config("ctranslate2")), CT2TextDecoder)
+    assert isinstance(load_recognizer(config("torch")), WhisperTextDecoder)
