@@ -111,6 +111,6 @@ def load_ct2_decoder(source: str, compute_type: str = "int8", threads: int | Non
         whisper = ctranslate2.models.Whisper(
             "", device="cpu", compute_type=compute_type, intra_threads=threads, files=files
         )
-    specials = whisper_special_tokens(source, tokenizer, whisper.is_multilingual)
+    specials = whisper_special_tokens(source, tokenizer, vocab_size)
     never = {*specials["suppress"], *range(specials["specials_from"], vocab_size)} - {specials["eot"]}
     return CT2TextDecoder(whisper, specials["prompt"], sorted(never), lambda ids: tokenizer.decode(ids))

@@ -62,7 +62,7 @@ ENGLISH_ONLY_VOCAB = 51864
 """Whisper's English-only checkpoints (*.en) have this vocabulary; multilingual ones one more token."""
 
 
-def _special_tokens(directory: Path, tokenizer: Any, multilingual: bool) -> dict[str, Any]:
+def _special_tokens(directory: Path, tokenizer: Any, vocab_size: int) -> dict[str, Any]:
     """Prompt, end of text and suppressed tokens from a CTranslate2 Whisper dir's config + tokenizer."""
 
     def token(text: str) -> int:
@@ -75,7 +75,7 @@ def _special_tokens(directory: Path, tokenizer: Any, multilingual: bool) -> dict
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     prompt = [token("<|startoftranscript|>")]
     # *.en checkpoints list language ids in config.json too, but were never trained with them.
-    if multilingual:  # English, transcribe
+    if vocab_size > ENGLISH_ONLY_VOCAB:  # multilingual: English, transcribe
         prompt += [token("<|en|>"), token("<|transcribe|>")]
     prompt.append(token("<|notimestamps|>"))
     return {
@@ -111,7 +111,7 @@ def read_whisper_decoder(source: str) -> tuple[dict[str, Tensor], dict[str, Any]
     sd, arch = ct2_decoder_state_dict(read_ct2_model(parts))
     here = metadata_dir(directory, parts)
     tokenizer = Tokenizer.from_file(str(tokenizer_file(here)))
-    return sd, {**arch, **_special_tokens(here, tokenizer, arch["vocab_size"] > ENGLISH_ONLY_VOCAB)}, tokenizer
+    return sd, {**arch, **_special_tokens(here, tokenizer, arch["vocab_size"])}, tokenizer
 
 
 CT2_VOCABULARIES = ("vocabulary.json", "vocabulary.txt")
@@ -146,8 +146,9 @@ def read_ct2_whisper(source: str) -> tuple[str | dict[str, bytes], Any, int]:
     return files, tokenizer, size
 
 
-def whisper_special_tokens(source: str, tokenizer: Any, multilingual: bool) -> dict[str, Any]:
+def whisper_special_tokens(source: str, tokenizer: Any, vocab_size: int) -> dict[str, Any]:
     """The prompt, end of text and suppressed tokens (`DecoderArch` fields) of the CTranslate2
-    Whisper checkpoint `source` names, without reading its weights."""
+    Whisper checkpoint `source` names, whose vocabulary has `vocab_size` tokens, without reading its
+    weights."""
     directory, parts = ct2_model_files(source)
-    return _special_tokens(metadata_dir(directory, parts), tokenizer, multilingual)
+    return _special_tokens(metadata_dir(directory, parts), tokenizer, vocab_size)
