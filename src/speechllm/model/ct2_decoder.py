@@ -101,16 +101,12 @@ def load_ct2_decoder(source: str, compute_type: str = "int8", threads: int | Non
         import ctranslate2
     except ImportError as e:
         raise ImportError("bridge.engine 'ctranslate2' needs the ctranslate2 package: pip install ctranslate2") from e
-    from speechllm.weights.whisper_decoder import read_ct2_whisper, whisper_special_tokens
+    from speechllm.weights.whisper_decoder import read_ct2_whisper
 
-    files, tokenizer, vocab_size = read_ct2_whisper(source)
+    path, files, arch, tokenizer = read_ct2_whisper(source)
     threads = torch.get_num_threads() if threads is None else threads
-    if isinstance(files, str):
-        whisper = ctranslate2.models.Whisper(files, device="cpu", compute_type=compute_type, intra_threads=threads)
-    else:  # a checkpoint split in parts: its files in memory
-        whisper = ctranslate2.models.Whisper(
-            "", device="cpu", compute_type=compute_type, intra_threads=threads, files=files
-        )
-    specials = whisper_special_tokens(source, tokenizer, vocab_size)
-    never = {*specials["suppress"], *range(specials["specials_from"], vocab_size)} - {specials["eot"]}
-    return CT2TextDecoder(whisper, specials["prompt"], sorted(never), lambda ids: tokenizer.decode(ids))
+    whisper = ctranslate2.models.Whisper(
+        path, device="cpu", compute_type=compute_type, intra_threads=threads, files=files
+    )
+    never = {*arch["suppress"], *range(arch["specials_from"], arch["vocab_size"])} - {arch["eot"]}
+    return CT2TextDecoder(whisper, arch["prompt"], sorted(never), lambda ids: tokenizer.decode(ids))

@@ -383,7 +383,7 @@ def transcribe_windows(
     choose: Chooser | None = None,
 ) -> list[list[str]]:
     """The transcripts of each input's 30 s windows (`encode_windows`): per input, its windows'
-    non-empty texts in order (`choose`: see `WhisperTextDecoder.transcribe`).
+    non-empty texts in order (`choose`: see `Transcriber.transcribe`).
 
     With the `tail` encoder, a window whose transcript loops (`repetitive`) is encoded again over its
     whole 30 s and decoded again: the shortened window is new to Whisper's decoder, the whole one is

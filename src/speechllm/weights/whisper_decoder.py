@@ -119,11 +119,12 @@ CT2_VOCABULARIES = ("vocabulary.json", "vocabulary.txt")
 of the model's vocabulary: timestamps included, which tokenizer.json leaves out)."""
 
 
-def read_ct2_whisper(source: str) -> tuple[str | dict[str, bytes], Any, int]:
-    """What `ctranslate2.models.Whisper` loads for the CTranslate2 Whisper checkpoint `source` names:
-    its directory, or for a model.bin split in parts (Whisper base, shipped in two packages) its files
-    in memory (the parts joined, its config and vocabulary); its `tokenizers.Tokenizer`; and the
-    size of its vocabulary."""
+def read_ct2_whisper(source: str) -> tuple[str, dict[str, bytes] | None, dict[str, Any], Any]:
+    """What `ctranslate2.models.Whisper` loads for the CTranslate2 Whisper checkpoint `source` names,
+    without reading its weights: the model path, and for a model.bin split in parts (Whisper base,
+    shipped in two packages) its files in memory (the parts joined, its config and vocabulary; None
+    for a whole model.bin); its vocabulary size and special tokens (`DecoderArch` fields); and its
+    `tokenizers.Tokenizer`."""
     from tokenizers import Tokenizer
 
     directory, parts = ct2_model_files(source)
@@ -139,16 +140,9 @@ def read_ct2_whisper(source: str) -> tuple[str | dict[str, bytes], Any, int]:
         raise WeightsError(f"{here}: CTranslate2 needs config.json and one of {CT2_VOCABULARIES} next to model.bin")
     text = vocabulary.read_text(encoding="utf-8")
     size = len(json.loads(text)) if vocabulary.suffix == ".json" else len(text.splitlines())
+    arch = {"vocab_size": size, **_special_tokens(here, tokenizer, size)}
     if parts == [directory / "model.bin"]:
-        return str(directory), tokenizer, size
+        return str(directory), None, arch, tokenizer
     files = {"model.bin": b"".join(p.read_bytes() for p in parts)}
     files |= {path.name: path.read_bytes() for path in (here / "config.json", vocabulary)}
-    return files, tokenizer, size
-
-
-def whisper_special_tokens(source: str, tokenizer: Any, vocab_size: int) -> dict[str, Any]:
-    """The prompt, end of text and suppressed tokens (`DecoderArch` fields) of the CTranslate2
-    Whisper checkpoint `source` names, whose vocabulary has `vocab_size` tokens, without reading its
-    weights."""
-    directory, parts = ct2_model_files(source)
-    return _special_tokens(metadata_dir(directory, parts), tokenizer, vocab_size)
+    return "", files, arch, tokenizer
