@@ -60,6 +60,11 @@ _CHARS_UTF8 = 1
 _PARAM_RATE = 1
 _PHONEMES_IPA = 0x02
 _TERMINATORS = ".?!,:;"
+# Each espeak_SetVoiceByName queues a voice change in eSpeak NG's wave command queue, which only a
+# synthesis drains; with ~166 queued, the next synthesis stops after its first words (measured with
+# espeakng-loader 0.2.4: 166 voice settings, then a 2.6 s sentence came out as 0.47 s). Voices are set
+# only when they change, and after this many changes without a synthesis, a short one drains the queue.
+_MAX_QUEUED_VOICE_CHANGES = 64
 
 
 class EspeakEngine:
@@ -101,11 +106,34 @@ class EspeakEngine:
         lib.espeak_SetSynthCallback(self._callback)
         self._lib = lib
         self._variants_dir = Path(data_path) / "voices" / "!v"
+        self._voice: str | None = None  # the voice last set (None: unknown)
+        self._queued_voice_changes = 0  # voice changes since the last synthesis
 
     def _on_audio(self, wav, n, _events) -> int:  # type: ignore[no-untyped-def]
         if wav and n > 0:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
         return 0  # 0 = keep synthesising
+
+    def _use_voice(self, voice: str) -> None:
+        """Make `voice` eSpeak's current voice (the lock held); see `_MAX_QUEUED_VOICE_CHANGES`."""
+        if voice == self._voice:
+            return
+        if self._queued_voice_changes >= _MAX_QUEUED_VOICE_CHANGES:
+            self._synth(b".")  # drains the queue; its audio is dropped
+        if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            self._voice = None  # eSpeak keeps its previous voice, but do not rely on it
+            raise TTSError(f"eSpeak NG has no voice {voice!r}; try one of {self.voices()[:6]} ...")
+        self._voice = voice
+        self._queued_voice_changes += 1
+
+    def _synth(self, data: bytes) -> tuple[int, list[np.ndarray]]:
+        """Synthesise UTF-8 `data` with the current voice and rate (the lock held): status and chunks."""
+        self._chunks = []
+        status = self._lib.espeak_Synth(data, len(data) + 1, 0, 0, 0, _CHARS_UTF8, None, None)
+        self._lib.espeak_Synchronize()
+        self._queued_voice_changes = 0
+        chunks, self._chunks = self._chunks, []
+        return status, chunks
 
     def voices(self) -> list[str]:
         variants = [v for v in ESPEAK_VARIANTS if not v or (self._variants_dir / v[1:]).is_file()]
@@ -118,14 +146,10 @@ class EspeakEngine:
             raise ValueError(f"rate must be in [0.3, 3.0], got {rate}")
         data = text.encode("utf-8")
         with self._lock:
-            if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise TTSError(f"eSpeak NG has no voice {voice!r}; try one of {self.voices()[:6]} ...")
+            self._use_voice(voice)
             wpm = int(np.clip(round(_ESPEAK_RATE_WPM * rate), 80, 450))
             self._lib.espeak_SetParameter(_PARAM_RATE, wpm, 0)
-            self._chunks = []
-            status = self._lib.espeak_Synth(data, len(data) + 1, 0, 0, 0, _CHARS_UTF8, None, None)
-            self._lib.espeak_Synchronize()
-            chunks, self._chunks = self._chunks, []
+            status, chunks = self._synth(data)
         if status != 0 or not chunks:
             raise TTSError(f"eSpeak NG failed on {text[:60]!r} with voice {voice!r} (status {status})")
         audio = np.concatenate(chunks).astype(np.float32) / 32768.0
@@ -145,8 +169,7 @@ class EspeakEngine:
         pointer = ctypes.c_char_p(start)
         clauses: list[tuple[str, str]] = []
         with self._lock:
-            if lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise TTSError(f"eSpeak NG has no voice {voice!r}; try one of {self.voices()[:6]} ...")
+            self._use_voice(voice)
             while pointer.value is not None:
                 before = ctypes.cast(pointer, ctypes.c_void_p).value or start
                 phonemes = lib.espeak_TextToPhonemes(ctypes.byref(pointer), _CHARS_UTF8, _PHONEMES_IPA)
