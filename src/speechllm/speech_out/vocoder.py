@@ -95,7 +95,7 @@ class UnitVocoder(nn.Module):
     @torch.inference_mode()
     def predict_durations(self, units: UnitsLike) -> Tensor:
         """Deduplicated units (N,) -> frames per unit (N,), each in [1, max_duration]."""
-        ids = self._check_sequence(units).to(self._device)
+        ids = self._check_sequence(units).to(self.device)
         log_durations = self.duration_predictor.predict(ids[None])  # N -> 1, N
         return self.duration_predictor.durations(log_durations[0]).cpu()
 
@@ -106,8 +106,8 @@ class UnitVocoder(nn.Module):
         `durations` (N,) in frames, each >= 1; predicted when None.
         """
         ids = self._check_sequence(units)
-        frames = self.predict_durations(ids) if durations is None else self._check_durations(durations, len(ids))
-        frame_units = torch.repeat_interleave(ids, frames).to(self._device)  # N -> sum(durations)
+        frames = self.predict_durations(ids) if durations is None else self.check_durations(durations, len(ids))
+        frame_units = torch.repeat_interleave(ids, frames).to(self.device)  # N -> sum(durations)
         return self.frames_to_audio(frame_units[None])[0].float().cpu().numpy()
 
     @property
@@ -123,7 +123,8 @@ class UnitVocoder(nn.Module):
         return SAMPLE_RATE
 
     @property
-    def _device(self) -> torch.device:
+    def device(self) -> torch.device:
+        """Where the vocoder's weights are (its inputs are moved there)."""
         return self.generator.head.weight.device
 
     def _check_sequence(self, units: UnitsLike) -> Tensor:
@@ -132,7 +133,8 @@ class UnitVocoder(nn.Module):
             raise ValueError("units must be a non-empty sequence of unit ids, got 0 units")
         return ids
 
-    def _check_durations(self, durations: UnitsLike, n: int) -> Tensor:
+    def check_durations(self, durations: UnitsLike, n: int) -> Tensor:
+        """Given durations of `n` units -> (n,) long frames on the CPU; ValueError naming what is wrong."""
         frames = durations.detach().cpu() if isinstance(durations, Tensor) else torch.as_tensor(np.asarray(durations))
         if tuple(frames.shape) != (n,):
             raise ValueError(f"durations must have shape ({n},), one per unit, got {tuple(frames.shape)}")

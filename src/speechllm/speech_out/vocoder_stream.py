@@ -27,7 +27,7 @@ from speechllm.speech_out.vocoder_parts import (
 
 
 class StreamedVocoder(Protocol):
-    """What a stream reads of its `UnitVocoder`: the config, the three parts, and two of its helpers."""
+    """What a stream reads of its `UnitVocoder`: the config, the three parts, its device, its durations check."""
 
     config: VocoderConfig
     duration_predictor: DurationPredictor
@@ -35,9 +35,9 @@ class StreamedVocoder(Protocol):
     ola: OverlapAdd
 
     @property
-    def _device(self) -> torch.device: ...
+    def device(self) -> torch.device: ...
 
-    def _check_durations(self, durations: UnitsLike, n: int) -> Tensor: ...
+    def check_durations(self, durations: UnitsLike, n: int) -> Tensor: ...
 
 
 class VocoderStream:
@@ -63,7 +63,7 @@ class VocoderStream:
         self.duration_cache: Cache | None = None
         self.generator_cache: Cache | None = None
         ola = vocoder.ola
-        device = vocoder._device
+        device = vocoder.device
         self.tail = torch.zeros(1, ola.overlap - 1, ola.hop, device=device)  # numerator of unfinished blocks
         self.tail_envelope = torch.zeros(1, ola.overlap - 1, ola.hop, device=device)
         self.to_skip = ola.delay  # stream samples before the output's first sample
@@ -93,7 +93,7 @@ class VocoderStream:
         # The predictor runs even when durations are given: its history must hold every unit.
         predicted = self._predict(ids)
         if durations is not None:
-            return self._voice(ids, vocoder._check_durations(durations, len(ids)))
+            return self._voice(ids, vocoder.check_durations(durations, len(ids)))
         self.waiting = torch.cat([self.waiting, ids])
         ready, self.waiting = self.waiting[: len(predicted)], self.waiting[len(predicted) :]
         return self._voice(ready, predicted)
@@ -121,7 +121,7 @@ class VocoderStream:
         """Units (N,) into the duration predictor -> frames (M,) of the M <= N earliest units whose
         lookahead is now complete (the first `duration_lookahead` outputs of a stream are no unit's)."""
         predictor = self.vocoder.duration_predictor
-        log_durations, self.duration_cache = predictor(ids[None].to(self.vocoder._device), self.duration_cache)
+        log_durations, self.duration_cache = predictor(ids[None].to(self.vocoder.device), self.duration_cache)
         early = min(self.early_durations, ids.numel())
         self.early_durations -= early
         return predictor.durations(log_durations[0, early:]).cpu()
@@ -130,7 +130,7 @@ class VocoderStream:
         """Units (N,) lasting frames (N,) through the generator; the audio that is final."""
         if ids.numel() == 0:
             return np.zeros(0, dtype=np.float32)
-        frame_units = torch.repeat_interleave(ids, frames).to(self.vocoder._device)  # N -> sum(frames)
+        frame_units = torch.repeat_interleave(ids, frames).to(self.vocoder.device)  # N -> sum(frames)
         self.frames += frame_units.numel()
         self.last_unit = frame_units[-1:]
         return self._generate(frame_units)
