@@ -5,8 +5,9 @@
 1. Time (median of `--repeats`, the cases interleaved, one thread) of the LLM pass that rescoring
    makes (`model.rescore.TurnScorer` over 1, 2 and 3 hypotheses of one question; it is also the
    answer's prefill), next to the LLM's plain forward over the same user turn and header with the
-   template's start cached (what a typed prompt costs) and over one token (the weights read once):
-   for the shipped float32 LLM and a bfloat16 copy.
+   template's start cached (what a typed prompt costs) and over one token (the weights read once),
+   and its output layer on the last row, sliced as transformers does and as a 2-D copy: for the
+   shipped float32 LLM and a bfloat16 copy.
 2. From the development set of benchmarks/rescore_weight.py (its `--dev` output, no held-out audio):
    for each margin m, the questions whose best hypothesis leads the next by at least m (recognizer
    log-probability, summed), where rescoring could be skipped, and how many of them rescoring
@@ -66,6 +67,12 @@ def pass_costs(repeats: int) -> None:
         cases = {f"TurnScorer, {n} text(s)": (lambda n=n, s=scorer: s(TEXTS[:n])) for n in (1, 2, 3)}
         cases[f"plain forward, {turn.shape[1]} positions"] = lambda t=turn: forward(t)
         cases["plain forward, 1 position"] = lambda t=turn[:, :1]: forward(t)
+        head = llm.get_output_embeddings().weight
+        rows = torch.randn(1, turn.shape[1], llm.config.hidden_size, dtype=dtype)  # 1, T, D
+        last = rows[:, -1:]  # 1, 1, D: the last position as transformers slices it for logits_to_keep=1
+        cases["output layer, last row sliced (1, 1, D)"] = lambda h=head, x=last: torch.nn.functional.linear(x, h)
+        flat = last[0].clone()  # 1, D
+        cases["output layer, last row (1, D)"] = lambda h=head, x=flat: torch.nn.functional.linear(x, h)
         for name, seconds in timings(cases, repeats).items():
             print(json.dumps({"llm_dtype": str(dtype).split(".")[-1], "case": name, "seconds": round(seconds, 4)}))
 
