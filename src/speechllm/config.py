@@ -197,6 +197,11 @@ class BridgeConfig:
     """Write the `whisper` recognizer's transcript as a person types it before the LLM reads it: each
     sentence starts with a capital, and one that opens like a question ends with "?" (Whisper
     often writes a spoken question as "which city is the capital of austria."). Words are unchanged."""
+    adapter: str | None = None
+    """Low-rank adapters (LoRA) for the `whisper` recognizer's text decoder, merged into its weights
+    at load (either engine): a safetensors file, relative to the checkpoint's directory or absolute
+    (`speechllm.weights.decoder_adapter`; trained by `recipes/recognizer_adapter.py`). None: the
+    checkpoint's decoder as pretrained."""
 
     @property
     def reads_whisper(self) -> bool:

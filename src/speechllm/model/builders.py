@@ -60,8 +60,8 @@ def load_recognizer(config: SpeechLLMConfig) -> Transcriber:
     if bridge.engine == "ctranslate2":
         from speechllm.model.ct2_decoder import load_ct2_decoder
 
-        return load_ct2_decoder(config.encoder.source, bridge.compute_type)
-    return load_whisper_decoder(config.encoder.source, bridge.precision, bridge.logits)
+        return load_ct2_decoder(config.encoder.source, bridge.compute_type, adapter=bridge.adapter)
+    return load_whisper_decoder(config.encoder.source, bridge.precision, bridge.logits, bridge.adapter)
 
 
 def build_speech_llm(config: SpeechLLMConfig) -> SpeechLLM:

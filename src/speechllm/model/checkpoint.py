@@ -2,12 +2,15 @@
 
 A checkpoint directory holds `config.yaml` (the whole SpeechLLMConfig, including where the frozen
 encoder and LLM come from) and `model.safetensors` (compressor, adaptor, LoRA, layer weights, and
-any part that was set to train). Writing goes to a temporary directory first and is renamed into
+any part that was set to train), and the recognizer's adapter if it has one
+(`recognizer_adapter.safetensors`, `bridge.adapter`). Writing goes to a temporary directory first and is renamed into
 place, so an interrupted save never leaves a half-written checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from pathlib import Path
 
 import torch
@@ -20,14 +23,22 @@ from speechllm.weights.errors import WeightsError
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
+ADAPTER_FILE = "recognizer_adapter.safetensors"
+"""Where a checkpoint keeps its recognizer's adapter (`bridge.adapter`)."""
 
 
 def save_pretrained(model: SpeechLLM, directory: str | Path) -> Path:
+    """Write `model`'s config and weights to `directory`; the recognizer's adapter file
+    (`bridge.adapter`), if any, is copied beside them and named relative to them."""
     directory = Path(directory)
     keep = model.saved_parameter_names()
     tensors = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if n in keep}
+    config, adapter = model.config, model.config.bridge.adapter
     with atomic_directory(directory) as tmp:
-        save_config(model.config, tmp / CONFIG_FILE)
+        if adapter is not None:
+            shutil.copyfile(adapter, tmp / ADAPTER_FILE)
+            config = dataclasses.replace(config, bridge=dataclasses.replace(config.bridge, adapter=ADAPTER_FILE))
+        save_config(config, tmp / CONFIG_FILE)
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "speechllm": "1"})
     return directory
 
@@ -71,6 +82,10 @@ def from_pretrained(directory: str | Path, overrides: list[str] | None = None) -
         raise WeightsError(f"{directory}: not a speechllm checkpoint (no {CONFIG_FILE})")
     if not (directory / WEIGHTS_FILE).is_file():
         raise WeightsError(f"{directory}: checkpoint has a config but no {WEIGHTS_FILE}")
-    model = build_speech_llm(load_config(directory / CONFIG_FILE, overrides))
+    config = load_config(directory / CONFIG_FILE, overrides)
+    adapter = config.bridge.adapter
+    if adapter is not None and not Path(adapter).is_absolute():  # named relative to the checkpoint
+        config.bridge.adapter = str(directory.resolve() / adapter)
+    model = build_speech_llm(config)
     load_weights(model, directory / WEIGHTS_FILE)
     return model.eval()

@@ -92,9 +92,13 @@ class CT2TextDecoder(Transcriber):
         return [(list(ids), float(score)) for ids, score in zip(result.sequences_ids, result.scores)]
 
 
-def load_ct2_decoder(source: str, compute_type: str = "int8", threads: int | None = None) -> CT2TextDecoder:
+def load_ct2_decoder(
+    source: str, compute_type: str = "int8", threads: int | None = None, adapter: str | None = None
+) -> CT2TextDecoder:
     """The text decoder of the CTranslate2 Whisper checkpoint `source` names (the bundled ones
-    included), run by CTranslate2 in `compute_type` on `threads` CPU threads (None: torch's)."""
+    included), run by CTranslate2 in `compute_type` on `threads` CPU threads (None: torch's), with
+    the low-rank adapters of the file `adapter` merged into its weights (`bridge.adapter`: a patched
+    copy of model.bin in memory)."""
     if compute_type not in CT2_COMPUTE_TYPES:
         raise ValueError(f"bridge.compute_type must be one of {CT2_COMPUTE_TYPES}, got {compute_type!r}")
     try:
@@ -103,7 +107,12 @@ def load_ct2_decoder(source: str, compute_type: str = "int8", threads: int | Non
         raise ImportError("bridge.engine 'ctranslate2' needs the ctranslate2 package: pip install ctranslate2") from e
     from speechllm.weights.whisper_decoder import read_ct2_whisper
 
-    path, files, arch, tokenizer = read_ct2_whisper(source)
+    path, files, arch, tokenizer = read_ct2_whisper(source, whole=adapter is not None)
+    if adapter is not None:
+        from speechllm.weights.decoder_adapter import patch_ct2_model, read_adapter
+
+        assert files is not None  # whole=True reads the files
+        files["model.bin"] = patch_ct2_model(files["model.bin"], read_adapter(adapter))
     threads = torch.get_num_threads() if threads is None else threads
     whisper = ctranslate2.models.Whisper(
         path, device="cpu", compute_type=compute_type, intra_threads=threads, files=files

@@ -407,14 +407,20 @@ def transcribe_windows(
     return grouped
 
 
-def load_whisper_decoder(source: str, precision: str = "float32", logits: str = "exact") -> WhisperTextDecoder:
+def load_whisper_decoder(
+    source: str, precision: str = "float32", logits: str = "exact", adapter: str | None = None
+) -> WhisperTextDecoder:
     """The pretrained text decoder (with its tokenizer) of the Whisper checkpoint `source` names, its
     weights in `precision` (`model.precision.resolve_precision`; the matmuls then run in it too), its
-    float32 logits screened in bfloat16 or not (`logits`: `model.precision.resolve_screening`)."""
+    float32 logits screened in bfloat16 or not (`logits`: `model.precision.resolve_screening`), with
+    the low-rank adapters of the file `adapter` merged into its weights (`bridge.adapter`)."""
+    from speechllm.weights.decoder_adapter import merge_deltas, read_adapter
     from speechllm.weights.errors import WeightsError
     from speechllm.weights.whisper_decoder import read_whisper_decoder
 
     sd, arch, tokenizer = read_whisper_decoder(source)
+    if adapter is not None:
+        sd = merge_deltas(sd, read_adapter(adapter))
     decoder = WhisperTextDecoder(DecoderArch(**arch), detokenize=lambda ids: tokenizer.decode(ids))
     missing, unexpected = decoder.load_state_dict(sd, strict=False)
     if missing or unexpected:

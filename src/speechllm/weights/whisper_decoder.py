@@ -119,12 +119,12 @@ CT2_VOCABULARIES = ("vocabulary.json", "vocabulary.txt")
 of the model's vocabulary: timestamps included, which tokenizer.json leaves out)."""
 
 
-def read_ct2_whisper(source: str) -> tuple[str, dict[str, bytes] | None, dict[str, Any], Any]:
+def read_ct2_whisper(source: str, whole: bool = False) -> tuple[str, dict[str, bytes] | None, dict[str, Any], Any]:
     """What `ctranslate2.models.Whisper` loads for the CTranslate2 Whisper checkpoint `source` names,
     without reading its weights: the model path, and for a model.bin split in parts (Whisper base,
-    shipped in two packages) its files in memory (the parts joined, its config and vocabulary; None
-    for a whole model.bin); its vocabulary size and special tokens (`DecoderArch` fields); and its
-    `tokenizers.Tokenizer`."""
+    shipped in two packages) or with `whole` its files in memory (model.bin, its parts joined, its
+    config and vocabulary; else None); its vocabulary size and special tokens (`DecoderArch`
+    fields); and its `tokenizers.Tokenizer`."""
     from tokenizers import Tokenizer
 
     directory, parts = ct2_model_files(source)
@@ -141,7 +141,7 @@ def read_ct2_whisper(source: str) -> tuple[str, dict[str, bytes] | None, dict[st
     text = vocabulary.read_text(encoding="utf-8")
     size = len(json.loads(text)) if vocabulary.suffix == ".json" else len(text.splitlines())
     arch = {"vocab_size": size, **_special_tokens(here, tokenizer, size)}
-    if parts == [directory / "model.bin"]:
+    if parts == [directory / "model.bin"] and not whole:
         return str(directory), None, arch, tokenizer
     files = {"model.bin": b"".join(p.read_bytes() for p in parts)}
     files |= {path.name: path.read_bytes() for path in (here / "config.json", vocabulary)}

@@ -1,0 +1,440 @@
+"""Measured: does adapting Whisper tiny.en's own text decoder to synthetic questions help it hear held-out voices?
+
+The token bridge is exactly as good as its transcripts, and the default's remaining disagreements on
+the held-out spoken questions are mostly mishearings at the question's start ("What season comes
+after winter?" -> "Wild season comes after winter."). Whisper's decoder is pretrained on people; this
+fine-tunes low-rank adapters (LoRA, Hu et al. 2021, via peft) on its self-attention, its
+cross-attention queries and outputs and its feed-forward layers, the encoder and the token table
+frozen, on the 30 s encoding of synthetic speech: eSpeak NG (every English voice) and Piper `joe`,
+augmented (speed, volume, noise, telephone band). Text: BIG-bench questions of every form (capped per
+task, so no template dominates) and the shipped sentences and questions.
+
+Kept out of training: every held-out engine, voice and person (data_out/heldout, recipes/heldout_text),
+and any text whose words overlap a held-out question's or sentence's by half or more (Jaccard).
+Texts with number words or British spellings are left out too, so that the adapters do not change
+how Whisper writes numbers and words (digits, American spelling): only how it hears.
+
+    export OMP_NUM_THREADS=2
+    python benchmarks/decoder_adapt.py data --sdist /tmp/bb/bigbench-1.0.0.tar.gz   # data_out/decoder_adapt (resumes)
+    python benchmarks/decoder_adapt.py train --minutes 40 [--resume]                  # runs/decoder_adapt/
+    python benchmarks/decoder_adapt.py eval [--checkpoint runs/decoder_adapt/lora.safetensors]
+
+`eval` decodes the held-out sets (the subsets of benchmarks/heldout_table.py) with beam 5 and
+Whisper's own ranking (no LLM), with and without the adapters, over the same encoder states: WER and
+the spoken questions' letter-perfect transcripts (after `bridge.tidy`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DATA = Path("data_out/decoder_adapt")
+OUT = Path("runs/decoder_adapt")
+SOURCE = "bundled:whisper-tiny.en"
+POSITIONS, WIDTH = 1500, 384
+TARGETS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+           "encoder_attn.q_proj", "encoder_attn.out_proj", "fc1", "fc2"]  # fmt: skip
+"""Adapted linear layers (suffixes); the cross-attention keys and values, which read all 1500 encoder
+positions, stay frozen (and cheap: computed without gradients)."""
+
+NUMBER_WORDS = re.compile(
+    r"\b(zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|"
+    r"sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|"
+    r"thousand|million|billion|first|second|third|half|double|dozen)\b",
+    re.IGNORECASE,
+)
+BRITISH = re.compile(
+    r"\b\w*(colour|favour|honour|labour|neighbour|flavour|centre|metre|litre|theatre|"
+    r"organis|realis|recognis|apologis|travell|grey|jewellery|programme|defence)\w*\b",
+    re.IGNORECASE,
+)
+ALLOWED = re.compile(r"^[A-Za-z0-9 ,.'\-?!]+$")
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def heldout_texts() -> list[set[str]]:
+    root = Path("recipes/heldout_text")
+    texts = [json.loads(line)["question"] for line in (root / "questions.jsonl").read_text().splitlines() if line]
+    texts += [line for line in (root / "sentences.txt").read_text().splitlines() if line.strip()]
+    return [words(t) for t in texts]
+
+
+def usable(text: str, held: list[set[str]]) -> bool:
+    """A training text: plain characters, 3-20 words, no number word, no British spelling, no
+    number of five digits or more, and no held-out text sharing half its words (Jaccard >= 0.5)."""
+    n = len(text.split())
+    if not (3 <= n <= 20) or not ALLOWED.match(text) or NUMBER_WORDS.search(text) or BRITISH.search(text):
+        return False
+    if re.search(r"\d{5}", text):  # a voice reads 25331 in words; Whisper would write 25,331
+        return False
+    w = words(text)
+    return all(len(w & h) < 0.5 * len(w | h) for h in held)
+
+
+def bigbench_questions(sdist: Path, per_task: int, seed: int) -> list[str]:
+    """Short questions (one line, ending in '?') from every BIG-bench task, at most `per_task` each."""
+    import tarfile
+
+    start = re.compile(r"^(What|Which|Who|Whom|Whose|Where|When|How|Why|Is|Are|Was|Were|Can|Could|Do|Does|Did|"
+                       r"Should|Would|Will|Has|Have|Name|In which|In what|On which|At what)\b")  # fmt: skip
+    by_task: dict[str, dict[str, None]] = {}
+    with tarfile.open(sdist, "r:gz") as tar:
+        for member in tar:
+            if not member.name.endswith("/task.json"):
+                continue
+            handle = tar.extractfile(member)
+            try:
+                examples = json.load(handle).get("examples", []) if handle else []
+            except (ValueError, UnicodeDecodeError):
+                continue
+            task = member.name.split("/")[-2]
+            for ex in examples:
+                text = ex.get("input")
+                for line in text.split("\n") if isinstance(text, str) else []:
+                    line = re.sub(r"\s+\?$", "?", re.sub(r"^(Q|Question):\s*", "", line.strip()))
+                    if line.endswith("?") and start.match(line) and len(line) <= 110:
+                        by_task.setdefault(task, {})[line] = None
+    rng = np.random.default_rng(seed)
+    chosen: list[str] = []
+    for task in sorted(by_task):
+        qs = list(by_task[task])
+        chosen += [qs[i] for i in rng.permutation(len(qs))[:per_task]]
+    return chosen
+
+
+def short_texts(texts: list[str], n: int, seed: int) -> list[str]:
+    """n utterances of one to three consecutive words of `texts` (letters only, no number word), as
+    Whisper writes them: capitalised, with a full stop."""
+    rng = np.random.default_rng(seed + 1)
+    out: dict[str, None] = {}
+    while len(out) < n:
+        w = re.findall(r"[A-Za-z']+", texts[int(rng.integers(len(texts)))])
+        k = int(rng.choice([1, 1, 2, 3]))
+        if len(w) < k:
+            continue
+        i = int(rng.integers(len(w) - k + 1))
+        phrase = " ".join(w[i : i + k])
+        if len(phrase) >= 3 and not NUMBER_WORDS.search(phrase) and not BRITISH.search(phrase):
+            out[phrase[0].upper() + phrase[1:].lower() + "."] = None
+    return list(out)
+
+
+def data(args: argparse.Namespace) -> None:
+    """Speak the new texts, pick clips of the existing eSpeak data, encode all (30 s window, fp16)."""
+    from speechllm.data.augment import AugmentConfig
+    from speechllm.data.builders import SynthesisOptions, build_asr
+    from speechllm.data.manifest import read_manifest
+    from speechllm.data.tts import EspeakEngine
+
+    held = heldout_texts()
+    DATA.mkdir(parents=True, exist_ok=True)
+    texts = [t for t in bigbench_questions(args.sdist, args.per_task, args.seed) if usable(t, held)]
+    rng = np.random.default_rng(args.seed)
+    texts = [texts[i] for i in rng.permutation(len(texts))[: args.new]]
+    dev_texts, train_texts = texts[: args.dev], texts[args.dev :]
+    print(f"{len(texts)} BIG-bench questions kept ({args.dev} for dev)", flush=True)
+    augment = AugmentConfig(telephone_prob=0.2)
+    espeak = [f"espeak:{v}" for v in EspeakEngine().voices()]
+    sets = []
+    for name, chosen, voices, seed in [
+        ("bb_espeak", train_texts[: len(train_texts) * 3 // 4], espeak, 11),
+        ("bb_piper", train_texts[len(train_texts) * 3 // 4 :], ["piper:joe"], 12),
+        ("dev_espeak", dev_texts[: args.dev // 2], espeak, 13),
+        ("dev_piper", dev_texts[args.dev // 2 :], ["piper:joe"], 14),
+    ]:
+        options = SynthesisOptions(voices=voices, augment=augment, seed=seed)
+        sets.append((name, build_asr(chosen, DATA / name, options, id_prefix=name, workers=1)))
+    if args.short:  # one to three words, as people often say (Whisper writes "Bicycle.")
+        short = short_texts(train_texts, args.short, args.seed)
+        half = len(short) // 2
+        for name, chosen, voices, seed in [
+            ("short_espeak", short[:half], espeak, 15),
+            ("short_piper", short[half:], ["piper:joe"], 16),
+        ]:
+            options = SynthesisOptions(voices=voices, augment=augment, seed=seed)
+            sets.append((name, build_asr(chosen, DATA / name, options, id_prefix=name, workers=1)))
+    # the shipped texts, already spoken by eSpeak (benchmarks/ctc_char_head.py data), usable ones only
+    shipped = []
+    for manifest in sorted(Path("data_out/ctc_char").glob("r*/asr.jsonl")):
+        shipped += [s for s in read_manifest(manifest) if usable(s.target or "", held)]
+    shipped = [shipped[i] for i in rng.permutation(len(shipped))[: args.shipped]]
+    sets.append(("shipped_espeak", shipped))
+    order = ["bb_espeak", "bb_piper", "dev_espeak", "dev_piper", "shipped_espeak", "short_espeak", "short_piper"]
+    sets.sort(key=lambda x: order.index(x[0]))  # rows keep their place when a later run adds sets
+    rows = [(name, s) for name, samples in sets for s in samples]
+    encode(rows)
+
+
+def encode(rows: list[tuple[str, Any]]) -> None:
+    """30 s window encoder states of every clip into one fp16 memmap (resumes), and its index."""
+    from speechllm.config import EncoderConfig
+    from speechllm.data.audio import load_audio
+    from speechllm.model.encoder import load_whisper_encoder
+    from speechllm.model.features import LogMel
+    from speechllm.model.whisper_decoder import encode_windows
+    from speechllm.weights.whisper_decoder import read_whisper_decoder
+
+    _, _, tokenizer = read_whisper_decoder(SOURCE)
+    index_path, states_path = DATA / "index.jsonl", DATA / "states.f16"
+    done = len(index_path.read_text().splitlines()) if index_path.is_file() else 0
+    n = len(rows)
+    need = n * POSITIONS * WIDTH * 2
+    if states_path.exists() and states_path.stat().st_size < need:  # a later run added sets: grow the file
+        os.truncate(states_path, need)
+    mode = "r+" if states_path.exists() else "w+"
+    mm = np.memmap(states_path, dtype=np.float16, mode=mode, shape=(n, POSITIONS, WIDTH))  # N, 1500, D
+    encoder = load_whisper_encoder(EncoderConfig(source=SOURCE, padding="30s", precision="auto")).eval()  # type: ignore[arg-type]
+    mel = LogMel(encoder.config.n_mels)
+    start = time.time()
+    with open(index_path, "a", encoding="utf-8") as f:
+        for j in range(done, n):
+            name, s = rows[j]
+            feats, lengths = mel([load_audio(s.audio[0])])
+            with torch.no_grad():
+                x, _ = encode_windows(encoder, feats, lengths)
+            mm[j] = x[0].to(torch.float16).numpy()
+            ids = tokenizer.encode(" " + s.target.strip(), add_special_tokens=False).ids
+            f.write(
+                json.dumps({"row": j, "set": name, "id": s.id, "text": s.target, "ids": ids, "voice": s.voice}) + "\n"
+            )
+            if j % 250 == 0:
+                mm.flush()
+                f.flush()
+                print(f"encoded {j}/{n} ({time.time() - start:.0f} s)", flush=True)
+    mm.flush()
+    print(f"{n} clips encoded -> {states_path}", flush=True)
+
+
+def load_index() -> tuple[list[dict[str, Any]], np.memmap]:
+    rows = [json.loads(line) for line in (DATA / "index.jsonl").read_text().splitlines() if line]
+    total = (DATA / "states.f16").stat().st_size // (POSITIONS * WIDTH * 2)
+    return rows, np.memmap(DATA / "states.f16", dtype=np.float16, mode="r", shape=(total, POSITIONS, WIDTH))
+
+
+def adapted_decoder(rank: int, checkpoint: Path | None = None) -> Any:
+    """Whisper tiny.en's decoder (float32) with LoRA on `TARGETS` (peft), only the adapters trainable."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from speechllm.model.whisper_decoder import load_whisper_decoder
+
+    decoder = load_whisper_decoder(SOURCE)
+    decoder.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05, target_modules=TARGETS)
+    decoder = inject_adapter_in_model(config, decoder)
+    if checkpoint is not None:
+        set_peft_model_state_dict(decoder, load_file(str(checkpoint)))
+    for name, p in decoder.named_parameters():
+        p.requires_grad_("lora_" in name)
+    return decoder
+
+
+def teacher_forced_loss(
+    decoder: Any, states: Tensor, ids: list[list[int]], base: Any = None, kl: float = 0.0
+) -> Tensor:
+    """Mean cross-entropy of each transcript's text tokens and end of text, given Whisper's prompt and
+    the encoder states (B, 1500, D); with `base` (the frozen pretrained decoder), plus `kl` times the
+    mean KL divergence of the decoder's next-token distributions from the base's at the same
+    positions (learning without forgetting, Li & Hoiem 2016)."""
+    a = decoder.arch
+    seqs = [a.prompt + x + [a.eot] for x in ids]
+    t = max(map(len, seqs)) - 1
+    tokens = torch.full((len(seqs), t), a.eot, dtype=torch.long)
+    labels = torch.full((len(seqs), t), -100, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        tokens[i, : len(s) - 1] = torch.tensor(s[:-1])
+        labels[i, len(a.prompt) - 1 : len(s) - 1] = torch.tensor(s[len(a.prompt) :])
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # AMX: the 1500-position projections dominate
+        with torch.no_grad():
+            caches = decoder._project(states.float())  # frozen cross-attention keys / values
+        x = decoder.embed_tokens(tokens) + decoder.embed_positions.weight[:t]  # B, T, D
+        mask = torch.ones(t, t, dtype=torch.bool).tril()
+        for layer, cache in zip(decoder.layers, caches):
+            x = layer(x, cache, mask, None)
+        logits = F.linear(decoder.layer_norm(x), decoder.embed_tokens.weight)  # B, T, V
+        if base is not None and kl > 0:
+            with torch.no_grad():
+                y = base.embed_tokens(tokens) + base.embed_positions.weight[:t]
+                for layer, cache in zip(base.layers, base._project(states.float())):
+                    y = layer(y, cache, mask, None)
+                target = F.log_softmax(F.linear(base.layer_norm(y), base.embed_tokens.weight).float(), -1)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+    if base is None or kl <= 0:
+        return loss
+    keep = labels.flatten() != -100
+    logp = F.log_softmax(logits.float(), -1).flatten(0, 1)[keep]
+    divergence = F.kl_div(logp, target.flatten(0, 1)[keep], log_target=True, reduction="batchmean")
+    return loss + kl * divergence
+
+
+def train(args: argparse.Namespace) -> None:
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from speechllm.atomic import atomic_path
+    from speechllm.weights.decoder_adapter import adapter_scale_metadata
+
+    rows, mm = load_index()
+    train_rows = [r for r in rows if not r["set"].startswith("dev")]
+    dev_rows = [r for r in rows if r["set"].startswith("dev")]
+    decoder = adapted_decoder(args.rank)
+    base = None
+    if args.kl > 0:
+        from speechllm.model.whisper_decoder import load_whisper_decoder
+
+        base = load_whisper_decoder(SOURCE).requires_grad_(False)
+    params = [p for p in decoder.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    state_path, step, spent = out / "train_state.pt", 0, 0.0
+    if args.resume and state_path.is_file():
+        from peft import set_peft_model_state_dict
+
+        st = torch.load(state_path, weights_only=False)
+        set_peft_model_state_dict(decoder, st["lora"])
+        opt.load_state_dict(st["opt"])
+        step, spent = st["step"], st["spent"]
+        print(f"resumed at step {step} ({spent / 60:.1f} min)", flush=True)
+    rng = np.random.default_rng(args.seed + step)
+
+    def batch(chosen: list[dict[str, Any]]) -> Tensor:
+        return torch.from_numpy(np.stack([mm[r["row"]] for r in chosen]).astype(np.float32))
+
+    def dev_loss() -> float:
+        decoder.eval()
+        with torch.no_grad():
+            chunks = [dev_rows[i : i + 16] for i in range(0, len(dev_rows), 16)]
+            losses = [float(teacher_forced_loss(decoder, batch(c), [r["ids"] for r in c])) for c in chunks]
+        decoder.train()
+        return float(np.mean(losses))
+
+    total_steps = args.steps
+    print(f"train {len(train_rows)} clips, dev {len(dev_rows)}; dev loss at start {dev_loss():.4f}", flush=True)
+    decoder.train()
+    t0, last_save = time.time() - spent, time.time()
+    while step < total_steps and time.time() - t0 < args.minutes * 60:
+        chosen = [train_rows[i] for i in rng.choice(len(train_rows), args.batch, replace=False)]
+        lr = args.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss = teacher_forced_loss(decoder, batch(chosen), [r["ids"] for r in chosen], base, args.kl)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        if step % 25 == 0:
+            print(f"step {step} loss {float(loss):.4f} lr {lr:.2e} ({(time.time() - t0) / 60:.1f} min)", flush=True)
+        if time.time() - last_save > 180 or step == total_steps:
+            with atomic_path(state_path) as tmp:
+                torch.save({"lora": get_peft_model_state_dict(decoder), "opt": opt.state_dict(), "step": step,
+                            "spent": time.time() - t0}, tmp)  # fmt: skip
+            last_save = time.time()
+            print(f"step {step}: dev loss {dev_loss():.4f} (checkpoint saved)", flush=True)
+    with atomic_path(state_path) as tmp:
+        torch.save({"lora": get_peft_model_state_dict(decoder), "opt": opt.state_dict(), "step": step,
+                    "spent": time.time() - t0}, tmp)  # fmt: skip
+    lora = {k: v.contiguous() for k, v in get_peft_model_state_dict(decoder).items()}
+    with atomic_path(out / "lora.safetensors") as tmp:
+        save_file(lora, str(tmp), metadata=adapter_scale_metadata(2.0))  # lora_alpha / r
+    print(f"step {step}, {(time.time() - t0) / 60:.1f} min: dev loss {dev_loss():.4f} -> {out / 'lora.safetensors'}")
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from heldout_table import load_set
+
+    from speechllm.config import EncoderConfig
+    from speechllm.data.audio import load_audio
+    from speechllm.data.transcripts import spoken_text
+    from speechllm.eval.metrics import wer
+    from speechllm.model.bridge import tidy_transcript
+    from speechllm.model.encoder import load_whisper_encoder
+    from speechllm.model.features import LogMel
+    from speechllm.model.whisper_decoder import encode_windows, load_whisper_decoder
+
+    encoder = load_whisper_encoder(EncoderConfig(source=SOURCE, padding="30s", precision="auto")).eval()  # type: ignore[arg-type]
+    mel = LogMel(encoder.config.n_mels)
+    base = load_whisper_decoder(SOURCE)
+    adapted = load_whisper_decoder(SOURCE, adapter=str(args.checkpoint))  # the adapters merged (bridge.adapter)
+    out = args.checkpoint.parent
+    summary: dict[str, Any] = {"checkpoint": str(args.checkpoint)}
+    for name in args.sets:
+        if name == "human_dev":  # people not in the report subset (heldout_table.py's --limit 100): for choosing
+            report = {s.id for s in load_set(args.data, "human", args.limit)}
+            rest = [s for s in load_set(args.data, "human", None) if s.id not in report]
+            samples = [rest[i] for i in sorted(np.random.default_rng(1).permutation(len(rest))[: args.dev_n])]
+        else:
+            samples = load_set(args.data, name, None if name.startswith("spoken_qa") else args.limit)
+        refs, hyps = [spoken_text(s) for s in samples], {"base": [], "adapted": []}
+        for s in samples:
+            feats, lengths = mel([load_audio(s.audio[0])])
+            with torch.no_grad():
+                states, _ = encode_windows(encoder, feats, lengths)
+                for key, dec in (("base", base), ("adapted", adapted)):
+                    hyps[key].append(dec.transcribe(states, beam_size=args.beam)[0])
+        row: dict[str, Any] = {k: round(wer(refs, v), 4) for k, v in hyps.items()}
+        if name.startswith("spoken_qa"):
+            row |= {f"{k}_exact": sum(tidy_transcript(h) == r for h, r in zip(v, refs)) for k, v in hyps.items()}
+        row["n"] = len(samples)
+        summary[name] = row
+        print(name, row, flush=True)
+        with open(out / f"eval_{name}.jsonl", "w", encoding="utf-8") as f:
+            for s, r, b, a in zip(samples, refs, hyps["base"], hyps["adapted"]):
+                f.write(json.dumps({"id": s.id, "reference": r, "base": b, "adapted": a}) + "\n")
+    (out / f"eval_{'_'.join(args.sets)}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("data")
+    p.add_argument("--sdist", type=Path, required=True, help="bigbench-1.0.0.tar.gz")
+    p.add_argument("--per-task", type=int, default=60)
+    p.add_argument("--new", type=int, default=3200, help="BIG-bench questions to speak (dev included)")
+    p.add_argument("--dev", type=int, default=200)
+    p.add_argument("--shipped", type=int, default=3000, help="clips of the shipped texts (eSpeak) to add")
+    p.add_argument("--short", type=int, default=0, help="utterances of one to three words to add")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("train")
+    p.add_argument("--minutes", type=float, default=40)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--kl", type=float, default=0.0, help="weight of the KL divergence from the pretrained decoder")
+    p.add_argument("--out", type=Path, default=OUT)
+    p = sub.add_parser("eval")
+    p.add_argument("--checkpoint", type=Path, default=OUT / "lora.safetensors")
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--data", type=Path, default=Path("data_out/heldout"))
+    p.add_argument("--sets", nargs="+", default=["spoken_qa", "festival", "flite", "human", "festival_tel"])
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--dev-n", type=int, default=150, help="people for `human_dev` (none of the report subset)")
+    args = parser.parse_args()
+    {"data": data, "train": train, "eval": evaluate}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

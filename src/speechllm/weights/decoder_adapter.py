@@ -1,0 +1,155 @@
+"""Low-rank adapters for a Whisper text decoder (`bridge.adapter`), merged into its weights at load.
+
+An adapter file is a safetensors file of LoRA pairs (Hu et al. 2021) as peft saves them for our
+`WhisperTextDecoder` (`layers.{i}.{module}.lora_A.weight` (r, in), `...lora_B.weight` (out, r)) with
+its scale (`lora_alpha / r`) in the file's metadata. Merged, each adapted linear layer's weight
+becomes W + scale * B @ A: the decoder then runs at the speed of the original.
+
+The PyTorch decoder merges the deltas into its state dict (`merge_deltas`). CTranslate2 reads a
+model.bin, so `patch_ct2_model` writes the merged weights into a copy of the checkpoint's bytes,
+each variable in place (same shape, same dtype): the rest of the file is untouched.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor
+
+from speechllm.weights.errors import WeightsError
+
+SCALE_KEY = "lora_scale"
+"""Metadata key of an adapter file's scale (lora_alpha / r)."""
+
+
+def read_adapter(path: str | Path) -> dict[str, Tensor]:
+    """The weight deltas (out, in) of an adapter file, by the adapted parameter's name
+    (`layers.0.fc1.weight`)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"recognizer adapter not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    except Exception as e:  # safetensors raises several types on corrupt files
+        raise WeightsError(f"{path}: cannot read the adapter ({type(e).__name__}: {e})") from e
+    if SCALE_KEY not in meta:
+        raise WeightsError(f"{path}: an adapter file needs its scale in the metadata ({SCALE_KEY!r})")
+    scale = float(meta[SCALE_KEY])
+    deltas = {}
+    for name in tensors:
+        if not name.endswith(".lora_A.weight"):
+            continue
+        module = name[: -len(".lora_A.weight")]
+        b = tensors.get(f"{module}.lora_B.weight")
+        if b is None:
+            raise WeightsError(f"{path}: {name} has no lora_B partner")
+        deltas[f"{module}.weight"] = scale * (b.float() @ tensors[name].float())  # out, r @ r, in -> out, in
+    if not deltas:
+        raise WeightsError(f"{path}: no LoRA pairs (*.lora_A.weight / *.lora_B.weight) in the adapter")
+    return deltas
+
+
+def merge_deltas(state_dict: dict[str, Tensor], deltas: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`state_dict` with each delta added to the weight it names (a new dict; the inputs unchanged)."""
+    out = dict(state_dict)
+    for name, delta in deltas.items():
+        if name not in out:
+            raise WeightsError(f"the adapter changes {name!r}, which this decoder does not have")
+        if out[name].shape != delta.shape:
+            raise WeightsError(f"the adapter's {name} is {tuple(delta.shape)}, the decoder's {tuple(out[name].shape)}")
+        out[name] = out[name] + delta.to(out[name].dtype)
+    return out
+
+
+CT2_NAMES = {
+    # ours -> (CTranslate2 variable, first row): CT2 fuses self-attention q, k, v into one matrix (3D, D)
+    "self_attn.q_proj": ("self_attention/linear_0", 0),
+    "self_attn.k_proj": ("self_attention/linear_0", 1),
+    "self_attn.v_proj": ("self_attention/linear_0", 2),
+    "self_attn.out_proj": ("self_attention/linear_1", 0),
+    "encoder_attn.q_proj": ("attention/linear_0", 0),
+    "encoder_attn.k_proj": ("attention/linear_1", 0),
+    "encoder_attn.v_proj": ("attention/linear_1", 1),
+    "encoder_attn.out_proj": ("attention/linear_2", 0),
+    "fc1": ("ffn/linear_0", 0),
+    "fc2": ("ffn/linear_1", 0),
+}
+
+
+def ct2_deltas(deltas: dict[str, Tensor]) -> dict[str, list[tuple[int, Tensor]]]:
+    """Decoder deltas by CTranslate2 variable: (first row in that, possibly fused, matrix; delta) each."""
+    out: dict[str, list[tuple[int, Tensor]]] = {}
+    for name, delta in deltas.items():
+        _, layer, module = name.removesuffix(".weight").split(".", 2) if name.count(".") >= 3 else ("", "", name)
+        if not name.startswith("layers.") or module not in CT2_NAMES:
+            raise WeightsError(f"the adapter changes {name!r}, which has no CTranslate2 decoder variable")
+        variable, block = CT2_NAMES[module]
+        out.setdefault(f"decoder/layer_{layer}/{variable}/weight", []).append((block * delta.shape[0], delta))
+    return out
+
+
+_DTYPES = {0: np.float32, 4: np.float16}
+"""The CTranslate2 variable dtypes a patched weight may have (a float checkpoint: int8 ones are
+quantized at load by `compute_type`, not stored)."""
+
+
+def patch_ct2_model(data: bytes, deltas: dict[str, Tensor]) -> bytes:
+    """A copy of a CTranslate2 model.bin (`data`, binary version 5 or 6; layout in
+    `speechllm.weights.whisper`) with each decoder delta (`ct2_deltas` of our names) added to its
+    variable, written in place in the variable's own dtype."""
+    wanted = ct2_deltas(deltas)
+    out = bytearray(data)
+    pos = 0
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        if pos + n > len(data):
+            raise WeightsError(f"truncated CTranslate2 model.bin (wanted {n} bytes at offset {pos})")
+        pos += n
+        return data[pos - n : pos]
+
+    def u32() -> int:
+        return int(struct.unpack("<I", take(4))[0])
+
+    def string() -> str:
+        return take(int(struct.unpack("<H", take(2))[0]))[:-1].decode("utf-8", errors="replace")
+
+    if (version := u32()) not in (5, 6):
+        raise WeightsError(f"not a CTranslate2 model.bin we can patch (binary version {version})")
+    string(), u32()  # spec name, revision
+    found = set()
+    for _ in range(u32()):
+        name = string()
+        shape = [u32() for _ in range(take(1)[0])]
+        dtype_id, size = take(1)[0], u32()
+        start = pos
+        take(size)
+        if name not in wanted:
+            continue
+        if dtype_id not in _DTYPES:
+            raise WeightsError(f"{name}: can only patch float32 / float16 variables, got dtype id {dtype_id}")
+        value = np.frombuffer(data, dtype=_DTYPES[dtype_id], count=size // np.dtype(_DTYPES[dtype_id]).itemsize,
+                              offset=start).reshape(shape).astype(np.float32)  # fmt: skip
+        for row, delta in wanted[name]:
+            rows = delta.shape[0]
+            if row + rows > value.shape[0] or delta.shape[1] != value.shape[1]:
+                raise WeightsError(
+                    f"{name}: a {tuple(delta.shape)} delta at row {row} does not fit {tuple(value.shape)}"
+                )
+            value[row : row + rows] += delta.numpy()
+        out[start : start + size] = value.astype(_DTYPES[dtype_id]).tobytes()
+        found.add(name)
+    if missing := sorted(set(wanted) - found):
+        raise WeightsError(f"the CTranslate2 model has no variables {missing[:5]} for the adapter")
+    return bytes(out)
+
+
+def adapter_scale_metadata(scale: float) -> dict[str, str]:
+    """The metadata an adapter file carries (`save_file(..., metadata=...)`)."""
+    return {SCALE_KEY: repr(float(scale)), "format": "pt"}
