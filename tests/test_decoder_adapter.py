@@ -116,7 +116,7 @@ def test_merge_deltas_adds_and_names_what_does_not_fit():
     assert (merged["layers.0.fc1.weight"] == 1).all() and (sd["layers.0.fc1.weight"] == 0).all()
     with pytest.raises(WeightsError, match="does not have"):
         merge_deltas(sd, {"layers.9.fc1.weight": torch.ones(3, 2)})
-    with pytest.raises(WeightsError, match=r"\(2, 3\)"):
+    with pytest.raises(WeightsError, match=r"\(2, 3\).*bridge.adapter=null"):  # another checkpoint's adapter
         merge_deltas(sd, {"layers.0.fc1.weight": torch.ones(2, 3)})
 
 

@@ -20,6 +20,10 @@ from torch import Tensor
 
 from speechllm.weights.errors import WeightsError
 
+OTHER_CHECKPOINT = (
+    "an adapter fits the checkpoint it was trained on (the default's: Whisper tiny.en); "
+    "for another encoder.source set bridge.adapter=null"
+)
 SCALE_KEY = "lora_scale"
 """Metadata key of an adapter file's scale (lora_alpha / r)."""
 
@@ -62,7 +66,10 @@ def merge_deltas(state_dict: dict[str, Tensor], deltas: dict[str, Tensor]) -> di
         if name not in out:
             raise WeightsError(f"the adapter changes {name!r}, which this decoder does not have")
         if out[name].shape != delta.shape:
-            raise WeightsError(f"the adapter's {name} is {tuple(delta.shape)}, the decoder's {tuple(out[name].shape)}")
+            raise WeightsError(
+                f"the adapter's {name} is {tuple(delta.shape)}, the decoder's {tuple(out[name].shape)}: "
+                + OTHER_CHECKPOINT
+            )
         out[name] = out[name] + delta.to(out[name].dtype)
     return out
 
@@ -140,7 +147,8 @@ def patch_ct2_model(data: bytes, deltas: dict[str, Tensor]) -> bytes:
             rows = delta.shape[0]
             if row + rows > value.shape[0] or delta.shape[1] != value.shape[1]:
                 raise WeightsError(
-                    f"{name}: a {tuple(delta.shape)} delta at row {row} does not fit {tuple(value.shape)}"
+                    f"{name}: a {tuple(delta.shape)} delta at row {row} does not fit {tuple(value.shape)}: "
+                    + OTHER_CHECKPOINT
                 )
             value[row : row + rows] += delta.numpy()
         out[start : start + size] = value.astype(_DTYPES[dtype_id]).tobytes()
