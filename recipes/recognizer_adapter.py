@@ -62,6 +62,8 @@ DATA = Path("data_out/decoder_adapt")
 OUT = Path("runs/decoder_adapt/run2")
 SOURCE = "bundled:whisper-tiny.en"
 POSITIONS, WIDTH = 1500, 384
+SCALE = 2
+"""lora_alpha / r: the adapters' trained scale (an adapter file's `lora_scale`; `ship` multiplies it)."""
 TARGETS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
            "encoder_attn.q_proj", "encoder_attn.out_proj", "fc1", "fc2"]  # fmt: skip
 """Adapted linear layers (suffixes); the cross-attention keys and values, which read all 1500 encoder
@@ -244,19 +246,16 @@ def load_index() -> tuple[list[dict[str, Any]], np.memmap]:
     return rows, np.memmap(DATA / "states.f16", dtype=np.float16, mode="r", shape=(total, POSITIONS, WIDTH))
 
 
-def adapted_decoder(rank: int, checkpoint: Path | None = None) -> Any:
+def adapted_decoder(rank: int) -> Any:
     """Whisper tiny.en's decoder (float32) with LoRA on `TARGETS` (peft), only the adapters trainable."""
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
+    from peft import LoraConfig, inject_adapter_in_model
 
     from speechllm.model.whisper_decoder import load_whisper_decoder
 
     decoder = load_whisper_decoder(SOURCE)
     decoder.requires_grad_(False)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05, target_modules=TARGETS)
+    config = LoraConfig(r=rank, lora_alpha=SCALE * rank, lora_dropout=0.05, target_modules=TARGETS)
     decoder = inject_adapter_in_model(config, decoder)
-    if checkpoint is not None:
-        set_peft_model_state_dict(decoder, load_file(str(checkpoint)))
     for name, p in decoder.named_parameters():
         p.requires_grad_("lora_" in name)
     return decoder
@@ -370,7 +369,7 @@ def train(args: argparse.Namespace) -> None:
                     "spent": time.time() - t0}, tmp)  # fmt: skip
     lora = {k: v.contiguous() for k, v in get_peft_model_state_dict(decoder).items()}
     with atomic_path(out / "lora.safetensors") as tmp:
-        save_file(lora, str(tmp), metadata=adapter_scale_metadata(2.0))  # lora_alpha / r
+        save_file(lora, str(tmp), metadata=adapter_scale_metadata(SCALE))
     print(f"step {step}, {(time.time() - t0) / 60:.1f} min: dev loss {dev_loss():.4f} -> {out / 'lora.safetensors'}")
 
 
@@ -447,7 +446,7 @@ def ship(args: argparse.Namespace) -> None:
 
     tensors = load_file(str(args.checkpoint))
     target = DEFAULT_CHECKPOINT / ADAPTER_FILE
-    save_file(tensors, str(target), metadata=adapter_scale_metadata(2.0 * args.strength))
+    save_file(tensors, str(target), metadata=adapter_scale_metadata(SCALE * args.strength))
     print(f"{target}: {sum(t.numel() for t in tensors.values())} parameters, strength {args.strength}")
 
 
@@ -474,7 +473,6 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=OUT)
     p = sub.add_parser("eval")
     p.add_argument("--checkpoint", type=Path, default=OUT / "lora.safetensors")
-    p.add_argument("--rank", type=int, default=16)
     p.add_argument("--data", type=Path, default=Path("data_out/heldout"))
     p.add_argument("--sets", nargs="+", default=["spoken_qa", "festival", "flite", "human", "festival_tel"])
     p.add_argument("--limit", type=int, default=100)
