@@ -390,10 +390,9 @@ def evaluate(args: argparse.Namespace) -> None:
     encoder = load_whisper_encoder(EncoderConfig(source=SOURCE, padding="30s", precision="auto")).eval()  # type: ignore[arg-type]
     mel = LogMel(encoder.config.n_mels)
     base = load_whisper_decoder(SOURCE)
-    adapted = load_whisper_decoder(SOURCE, adapter=str(args.checkpoint))  # the adapters merged (bridge.adapter)
-    if args.scale != 1.0:  # the adapters at another strength: the pretrained weights + scale * delta
-        deltas = {k: args.scale * v for k, v in read_adapter(args.checkpoint).items()}
-        adapted.load_state_dict(merge_deltas(base.state_dict(), deltas))
+    adapted = load_whisper_decoder(SOURCE)  # + scale * the adapters' deltas, merged as bridge.adapter merges them
+    deltas = {k: args.scale * v for k, v in read_adapter(args.checkpoint).items()}
+    adapted.load_state_dict(merge_deltas(base.state_dict(), deltas))
     out = args.checkpoint.parent
     summary: dict[str, Any] = {"checkpoint": str(args.checkpoint), "scale": args.scale}
     for name in args.sets:

@@ -12,7 +12,6 @@ each variable in place (same shape, same dtype): the rest of the file is untouch
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -93,10 +92,10 @@ def ct2_deltas(deltas: dict[str, Tensor]) -> dict[str, list[tuple[int, Tensor]]]
     """Decoder deltas by CTranslate2 variable: (first row in that, possibly fused, matrix; delta) each."""
     out: dict[str, list[tuple[int, Tensor]]] = {}
     for name, delta in deltas.items():
-        _, layer, module = name.removesuffix(".weight").split(".", 2) if name.count(".") >= 3 else ("", "", name)
-        if not name.startswith("layers.") or module not in CT2_NAMES:
+        parts = name.removesuffix(".weight").split(".", 2)  # layers, i, module
+        if len(parts) != 3 or parts[0] != "layers" or parts[2] not in CT2_NAMES:
             raise WeightsError(f"the adapter changes {name!r}, which has no CTranslate2 decoder variable")
-        variable, block = CT2_NAMES[module]
+        layer, (variable, block) = parts[1], CT2_NAMES[parts[2]]
         out.setdefault(f"decoder/layer_{layer}/{variable}/weight", []).append((block * delta.shape[0], delta))
     return out
 
@@ -107,52 +106,31 @@ quantized at load by `compute_type`, not stored)."""
 
 
 def patch_ct2_model(data: bytes, deltas: dict[str, Tensor]) -> bytes:
-    """A copy of a CTranslate2 model.bin (`data`, binary version 5 or 6; layout in
-    `speechllm.weights.whisper`) with each decoder delta (`ct2_deltas` of our names) added to its
-    variable, written in place in the variable's own dtype."""
+    """A copy of a CTranslate2 model.bin (`data`; layout in `speechllm.weights.whisper`) with each
+    decoder delta (`ct2_deltas` of our names) added to its variable, written in place in the
+    variable's own dtype."""
+    from speechllm.weights.whisper import ct2_layout
+
     wanted = ct2_deltas(deltas)
     out = bytearray(data)
-    pos = 0
-
-    def take(n: int) -> bytes:
-        nonlocal pos
-        if pos + n > len(data):
-            raise WeightsError(f"truncated CTranslate2 model.bin (wanted {n} bytes at offset {pos})")
-        pos += n
-        return data[pos - n : pos]
-
-    def u32() -> int:
-        return int(struct.unpack("<I", take(4))[0])
-
-    def string() -> str:
-        return take(int(struct.unpack("<H", take(2))[0]))[:-1].decode("utf-8", errors="replace")
-
-    if (version := u32()) not in (5, 6):
-        raise WeightsError(f"not a CTranslate2 model.bin we can patch (binary version {version})")
-    string(), u32()  # spec name, revision
     found = set()
-    for _ in range(u32()):
-        name = string()
-        shape = [u32() for _ in range(take(1)[0])]
-        dtype_id, size = take(1)[0], u32()
-        start = pos
-        take(size)
-        if name not in wanted:
+    for v in ct2_layout(data, Path("model.bin"))[0]:
+        if v.name not in wanted:
             continue
-        if dtype_id not in _DTYPES:
-            raise WeightsError(f"{name}: can only patch float32 / float16 variables, got dtype id {dtype_id}")
-        value = np.frombuffer(data, dtype=_DTYPES[dtype_id], count=size // np.dtype(_DTYPES[dtype_id]).itemsize,
-                              offset=start).reshape(shape).astype(np.float32)  # fmt: skip
-        for row, delta in wanted[name]:
+        if v.dtype_id not in _DTYPES:
+            raise WeightsError(f"{v.name}: can only patch float32 / float16 variables, got dtype id {v.dtype_id}")
+        dtype = _DTYPES[v.dtype_id]
+        value = np.frombuffer(data[v.offset : v.offset + v.size], dtype=dtype).reshape(v.shape).astype(np.float32)
+        for row, delta in wanted[v.name]:
             rows = delta.shape[0]
             if row + rows > value.shape[0] or delta.shape[1] != value.shape[1]:
                 raise WeightsError(
-                    f"{name}: a {tuple(delta.shape)} delta at row {row} does not fit {tuple(value.shape)}: "
+                    f"{v.name}: a {tuple(delta.shape)} delta at row {row} does not fit {tuple(value.shape)}: "
                     + OTHER_CHECKPOINT
                 )
             value[row : row + rows] += delta.numpy()
-        out[start : start + size] = value.astype(_DTYPES[dtype_id]).tobytes()
-        found.add(name)
+        out[v.offset : v.offset + v.size] = value.astype(dtype).tobytes()
+        found.add(v.name)
     if missing := sorted(set(wanted) - found):
         raise WeightsError(f"the CTranslate2 model has no variables {missing[:5]} for the adapter")
     return bytes(out)

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,40 @@ class _Reader:
         return self.take(n)[:-1].decode("utf-8", errors="replace")
 
 
+@dataclass(frozen=True)
+class CT2Variable:
+    """Where one variable of a CTranslate2 model.bin lies: its bytes are data[offset : offset + size]."""
+
+    name: str
+    shape: list[int]
+    dtype_id: int
+    offset: int
+    size: int
+
+
+def ct2_layout(data: bytes, path: Path) -> tuple[list[CT2Variable], list[tuple[str, str]]]:
+    """The variables of a CTranslate2 model.bin's bytes (`path` names it in errors), in file order,
+    and its aliases (alias, target)."""
+    r = _Reader(data, path)
+    version = r.u32()
+    if version not in _SUPPORTED_BINARY_VERSIONS:
+        raise WeightsError(
+            f"{path}: not a CTranslate2 model.bin we can read (binary version {version}, "
+            f"expected one of {_SUPPORTED_BINARY_VERSIONS})"
+        )
+    r.string()  # spec name
+    r.u32()  # revision
+    variables = []
+    for _ in range(r.u32()):
+        name = r.string()
+        shape = [r.u32() for _ in range(r.u8())]
+        dtype_id, size = r.u8(), r.u32()
+        variables.append(CT2Variable(name, shape, dtype_id, r.pos, size))
+        r.take(size)
+    aliases = [(r.string(), r.string()) for _ in range(r.u32())]
+    return variables, aliases
+
+
 def read_ct2_model(path: str | Path | list[Path]) -> dict[str, np.ndarray]:
     """Every variable of a CTranslate2 `model.bin` as numpy arrays (bfloat16 comes back as float32).
 
@@ -93,31 +128,20 @@ def read_ct2_model(path: str | Path | list[Path]) -> dict[str, np.ndarray]:
     for p in parts:
         if not p.is_file():
             raise WeightsError(f"CTranslate2 weights not found: {p}")
-    r = _Reader(b"".join(p.read_bytes() for p in parts), parts[0])
-    version = r.u32()
-    if version not in _SUPPORTED_BINARY_VERSIONS:
-        raise WeightsError(
-            f"{parts[0]}: not a CTranslate2 model.bin we can read (binary version {version}, "
-            f"expected one of {_SUPPORTED_BINARY_VERSIONS})"
-        )
-    r.string()  # spec name
-    r.u32()  # revision
+    data = b"".join(p.read_bytes() for p in parts)
+    variables, aliases = ct2_layout(data, parts[0])
     out: dict[str, np.ndarray] = {}
-    for _ in range(r.u32()):
-        name = r.string()
-        shape = [r.u32() for _ in range(r.u8())]
-        dtype_id = r.u8()
-        raw = r.take(r.u32())
-        if dtype_id not in _CT2_DTYPES:
-            raise WeightsError(f"{parts[0]}: variable {name!r} has unknown dtype id {dtype_id}")
-        dtype = _CT2_DTYPES[dtype_id]
+    for v in variables:
+        if v.dtype_id not in _CT2_DTYPES:
+            raise WeightsError(f"{parts[0]}: variable {v.name!r} has unknown dtype id {v.dtype_id}")
+        raw = data[v.offset : v.offset + v.size]
+        dtype = _CT2_DTYPES[v.dtype_id]
         if dtype == "bfloat16":
             bits = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16
-            out[name] = bits.view(np.float32).reshape(shape)
+            out[v.name] = bits.view(np.float32).reshape(v.shape)
         else:
-            out[name] = np.frombuffer(raw, dtype=dtype).reshape(shape)
-    for _ in range(r.u32()):
-        alias, target = r.string(), r.string()
+            out[v.name] = np.frombuffer(raw, dtype=dtype).reshape(v.shape)
+    for alias, target in aliases:
         if target in out:
             out[alias] = out[target]
     return out
