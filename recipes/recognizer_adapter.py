@@ -137,14 +137,14 @@ def bigbench_questions(sdist: Path, per_task: int, seed: int) -> list[str]:
     return chosen
 
 
-def short_texts(texts: list[str], n: int, seed: int) -> list[str]:
-    """n utterances of one to three consecutive words of `texts` (letters only, no number word), as
-    Whisper writes them: capitalised, with a full stop."""
+def short_texts(texts: list[str], n: int, seed: int, lengths: tuple[int, ...] = (1, 1, 2, 3)) -> list[str]:
+    """n utterances of consecutive words of `texts` (letters only, no number word; as many words as a
+    uniform draw from `lengths`), as Whisper writes them: capitalised, with a full stop."""
     rng = np.random.default_rng(seed + 1)
     out: dict[str, None] = {}
     while len(out) < n:
         w = re.findall(r"[A-Za-z']+", texts[int(rng.integers(len(texts)))])
-        k = int(rng.choice([1, 1, 2, 3]))
+        k = int(rng.choice(lengths))
         if len(w) < k:
             continue
         i = int(rng.integers(len(w) - k + 1))
@@ -188,13 +188,25 @@ def data(args: argparse.Namespace) -> None:
         ]:
             options = SynthesisOptions(voices=voices, augment=augment, seed=seed)
             sets.append((name, build_asr(chosen, DATA / name, options, id_prefix=name, workers=1)))
+    if args.more_short:  # run 3: more of them, mostly single words (people's object names, commands)
+        taken = set(short_texts(train_texts, args.short, args.seed)) if args.short else set()
+        more = [t for t in short_texts(train_texts, args.more_short + len(taken), args.seed + 10, (1, 1, 1, 2))
+                if t not in taken][: args.more_short]  # fmt: skip
+        half = len(more) // 2
+        for name, chosen, voices, seed in [
+            ("short2_espeak", more[:half], espeak, 17),
+            ("short2_piper", more[half:], ["piper:joe"], 18),
+        ]:
+            options = SynthesisOptions(voices=voices, augment=augment, seed=seed)
+            sets.append((name, build_asr(chosen, DATA / name, options, id_prefix=name, workers=1)))
     # the shipped texts, already spoken by eSpeak (benchmarks/ctc_char_head.py data), usable ones only
     shipped = []
     for manifest in sorted(Path("data_out/ctc_char").glob("r*/asr.jsonl")):
         shipped += [s for s in read_manifest(manifest) if usable(s.target or "", held)]
     shipped = [shipped[i] for i in rng.permutation(len(shipped))[: args.shipped]]
     sets.append(("shipped_espeak", shipped))
-    order = ["bb_espeak", "bb_piper", "dev_espeak", "dev_piper", "shipped_espeak", "short_espeak", "short_piper"]
+    order = ["bb_espeak", "bb_piper", "dev_espeak", "dev_piper", "shipped_espeak", "short_espeak", "short_piper",
+             "short2_espeak", "short2_piper"]  # fmt: skip
     sets.sort(key=lambda x: order.index(x[0]))  # rows keep their place when a later run adds sets
     rows = [(name, s) for name, samples in sets for s in samples]
     encode(rows)
@@ -459,6 +471,8 @@ def main() -> None:
     p.add_argument("--dev", type=int, default=200)
     p.add_argument("--shipped", type=int, default=3000, help="clips of the shipped texts (eSpeak) to add")
     p.add_argument("--short", type=int, default=1500, help="utterances of one to three words to add")
+    p.add_argument("--more-short", type=int, default=0,
+                   help="run 3: utterances of one or two words (mostly one) to add after them")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("train")
     p.add_argument("--minutes", type=float, default=40)
