@@ -34,6 +34,11 @@ lora_alpha / r = 2), chosen on the dev sets only (`eval --sets tts_dev human_dev
 beam 5, no LLM): the recipe's dev questions WER 0.448 as pretrained, 0.252 at full strength, 0.283 at
 half; people outside the report subset 0.2525, 0.2659 and 0.2559.
 
+Tried and not shipped (session 15): run 3, with 2,500 more utterances of one or two words
+(`data --more-short 2500`) and KL weight 2 (`train --kl 2 --out runs/decoder_adapt/run3`), is worse
+than run 2 on both dev sets (0.269 and 0.268 at full strength). `--padding tail` caches, trains on
+and evaluates the `tail` encoding instead (`encoder.padding=tail`: states_tail.f16).
+
 `train` checkpoints every 3 minutes and `--resume` goes on from the last one. `eval` decodes the
 held-out sets (the subsets of benchmarks/heldout_table.py; `human_dev`: 150 other people) with beam 5
 and Whisper's own ranking (no LLM, the PyTorch decoder), with and without the adapters, over the
@@ -209,11 +214,18 @@ def data(args: argparse.Namespace) -> None:
              "short2_espeak", "short2_piper"]  # fmt: skip
     sets.sort(key=lambda x: order.index(x[0]))  # rows keep their place when a later run adds sets
     rows = [(name, s) for name, samples in sets for s in samples]
-    encode(rows)
+    encode(rows, args.padding)
 
 
-def encode(rows: list[tuple[str, Any]]) -> None:
-    """30 s window encoder states of every clip into one fp16 memmap (resumes), and its index."""
+def state_files(padding: str) -> tuple[Path, Path]:
+    """The index and the fp16 memmap of the clips' encoder states in `padding` ('30s' or 'tail')."""
+    tag = "" if padding == "30s" else f"_{padding}"
+    return DATA / f"index{tag}.jsonl", DATA / f"states{tag}.f16"
+
+
+def encode(rows: list[tuple[str, Any]], padding: str) -> None:
+    """The encoder states of every clip's window (1500 positions, `padding` as `encoder.padding`:
+    '30s' or 'tail') into one fp16 memmap (resumes), and its index."""
     from speechllm.config import EncoderConfig
     from speechllm.data.audio import load_audio
     from speechllm.model.encoder import load_whisper_encoder
@@ -222,7 +234,7 @@ def encode(rows: list[tuple[str, Any]]) -> None:
     from speechllm.weights.whisper_decoder import read_whisper_decoder
 
     _, _, tokenizer = read_whisper_decoder(SOURCE)
-    index_path, states_path = DATA / "index.jsonl", DATA / "states.f16"
+    index_path, states_path = state_files(padding)
     done = len(index_path.read_text().splitlines()) if index_path.is_file() else 0
     n = len(rows)
     need = n * POSITIONS * WIDTH * 2
@@ -230,7 +242,7 @@ def encode(rows: list[tuple[str, Any]]) -> None:
         os.truncate(states_path, need)
     mode = "r+" if states_path.exists() else "w+"
     mm = np.memmap(states_path, dtype=np.float16, mode=mode, shape=(n, POSITIONS, WIDTH))  # N, 1500, D
-    encoder = load_whisper_encoder(EncoderConfig(source=SOURCE, padding="30s", precision="auto")).eval()  # type: ignore[arg-type]
+    encoder = load_whisper_encoder(EncoderConfig(source=SOURCE, padding=padding, precision="auto")).eval()  # type: ignore[arg-type]
     mel = LogMel(encoder.config.n_mels)
     start = time.time()
     with open(index_path, "a", encoding="utf-8") as f:
@@ -252,10 +264,11 @@ def encode(rows: list[tuple[str, Any]]) -> None:
     print(f"{n} clips encoded -> {states_path}", flush=True)
 
 
-def load_index() -> tuple[list[dict[str, Any]], np.memmap]:
-    rows = [json.loads(line) for line in (DATA / "index.jsonl").read_text().splitlines() if line]
-    total = (DATA / "states.f16").stat().st_size // (POSITIONS * WIDTH * 2)
-    return rows, np.memmap(DATA / "states.f16", dtype=np.float16, mode="r", shape=(total, POSITIONS, WIDTH))
+def load_index(padding: str) -> tuple[list[dict[str, Any]], np.memmap]:
+    index_path, states_path = state_files(padding)
+    rows = [json.loads(line) for line in index_path.read_text().splitlines() if line]
+    total = states_path.stat().st_size // (POSITIONS * WIDTH * 2)
+    return rows, np.memmap(states_path, dtype=np.float16, mode="r", shape=(total, POSITIONS, WIDTH))
 
 
 def adapted_decoder(rank: int) -> Any:
@@ -318,7 +331,7 @@ def train(args: argparse.Namespace) -> None:
     from speechllm.atomic import atomic_path
     from speechllm.weights.decoder_adapter import adapter_scale_metadata
 
-    rows, mm = load_index()
+    rows, mm = load_index(args.padding)
     train_rows = [r for r in rows if not r["set"].startswith("dev")]
     dev_rows = [r for r in rows if r["set"].startswith("dev")]
     decoder = adapted_decoder(args.rank)
@@ -399,17 +412,17 @@ def evaluate(args: argparse.Namespace) -> None:
     from speechllm.model.whisper_decoder import encode_windows, load_whisper_decoder
     from speechllm.weights.decoder_adapter import merge_deltas, read_adapter
 
-    encoder = load_whisper_encoder(EncoderConfig(source=SOURCE, padding="30s", precision="auto")).eval()  # type: ignore[arg-type]
+    encoder = load_whisper_encoder(EncoderConfig(source=SOURCE, padding=args.padding, precision="auto")).eval()  # type: ignore[arg-type]
     mel = LogMel(encoder.config.n_mels)
     base = load_whisper_decoder(SOURCE)
     adapted = load_whisper_decoder(SOURCE)  # + scale * the adapters' deltas, merged as bridge.adapter merges them
     deltas = {k: args.scale * v for k, v in read_adapter(args.checkpoint).items()}
     adapted.load_state_dict(merge_deltas(base.state_dict(), deltas))
     out = args.checkpoint.parent
-    summary: dict[str, Any] = {"checkpoint": str(args.checkpoint), "scale": args.scale}
+    summary: dict[str, Any] = {"checkpoint": str(args.checkpoint), "scale": args.scale, "padding": args.padding}
     for name in args.sets:
         if name == "tts_dev":  # the recipe's own dev clips (BIG-bench questions never trained on), states cached
-            rows, mm = load_index()
+            rows, mm = load_index(args.padding)
             dev = [r for r in rows if r["set"].startswith("dev")]
             found: dict[str, list[str]] = {"base": [], "adapted": []}
             for r in dev:
@@ -442,7 +455,8 @@ def evaluate(args: argparse.Namespace) -> None:
         with open(out / f"eval_{name}.jsonl", "w", encoding="utf-8") as f:
             for s, r, b, a in zip(samples, refs, hyps["base"], hyps["adapted"]):
                 f.write(json.dumps({"id": s.id, "reference": r, "base": b, "adapted": a}) + "\n")
-    (out / f"eval_{'_'.join(args.sets)}_x{args.scale:g}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    tag = "" if args.padding == "30s" else f"_{args.padding}"
+    (out / f"eval_{'_'.join(args.sets)}_x{args.scale:g}{tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary))
 
 
@@ -456,7 +470,7 @@ def ship(args: argparse.Namespace) -> None:
     from speechllm.weights.decoder_adapter import adapter_scale_metadata
 
     tensors = load_file(str(args.checkpoint))
-    target = DEFAULT_CHECKPOINT / ADAPTER_FILE
+    target = DEFAULT_CHECKPOINT / (args.file or ADAPTER_FILE)
     save_file(tensors, str(target), metadata=adapter_scale_metadata(SCALE * args.strength))
     print(f"{target}: {sum(t.numel() for t in tensors.values())} parameters, strength {args.strength}")
 
@@ -474,6 +488,7 @@ def main() -> None:
     p.add_argument("--more-short", type=int, default=0,
                    help="run 3: utterances of one or two words (mostly one) to add after them")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--padding", choices=["30s", "tail"], default="30s", help="the encoding to cache (encoder.padding)")
     p = sub.add_parser("train")
     p.add_argument("--minutes", type=float, default=40)
     p.add_argument("--steps", type=int, default=1500)
@@ -484,6 +499,7 @@ def main() -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--kl", type=float, default=1.0, help="weight of the KL divergence from the pretrained decoder")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--padding", choices=["30s", "tail"], default="30s", help="train on this encoding's states")
     p = sub.add_parser("eval")
     p.add_argument("--checkpoint", type=Path, default=OUT / "lora.safetensors")
     p.add_argument("--data", type=Path, default=Path("data_out/heldout"))
@@ -492,9 +508,11 @@ def main() -> None:
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--scale", type=float, default=1.0, help="merge the adapters at this strength")
     p.add_argument("--dev-n", type=int, default=150, help="people for `human_dev` (none of the report subset)")
+    p.add_argument("--padding", choices=["30s", "tail"], default="30s", help="the encoder's padding (encoder.padding)")
     p = sub.add_parser("ship")
     p.add_argument("--checkpoint", type=Path, default=OUT / "lora.safetensors")
     p.add_argument("--strength", type=float, default=0.5, help="the shipped default's: chosen on the dev sets")
+    p.add_argument("--file", help="file name in the default checkpoint (default: the default's bridge.adapter)")
     args = parser.parse_args()
     {"data": data, "train": train, "eval": evaluate, "ship": ship}[args.cmd](args)
 

@@ -114,3 +114,18 @@ def test_default_speech_output_speaks_the_answers_text(default_model):
     text = default_model.processor.tokenizer.decode(ids, skip_special_tokens=True)
     np.testing.assert_array_equal(audio, speech.synthesize_text(text))
     assert 0.5 < len(audio) / 16000 < 12.0 and 0.01 < float(np.abs(audio).max()) <= 1.5
+
+
+@pytest.mark.parametrize("name", ["recognizer_adapter.safetensors", "recognizer_adapter_tail.safetensors"])
+def test_shipped_recognizer_adapters_fit_whisper_tiny_en(name):
+    """The default's adapter (30 s window) and the `tail` option's both merge into tiny.en's decoder."""
+    from speechllm.defaults import DEFAULT_CHECKPOINT
+    from speechllm.model.whisper_decoder import load_whisper_decoder
+    from speechllm.weights.decoder_adapter import merge_deltas, read_adapter
+
+    state = load_whisper_decoder("bundled:whisper-tiny.en").state_dict()
+    deltas = read_adapter(DEFAULT_CHECKPOINT / name)
+    merged = merge_deltas(state, deltas)
+    assert len(deltas) == 4 * 8  # 4 layers x the 8 adapted linear layers (recipes/recognizer_adapter.py)
+    changed = [k for k in state if not torch.equal(state[k], merged[k])]
+    assert sorted(changed) == sorted(deltas)
