@@ -175,35 +175,32 @@ def data(args: argparse.Namespace) -> None:
     print(f"{len(texts)} BIG-bench questions kept ({args.dev} for dev)", flush=True)
     augment = AugmentConfig(telephone_prob=0.2)
     espeak = [f"espeak:{v}" for v in EspeakEngine().voices()]
-    sets = []
-    for name, chosen, voices, seed in [
+    specs = [  # (set name, texts, voices, seed)
         ("bb_espeak", train_texts[: len(train_texts) * 3 // 4], espeak, 11),
         ("bb_piper", train_texts[len(train_texts) * 3 // 4 :], ["piper:joe"], 12),
         ("dev_espeak", dev_texts[: args.dev // 2], espeak, 13),
         ("dev_piper", dev_texts[args.dev // 2 :], ["piper:joe"], 14),
-    ]:
-        options = SynthesisOptions(voices=voices, augment=augment, seed=seed)
-        sets.append((name, build_asr(chosen, DATA / name, options, id_prefix=name, workers=1)))
+    ]
+
+    def halves(name: str, texts: list[str], seed: int) -> list[tuple[str, list[str], list[str], int]]:
+        """The first half of `texts` spoken by the eSpeak voices, the second by Piper `joe`."""
+        half = len(texts) // 2
+        return [
+            (f"{name}_espeak", texts[:half], espeak, seed),
+            (f"{name}_piper", texts[half:], ["piper:joe"], seed + 1),
+        ]
+
     if args.short:  # one to three words, as people often say (Whisper writes "Bicycle.")
-        short = short_texts(train_texts, args.short, args.seed)
-        half = len(short) // 2
-        for name, chosen, voices, seed in [
-            ("short_espeak", short[:half], espeak, 15),
-            ("short_piper", short[half:], ["piper:joe"], 16),
-        ]:
-            options = SynthesisOptions(voices=voices, augment=augment, seed=seed)
-            sets.append((name, build_asr(chosen, DATA / name, options, id_prefix=name, workers=1)))
+        specs += halves("short", short_texts(train_texts, args.short, args.seed), 15)
     if args.more_short:  # run 3: more of them, mostly single words (people's object names, commands)
         taken = set(short_texts(train_texts, args.short, args.seed)) if args.short else set()
         more = [t for t in short_texts(train_texts, args.more_short + len(taken), args.seed + 10, (1, 1, 1, 2))
                 if t not in taken][: args.more_short]  # fmt: skip
-        half = len(more) // 2
-        for name, chosen, voices, seed in [
-            ("short2_espeak", more[:half], espeak, 17),
-            ("short2_piper", more[half:], ["piper:joe"], 18),
-        ]:
-            options = SynthesisOptions(voices=voices, augment=augment, seed=seed)
-            sets.append((name, build_asr(chosen, DATA / name, options, id_prefix=name, workers=1)))
+        specs += halves("short2", more, 17)
+    sets = []
+    for name, chosen, voices, seed in specs:
+        options = SynthesisOptions(voices=voices, augment=augment, seed=seed)
+        sets.append((name, build_asr(chosen, DATA / name, options, id_prefix=name, workers=1)))
     # the shipped texts, already spoken by eSpeak (benchmarks/ctc_char_head.py data), usable ones only
     shipped = []
     for manifest in sorted(Path("data_out/ctc_char").glob("r*/asr.jsonl")):
