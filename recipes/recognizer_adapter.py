@@ -36,8 +36,10 @@ half; people outside the report subset 0.2525, 0.2659 and 0.2559.
 
 Tried and not shipped (session 15): run 3, with 2,500 more utterances of one or two words
 (`data --more-short 2500`) and KL weight 2 (`train --kl 2 --out runs/decoder_adapt/run3`), is worse
-than run 2 on both dev sets (0.269 and 0.268 at full strength). `--padding tail` caches, trains on
-and evaluates the `tail` encoding instead (`encoder.padding=tail`: states_tail.f16).
+than run 2 on both dev sets (0.269 and 0.268 at full strength). `train` reads every clip encoded in
+data_out/decoder_adapt, and `--more-short` appends its clips there: training run 2 again needs that
+folder built without it. `--padding tail` caches, trains on and evaluates the `tail` encoding
+instead (`encoder.padding=tail`: states_tail.f16).
 
 `train` checkpoints every 3 minutes and `--resume` goes on from the last one. `eval` decodes the
 held-out sets (the subsets of benchmarks/heldout_table.py; `human_dev`: 150 other people) with beam 5
