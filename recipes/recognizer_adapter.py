@@ -216,9 +216,14 @@ def data(args: argparse.Namespace) -> None:
     encode(rows, args.padding)
 
 
+def padding_tag(padding: str) -> str:
+    """What a file name adds for an encoding other than the 30 s window's ('' or '_tail')."""
+    return "" if padding == "30s" else f"_{padding}"
+
+
 def state_files(padding: str) -> tuple[Path, Path]:
     """The index and the fp16 memmap of the clips' encoder states in `padding` ('30s' or 'tail')."""
-    tag = "" if padding == "30s" else f"_{padding}"
+    tag = padding_tag(padding)
     return DATA / f"index{tag}.jsonl", DATA / f"states{tag}.f16"
 
 
@@ -417,7 +422,7 @@ def evaluate(args: argparse.Namespace) -> None:
     adapted = load_whisper_decoder(SOURCE)  # + scale * the adapters' deltas, merged as bridge.adapter merges them
     deltas = {k: args.scale * v for k, v in read_adapter(args.checkpoint).items()}
     adapted.load_state_dict(merge_deltas(base.state_dict(), deltas))
-    out = args.checkpoint.parent
+    out, tag = args.checkpoint.parent, f"_x{args.scale:g}{padding_tag(args.padding)}"
     summary: dict[str, Any] = {"checkpoint": str(args.checkpoint), "scale": args.scale, "padding": args.padding}
     for name in args.sets:
         if name == "tts_dev":  # the recipe's own dev clips (BIG-bench questions never trained on), states cached
@@ -451,11 +456,10 @@ def evaluate(args: argparse.Namespace) -> None:
         row["n"] = len(samples)
         summary[name] = row
         print(name, row, flush=True)
-        with open(out / f"eval_{name}.jsonl", "w", encoding="utf-8") as f:
+        with open(out / f"eval_{name}{tag}.jsonl", "w", encoding="utf-8") as f:
             for s, r, b, a in zip(samples, refs, hyps["base"], hyps["adapted"]):
                 f.write(json.dumps({"id": s.id, "reference": r, "base": b, "adapted": a}) + "\n")
-    tag = "" if args.padding == "30s" else f"_{args.padding}"
-    (out / f"eval_{'_'.join(args.sets)}_x{args.scale:g}{tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / f"eval_{'_'.join(args.sets)}{tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary))
 
 

@@ -100,16 +100,16 @@ def ct2_deltas(deltas: dict[str, Tensor]) -> dict[str, list[tuple[int, Tensor]]]
     return out
 
 
-_DTYPES = {0: np.float32, 4: np.float16}
-"""The CTranslate2 variable dtypes a patched weight may have (a float checkpoint: int8 ones are
-quantized at load by `compute_type`, not stored)."""
+PATCHABLE = (np.float32, np.float16)
+"""The CTranslate2 variable dtypes (`weights.whisper.CT2_DTYPES`) a patched weight may have (a float
+checkpoint: int8 ones are quantized at load by `compute_type`, not stored)."""
 
 
 def patch_ct2_model(data: bytes, deltas: dict[str, Tensor]) -> bytes:
     """A copy of a CTranslate2 model.bin (`data`; layout in `speechllm.weights.whisper`) with each
     decoder delta (`ct2_deltas` of our names) added to its variable, written in place in the
     variable's own dtype."""
-    from speechllm.weights.whisper import ct2_layout
+    from speechllm.weights.whisper import CT2_DTYPES, ct2_layout
 
     wanted = ct2_deltas(deltas)
     out = bytearray(data)
@@ -117,9 +117,9 @@ def patch_ct2_model(data: bytes, deltas: dict[str, Tensor]) -> bytes:
     for v in ct2_layout(data, Path("model.bin"))[0]:
         if v.name not in wanted:
             continue
-        if v.dtype_id not in _DTYPES:
+        dtype = CT2_DTYPES.get(v.dtype_id)
+        if dtype not in PATCHABLE:
             raise WeightsError(f"{v.name}: can only patch float32 / float16 variables, got dtype id {v.dtype_id}")
-        dtype = _DTYPES[v.dtype_id]
         value = np.frombuffer(data[v.offset : v.offset + v.size], dtype=dtype).reshape(v.shape).astype(np.float32)
         for row, delta in wanted[v.name]:
             rows = delta.shape[0]

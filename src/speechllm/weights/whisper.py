@@ -25,7 +25,8 @@ from speechllm.config import EncoderConfig
 from speechllm.weights.errors import WeightsError, local_source
 
 # CTranslate2's DataType enum, in the order of its C++ declaration.
-_CT2_DTYPES: dict[int, Any] = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
+CT2_DTYPES: dict[int, Any] = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
+"""A CTranslate2 model.bin variable's dtype by its id (bfloat16, which numpy lacks, by name)."""
 _SUPPORTED_BINARY_VERSIONS = (5, 6)
 # Each bundled encoder: the CTranslate2 files that make it, as (module, pip name, path in the package).
 # Whisper base is shipped in two packages whose parts of model.bin are concatenated.
@@ -132,10 +133,10 @@ def read_ct2_model(path: str | Path | list[Path]) -> dict[str, np.ndarray]:
     variables, aliases = ct2_layout(data, parts[0])
     out: dict[str, np.ndarray] = {}
     for v in variables:
-        if v.dtype_id not in _CT2_DTYPES:
+        if v.dtype_id not in CT2_DTYPES:
             raise WeightsError(f"{parts[0]}: variable {v.name!r} has unknown dtype id {v.dtype_id}")
         raw = data[v.offset : v.offset + v.size]
-        dtype = _CT2_DTYPES[v.dtype_id]
+        dtype = CT2_DTYPES[v.dtype_id]
         if dtype == "bfloat16":
             bits = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16
             out[v.name] = bits.view(np.float32).reshape(v.shape)
