@@ -55,3 +55,26 @@ def test_the_cascade_runs_the_llm_the_end_to_end_model_runs():
     config = _model_config(None, shared)
     assert (config.llm.dtype, config.system_prompt) == ("bfloat16", "Be brief.")
     assert config.bridge.beam_size == _model_config(None).bridge.beam_size  # not the cascade's business
+
+
+def test_training_stages_time_a_whisper_bridge_default_as_the_connector_they_train(tiny_config):
+    """The shipped default's recognizer is Whisper's decoder, which no stage trains: each stage's
+    model assembles without one (the bench's train worker crashed on the default before)."""
+    import dataclasses
+
+    from speechllm.bench import _stage_config
+    from speechllm.model.builders import assemble
+    from speechllm.model.encoder import load_whisper_encoder
+    from speechllm.training.stages import STAGES
+    from speechllm.weights.llm import load_llm
+
+    bridge = dataclasses.replace(tiny_config.bridge, mode="top1", recognizer="whisper")
+    base = dataclasses.replace(tiny_config, bridge=bridge, encoder=dataclasses.replace(tiny_config.encoder, padding="30s"))
+    encoder = load_whisper_encoder(base.encoder)
+    for stage in sorted(STAGES, key=lambda s: s == "instruct"):  # LoRA goes into the shared LLM: last
+        llm, tokenizer = load_llm(base.llm)
+        config = _stage_config(base, stage)
+        model = assemble(config, encoder, llm, tokenizer)
+        assert (model.config.bridge.mode, model.config.bridge.recognizer) == ("continuous", "ctc"), stage
+        assert model.config.lora.enabled == (stage == "instruct")
+    assert base.bridge.recognizer == "whisper"  # the given config is left as it was

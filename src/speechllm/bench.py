@@ -243,8 +243,13 @@ def _run_cascade(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _stage_config(base: Any, stage: str) -> Any:
-    """The model config a stage can run with: ctc_head needs the CTC compressor, instruct needs LoRA."""
+    """The model config a stage can run with: ctc_head needs the CTC compressor, instruct needs LoRA.
+    The stages train the compressor, adaptor and LoRA of the `continuous` connector (and its CTC head),
+    never a `whisper` recognizer (`recipes/recognizer_adapter.py` trains that without these stages), so
+    a whisper bridge's config is timed as the connector the stages train."""
     config = dataclasses.replace(base, trainable=[])
+    if base.bridge.recognizer == "whisper":
+        config.bridge = dataclasses.replace(base.bridge, mode="continuous", recognizer="ctc")
     if stage == "ctc_head":
         config.compressor = dataclasses.replace(base.compressor, kind="ctc")
     # LoRA is injected into the shared LLM in place, so only the last stage (instruct) may have it.
