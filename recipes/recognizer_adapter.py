@@ -39,7 +39,11 @@ Tried and not shipped (session 15): run 3, with 2,500 more utterances of one or 
 than run 2 on both dev sets (0.269 and 0.268 at full strength). `train` reads every clip encoded in
 data_out/decoder_adapt, and `--more-short` appends its clips there: training run 2 again needs that
 folder built without it. `--padding tail` caches, trains on and evaluates the `tail` encoding
-instead (`encoder.padding=tail`: states_tail.f16).
+instead (`encoder.padding=tail`: states_tail.f16). The default since session 16 encodes `tail`, and its
+adapters are run 4, trained that way (`data --padding tail`, `train --padding tail --out
+runs/decoder_adapt/run4_tail`, `ship --checkpoint runs/decoder_adapt/run4_tail/lora.safetensors
+--strength 0.5 --file recognizer_adapter_tail.safetensors`); the commands above made run 2, shipped as
+recognizer_adapter.safetensors for `encoder.padding=30s`.
 
 `train` checkpoints every 3 minutes and `--resume` goes on from the last one. `eval` decodes the
 held-out sets (the subsets of benchmarks/heldout_table.py; `human_dev`: 150 other people) with beam 5

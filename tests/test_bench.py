@@ -69,7 +69,8 @@ def test_training_stages_time_a_whisper_bridge_default_as_the_connector_they_tra
     from speechllm.weights.llm import load_llm
 
     bridge = dataclasses.replace(tiny_config.bridge, mode="top1", recognizer="whisper")
-    base = dataclasses.replace(tiny_config, bridge=bridge, encoder=dataclasses.replace(tiny_config.encoder, padding="30s"))
+    window = dataclasses.replace(tiny_config.encoder, padding="30s")
+    base = dataclasses.replace(tiny_config, bridge=bridge, encoder=window)
     encoder = load_whisper_encoder(base.encoder)
     for stage in sorted(STAGES, key=lambda s: s == "instruct"):  # LoRA goes into the shared LLM: last
         llm, tokenizer = load_llm(base.llm)
