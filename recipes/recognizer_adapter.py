@@ -402,7 +402,7 @@ def train(args: argparse.Namespace) -> None:
                     "spent": time.time() - t0}, tmp)  # fmt: skip
     lora = {k: v.contiguous() for k, v in get_peft_model_state_dict(decoder).items()}
     with atomic_path(out / "lora.safetensors") as tmp:
-        save_file(lora, str(tmp), metadata=adapter_scale_metadata(SCALE))
+        save_file(lora, str(tmp), metadata=adapter_scale_metadata(SCALE, args.padding))
     print(f"step {step}, {(time.time() - t0) / 60:.1f} min: dev loss {dev_loss():.4f} -> {out / 'lora.safetensors'}")
 
 
@@ -470,15 +470,18 @@ def evaluate(args: argparse.Namespace) -> None:
 def ship(args: argparse.Namespace) -> None:
     """The trained adapters into the package, merged at `--strength` (their scale lora_alpha / r = 2
     times it, in the file's metadata)."""
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from speechllm.defaults import DEFAULT_CHECKPOINT
     from speechllm.model.checkpoint import ADAPTER_FILE
-    from speechllm.weights.decoder_adapter import adapter_scale_metadata
+    from speechllm.weights.decoder_adapter import PADDING_KEY, adapter_scale_metadata
 
     tensors = load_file(str(args.checkpoint))
+    with safe_open(str(args.checkpoint), framework="pt") as f:
+        padding = (f.metadata() or {}).get(PADDING_KEY)  # the encoding train ran on
     target = DEFAULT_CHECKPOINT / (args.file or ADAPTER_FILE)
-    save_file(tensors, str(target), metadata=adapter_scale_metadata(SCALE * args.strength))
+    save_file(tensors, str(target), metadata=adapter_scale_metadata(SCALE * args.strength, padding))
     print(f"{target}: {sum(t.numel() for t in tensors.values())} parameters, strength {args.strength}")
 
 

@@ -118,7 +118,7 @@ def test_default_speech_output_speaks_the_answers_text(default_model):
 
 @pytest.mark.parametrize("name", ["recognizer_adapter.safetensors", "recognizer_adapter_tail.safetensors"])
 def test_shipped_recognizer_adapters_fit_whisper_tiny_en(name):
-    """The default's adapter (30 s window) and the `tail` option's both merge into tiny.en's decoder."""
+    """The 30 s window's adapter and the `tail` default's both merge into tiny.en's decoder."""
     from speechllm.defaults import DEFAULT_CHECKPOINT
     from speechllm.model.whisper_decoder import load_whisper_decoder
     from speechllm.weights.decoder_adapter import merge_deltas, read_adapter
@@ -129,3 +129,21 @@ def test_shipped_recognizer_adapters_fit_whisper_tiny_en(name):
     assert len(deltas) == 4 * 8  # 4 layers x the 8 adapted linear layers (recipes/recognizer_adapter.py)
     changed = [k for k in state if not torch.equal(state[k], merged[k])]
     assert sorted(changed) == sorted(deltas)
+
+
+def test_the_default_pairs_its_encoding_with_the_adapter_trained_on_it():
+    """The shipped config's adapter names the encoding the shipped encoder runs; the other shipped
+    adapter names the other one, so `--set encoder.padding=...` alone is warned about."""
+    from speechllm.config import load_config
+    from speechllm.defaults import DEFAULT_CHECKPOINT
+    from speechllm.weights.decoder_adapter import padding_mismatch
+
+    config = load_config(DEFAULT_CHECKPOINT / "config.yaml")
+    adapter = DEFAULT_CHECKPOINT / config.bridge.adapter
+    assert padding_mismatch(adapter, config.encoder.padding) is None
+    other = "30s" if config.encoder.padding == "tail" else "tail"
+    assert f"encoder.padding={config.encoder.padding}" in (padding_mismatch(adapter, other) or "")
+    for name, padding, wrong in (("recognizer_adapter.safetensors", "30s", "tail"),
+                                 ("recognizer_adapter_tail.safetensors", "tail", "30s")):  # fmt: skip
+        assert padding_mismatch(DEFAULT_CHECKPOINT / name, padding) is None
+        assert f"encoder.padding={padding}" in (padding_mismatch(DEFAULT_CHECKPOINT / name, wrong) or "")

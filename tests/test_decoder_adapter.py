@@ -162,3 +162,17 @@ def test_a_checkpoint_keeps_its_adapter(peaked, tiny_config, tmp_path):
     again = from_pretrained(moved)
     states = _states(5)
     assert again.recognizer.nbest(states, 2, 6) == model.recognizer.nbest(states, 2, 6)
+
+
+def test_an_adapter_says_the_encoding_it_was_trained_on_and_a_mismatch_is_named(tmp_path):
+    from speechllm.weights.decoder_adapter import padding_mismatch
+
+    tensors = {"layers.0.fc1.lora_A.weight": torch.ones(2, 4), "layers.0.fc1.lora_B.weight": torch.ones(3, 2)}
+    said, silent = tmp_path / "tail.safetensors", tmp_path / "old.safetensors"
+    save_file(tensors, str(said), metadata=adapter_scale_metadata(2.0, "tail"))
+    save_file(tensors, str(silent), metadata=adapter_scale_metadata(2.0))
+    assert padding_mismatch(said, "tail") is None
+    why = padding_mismatch(said, "30s")
+    assert why is not None and "encoder.padding=tail" in why and "30s" in why
+    assert padding_mismatch(silent, "30s") is None  # a file that does not say is not judged
+    torch.testing.assert_close(read_adapter(said)["layers.0.fc1.weight"], 2.0 * torch.full((3, 4), 2.0))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import cast
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -14,6 +16,8 @@ from speechllm.model.features import log_mel_for
 from speechllm.model.processor import SpeechLLMProcessor
 from speechllm.model.speech_llm import SpeechLLM
 from speechllm.model.whisper_decoder import Transcriber, load_whisper_decoder
+
+log = logging.getLogger(__name__)
 
 
 def add_lora(llm: PreTrainedModel, config: LoraConfig) -> PreTrainedModel:
@@ -57,6 +61,11 @@ def assemble(
 def load_recognizer(config: SpeechLLMConfig) -> Transcriber:
     """The `whisper` recognizer of the encoder checkpoint, run by `bridge.engine`."""
     bridge = config.bridge
+    if bridge.adapter is not None:
+        from speechllm.weights.decoder_adapter import padding_mismatch
+
+        if Path(bridge.adapter).is_file() and (why := padding_mismatch(bridge.adapter, config.encoder.padding)):
+            log.warning(why)
     if bridge.engine == "ctranslate2":
         from speechllm.model.ct2_decoder import load_ct2_decoder
 

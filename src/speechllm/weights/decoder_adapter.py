@@ -25,6 +25,8 @@ OTHER_CHECKPOINT = (
 )
 SCALE_KEY = "lora_scale"
 """Metadata key of an adapter file's scale (lora_alpha / r)."""
+PADDING_KEY = "encoder_padding"
+"""Metadata key of the encoding an adapter was trained on (`encoder.padding`: `30s` or `tail`), if known."""
 
 
 def read_adapter(path: str | Path) -> dict[str, Tensor]:
@@ -136,6 +138,23 @@ def patch_ct2_model(data: bytes, deltas: dict[str, Tensor]) -> bytes:
     return bytes(out)
 
 
-def adapter_scale_metadata(scale: float) -> dict[str, str]:
-    """The metadata an adapter file carries (`save_file(..., metadata=...)`)."""
-    return {SCALE_KEY: repr(float(scale)), "format": "pt"}
+def adapter_scale_metadata(scale: float, padding: str | None = None) -> dict[str, str]:
+    """The metadata an adapter file carries (`save_file(..., metadata=...)`): its scale and, when
+    given, the encoding (`encoder.padding`) it was trained on."""
+    meta = {SCALE_KEY: repr(float(scale)), "format": "pt"}
+    return meta if padding is None else {**meta, PADDING_KEY: padding}
+
+
+def padding_mismatch(path: str | Path, padding: str) -> str | None:
+    """Why the adapter file at `path` does not fit an encoder run with `padding`: it names the encoding
+    it was trained on and that is another; None when it fits or does not say."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        trained = (f.metadata() or {}).get(PADDING_KEY)
+    if trained is None or trained == padding:
+        return None
+    return (
+        f"bridge.adapter {path} was trained on the encoder.padding={trained} encoding but the encoder runs "
+        f"{padding}: the decoder hears it less well (set bridge.adapter to an adapter trained on {padding})"
+    )
