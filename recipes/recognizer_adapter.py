@@ -470,16 +470,14 @@ def evaluate(args: argparse.Namespace) -> None:
 def ship(args: argparse.Namespace) -> None:
     """The trained adapters into the package, merged at `--strength` (their scale lora_alpha / r = 2
     times it, in the file's metadata)."""
-    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from speechllm.defaults import DEFAULT_CHECKPOINT
     from speechllm.model.checkpoint import ADAPTER_FILE
-    from speechllm.weights.decoder_adapter import PADDING_KEY, adapter_scale_metadata
+    from speechllm.weights.decoder_adapter import adapter_padding, adapter_scale_metadata
 
     tensors = load_file(str(args.checkpoint))
-    with safe_open(str(args.checkpoint), framework="pt") as f:
-        padding = (f.metadata() or {}).get(PADDING_KEY)  # the encoding train ran on
+    padding = adapter_padding(args.checkpoint)  # the encoding train ran on
     target = DEFAULT_CHECKPOINT / (args.file or ADAPTER_FILE)
     save_file(tensors, str(target), metadata=adapter_scale_metadata(SCALE * args.strength, padding))
     print(f"{target}: {sum(t.numel() for t in tensors.values())} parameters, strength {args.strength}")

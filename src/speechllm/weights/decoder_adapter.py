@@ -145,13 +145,18 @@ def adapter_scale_metadata(scale: float, padding: str | None = None) -> dict[str
     return meta if padding is None else {**meta, PADDING_KEY: padding}
 
 
-def padding_mismatch(path: str | Path, padding: str) -> str | None:
-    """Why the adapter file at `path` does not fit an encoder run with `padding`: it names the encoding
-    it was trained on and that is another; None when it fits or does not say."""
+def adapter_padding(path: str | Path) -> str | None:
+    """The encoding (`encoder.padding`) the adapter file at `path` was trained on, if it says."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        trained = (f.metadata() or {}).get(PADDING_KEY)
+        return (f.metadata() or {}).get(PADDING_KEY)
+
+
+def padding_mismatch(path: str | Path, padding: str) -> str | None:
+    """Why the adapter file at `path` does not fit an encoder run with `padding`: it names the encoding
+    it was trained on and that is another; None when it fits or does not say."""
+    trained = adapter_padding(path)
     if trained is None or trained == padding:
         return None
     return (
