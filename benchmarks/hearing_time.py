@@ -4,6 +4,7 @@ and the whole `SpeechLLM.prepare` (which also embeds the prompt) as a check on t
 question, one thread, the parts run in `prepare`'s order on each question.
 
     OMP_NUM_THREADS=1 python benchmarks/hearing_time.py --set spoken_qa --num 20 [--override key=value ...]
+    OMP_NUM_THREADS=1 python benchmarks/hearing_time.py --bench 5     # `speechllm bench`'s inputs instead
 
 Prints one JSON line.
 """
@@ -14,6 +15,7 @@ import argparse
 import contextlib
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ def main() -> None:
     parser.add_argument("--set", dest="name", default="spoken_qa")
     parser.add_argument("--num", type=int, default=20)
     parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--bench", type=int, metavar="N", help="time `speechllm bench`'s N eSpeak inputs instead")
     args = parser.parse_args()
     import torch
 
@@ -41,7 +44,15 @@ def main() -> None:
     if recognizer is None or recognizer.detokenize is None:
         raise SystemExit("the model's bridge has no whisper recognizer (bridge.recognizer whisper)")
     bridge = model.config.bridge
-    audios = [load_audio(s.audio[0]) for s in load_set(args.data, args.name, args.num)]
+    if args.bench:
+        from speechllm.bench import default_inputs
+        from speechllm.data.manifest import read_manifest
+
+        with tempfile.TemporaryDirectory() as tmp:
+            audios = [load_audio(s.audio[0]) for s in read_manifest(default_inputs(args.bench, Path(tmp)))]
+        args.name = f"bench:{args.bench}"
+    else:
+        audios = [load_audio(s.audio[0]) for s in load_set(args.data, args.name, args.num)]
     seconds = {"log_mel": 0.0, "encoder": 0.0, "beam_search": 0.0, "rescoring": 0.0, "prepare": 0.0}
 
     @contextlib.contextmanager

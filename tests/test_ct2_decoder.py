@@ -108,3 +108,29 @@ def test_the_engine_picks_the_recognizer(peaked):
 
     assert isinstance(load_recognizer(config("ctranslate2")), CT2TextDecoder)
     assert isinstance(load_recognizer(config("torch")), WhisperTextDecoder)
+
+
+def test_loading_leaves_torch_its_threads_and_the_recognizer_gets_its_own(peaked, monkeypatch):
+    """CTranslate2 sets the process's OpenMP threads to the model's count when it loads; torch's are
+    given back, and `bridge.threads` reaches the decoder (None: torch's count)."""
+    from speechllm.config import EncoderConfig, SpeechLLMConfig
+    from speechllm.model import ct2_decoder
+    from speechllm.model.builders import load_recognizer
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        load_ct2_decoder(str(peaked["float32"]), "float32", threads=1)
+        assert torch.get_num_threads() == 2
+        seen = []
+        monkeypatch.setattr(ct2_decoder, "load_ct2_decoder", lambda *args, **kw: seen.append(args[2]))
+        for threads in (1, 3, None):
+            load_recognizer(SpeechLLMConfig(
+                encoder=EncoderConfig(source=str(peaked["int8"]), padding="30s"),
+                bridge=BridgeConfig(mode="top1", recognizer="whisper", engine="ctranslate2", threads=threads),
+            ))  # fmt: skip
+        assert seen == [1, 3, None]
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match=r"bridge\.threads must be > 0"):
+        BridgeConfig(threads=0)

@@ -171,6 +171,10 @@ class BridgeConfig:
     """CTranslate2's compute type for the `ctranslate2` engine: `int8` (weights int8; its beam search
     ~3x faster than the PyTorch decoder's on this CPU), `int8_float32`, `int8_bfloat16`, `int16`,
     `float32`, `bfloat16`."""
+    threads: int | None = 1
+    """CPU threads of the `ctranslate2` engine (None: as many as torch uses). One by default: a tiny
+    decoder's steps are too small to share, and on a 2-core CPU its beam search took 0.20 s a
+    question on two threads against 0.11 s on one (README, Figures, session 17)."""
     precision: str = "float32"
     """Precision of the `whisper` recognizer's text decoder weights and matmuls: `float32`,
     `bfloat16`, or `auto` (bfloat16 where the hardware multiplies it natively: CUDA, or a CPU with
@@ -218,6 +222,8 @@ class BridgeConfig:
         _check_positive("bridge.beam_size", self.beam_size)
         _check_choice("bridge.engine", self.engine, RECOGNIZER_ENGINES)
         _check_choice("bridge.compute_type", self.compute_type, CT2_COMPUTE_TYPES)
+        if self.threads is not None:
+            _check_positive("bridge.threads", self.threads)
         _check_choice("bridge.precision", self.precision, PRECISIONS)
         _check_choice("bridge.logits", self.logits, LOGITS)
         if self.rescore < 0:

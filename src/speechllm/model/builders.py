@@ -69,7 +69,7 @@ def load_recognizer(config: SpeechLLMConfig) -> Transcriber:
     if bridge.engine == "ctranslate2":
         from speechllm.model.ct2_decoder import load_ct2_decoder
 
-        return load_ct2_decoder(config.encoder.source, bridge.compute_type, adapter=bridge.adapter)
+        return load_ct2_decoder(config.encoder.source, bridge.compute_type, bridge.threads, bridge.adapter)
     return load_whisper_decoder(config.encoder.source, bridge.precision, bridge.logits, bridge.adapter)
 
 

@@ -113,9 +113,10 @@ def load_ct2_decoder(
 
         assert files is not None  # whole=True reads the files
         files["model.bin"] = patch_ct2_model(files["model.bin"], read_adapter(adapter))
-    threads = torch.get_num_threads() if threads is None else threads
+    torch_threads = torch.get_num_threads()
     whisper = ctranslate2.models.Whisper(
-        path, device="cpu", compute_type=compute_type, intra_threads=threads, files=files
+        path, device="cpu", compute_type=compute_type, intra_threads=threads or torch_threads, files=files
     )
+    torch.set_num_threads(torch_threads)  # CTranslate2 set the process's OpenMP threads to its own count
     never = {*arch["suppress"], *range(arch["specials_from"], arch["vocab_size"])} - {arch["eot"]}
     return CT2TextDecoder(whisper, arch["prompt"], sorted(never), lambda ids: tokenizer.decode(ids))
