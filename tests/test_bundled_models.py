@@ -147,3 +147,19 @@ def test_the_default_pairs_its_encoding_with_the_adapter_trained_on_it():
                                  ("recognizer_adapter_tail.safetensors", "tail", "30s")):  # fmt: skip
         assert padding_mismatch(DEFAULT_CHECKPOINT / name, padding) is None
         assert f"encoder.padding={padding}" in (padding_mismatch(DEFAULT_CHECKPOINT / name, wrong) or "")
+
+
+def test_the_whisper_baseline_leaves_torch_its_threads():
+    """faster-whisper's model sets the process's OpenMP threads to its own count when it loads; the
+    eval's baseline gives torch its count back (a one-thread measurement stays one thread)."""
+    pytest.importorskip("faster_whisper")
+    from speechllm.eval.whisper_asr import WhisperTranscriber
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        transcriber = WhisperTranscriber()
+        assert torch.get_num_threads() == 1
+        assert transcriber(np.zeros(0, dtype=np.float32)) == ""
+    finally:
+        torch.set_num_threads(before)

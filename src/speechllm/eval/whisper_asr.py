@@ -14,12 +14,14 @@ class WhisperTranscriber:
     def __init__(self, beam_size: int = 1, source: str = "bundled:whisper-tiny.en") -> None:
         from faster_whisper import WhisperModel
 
+        from speechllm.model.ct2_decoder import keeping_torch_threads
         from speechllm.weights.whisper import resolve_encoder_source
 
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         self.beam_size = beam_size
-        self.model = WhisperModel(str(resolve_encoder_source(source)), device="cpu", compute_type="int8")
+        with keeping_torch_threads():  # faster-whisper's own thread count, torch's left as it was
+            self.model = WhisperModel(str(resolve_encoder_source(source)), device="cpu", compute_type="int8")
 
     def __call__(self, audio: np.ndarray) -> str:
         """16 kHz mono float audio -> text ("" for empty audio)."""

@@ -18,7 +18,8 @@ special token but the end of text), a blank or end of text never first; beam sea
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,17 @@ from torch import Tensor
 
 from speechllm.config import CT2_COMPUTE_TYPES
 from speechllm.model.whisper_decoder import Transcriber
+
+
+@contextlib.contextmanager
+def keeping_torch_threads() -> Iterator[None]:
+    """Around loading a CTranslate2 model (faster-whisper's too): loading one sets the whole process's
+    OpenMP threads, torch's included, to the model's count; torch gets its own back after it."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class CT2TextDecoder(Transcriber):
@@ -113,10 +125,10 @@ def load_ct2_decoder(
 
         assert files is not None  # whole=True reads the files
         files["model.bin"] = patch_ct2_model(files["model.bin"], read_adapter(adapter))
-    torch_threads = torch.get_num_threads()
-    whisper = ctranslate2.models.Whisper(
-        path, device="cpu", compute_type=compute_type, intra_threads=threads or torch_threads, files=files
-    )
-    torch.set_num_threads(torch_threads)  # CTranslate2 set the process's OpenMP threads to its own count
+    threads = torch.get_num_threads() if threads is None else threads
+    with keeping_torch_threads():
+        whisper = ctranslate2.models.Whisper(
+            path, device="cpu", compute_type=compute_type, intra_threads=threads, files=files
+        )
     never = {*arch["suppress"], *range(arch["specials_from"], arch["vocab_size"])} - {arch["eot"]}
     return CT2TextDecoder(whisper, arch["prompt"], sorted(never), lambda ids: tokenizer.decode(ids))
