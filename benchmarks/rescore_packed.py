@@ -1,12 +1,14 @@
 """The LLM's rescoring pass with its hypotheses packed into one row (a trie of their tokens under a
 4-D attention mask, each position seeing the template's start and its own ancestors) against the
 batched rows `model.rescore.TurnScorer` runs: mean seconds per scored question (best of 3 each),
-positions run, and the largest difference between the two ways' scores.
+positions (the packed row's, and the hypotheses' rows' without the batch's right padding), and the
+largest difference between the two ways' scores.
 
     python benchmarks/rescore_packed.py [--set spoken_qa] [--num 40] [--threads 2]
 
-The hypotheses are those the default's recognizer finds on the held-out set's first questions
-(only questions with more than one distinct hypothesis are scored). Prints one JSON line.
+The hypotheses are those the default's recognizer finds on `--num` questions of the held-out set
+(the fixed subset `heldout_table.load_set` draws; only questions with more than one distinct
+hypothesis are scored). Prints one JSON line.
 """
 
 from __future__ import annotations
