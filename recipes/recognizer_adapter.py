@@ -173,13 +173,13 @@ def data(args: argparse.Namespace) -> None:
     from speechllm.data.tts import EspeakEngine
 
     held = heldout_texts()
-    DATA.mkdir(parents=True, exist_ok=True)
+    args.cache.mkdir(parents=True, exist_ok=True)
     texts = [t for t in bigbench_questions(args.sdist, args.per_task, args.seed) if usable(t, held)]
     rng = np.random.default_rng(args.seed)
     texts = [texts[i] for i in rng.permutation(len(texts))[: args.new]]
     dev_texts, train_texts = texts[: args.dev], texts[args.dev :]
     print(f"{len(texts)} BIG-bench questions kept ({args.dev} for dev)", flush=True)
-    augment = AugmentConfig(telephone_prob=0.2)
+    augment = AugmentConfig(telephone_prob=args.telephone, codec_prob=args.codec)
     espeak = [f"espeak:{v}" for v in EspeakEngine().voices()]
     specs = [  # (set name, texts, voices, seed)
         ("bb_espeak", train_texts[: len(train_texts) * 3 // 4], espeak, 11),
@@ -206,7 +206,7 @@ def data(args: argparse.Namespace) -> None:
     sets = []
     for name, chosen, voices, seed in specs:
         options = SynthesisOptions(voices=voices, augment=augment, seed=seed)
-        sets.append((name, build_asr(chosen, DATA / name, options, id_prefix=name, workers=1)))
+        sets.append((name, build_asr(chosen, args.cache / name, options, id_prefix=name, workers=1)))
     # the shipped texts, already spoken by eSpeak (benchmarks/ctc_char_head.py data), usable ones only
     shipped = []
     for manifest in sorted(Path("data_out/ctc_char").glob("r*/asr.jsonl")):
@@ -217,7 +217,7 @@ def data(args: argparse.Namespace) -> None:
              "short2_espeak", "short2_piper"]  # fmt: skip
     sets.sort(key=lambda x: order.index(x[0]))  # rows keep their place when a later run adds sets
     rows = [(name, s) for name, samples in sets for s in samples]
-    encode(rows, args.padding)
+    encode(rows, args.cache, args.padding)
 
 
 def padding_tag(padding: str) -> str:
@@ -225,13 +225,13 @@ def padding_tag(padding: str) -> str:
     return "" if padding == "30s" else f"_{padding}"
 
 
-def state_files(padding: str) -> tuple[Path, Path]:
+def state_files(cache: Path, padding: str) -> tuple[Path, Path]:
     """The index and the fp16 memmap of the clips' encoder states in `padding` ('30s' or 'tail')."""
     tag = padding_tag(padding)
-    return DATA / f"index{tag}.jsonl", DATA / f"states{tag}.f16"
+    return cache / f"index{tag}.jsonl", cache / f"states{tag}.f16"
 
 
-def encode(rows: list[tuple[str, Any]], padding: str) -> None:
+def encode(rows: list[tuple[str, Any]], cache: Path, padding: str) -> None:
     """The encoder states of every clip's window (1500 positions, `padding` as `encoder.padding`:
     '30s' or 'tail') into one fp16 memmap (resumes), and its index."""
     from speechllm.config import EncoderConfig
@@ -242,7 +242,7 @@ def encode(rows: list[tuple[str, Any]], padding: str) -> None:
     from speechllm.weights.whisper_decoder import read_whisper_decoder
 
     _, _, tokenizer = read_whisper_decoder(SOURCE)
-    index_path, states_path = state_files(padding)
+    index_path, states_path = state_files(cache, padding)
     done = len(index_path.read_text().splitlines()) if index_path.is_file() else 0
     n = len(rows)
     need = n * POSITIONS * WIDTH * 2
@@ -272,8 +272,8 @@ def encode(rows: list[tuple[str, Any]], padding: str) -> None:
     print(f"{n} clips encoded -> {states_path}", flush=True)
 
 
-def load_index(padding: str) -> tuple[list[dict[str, Any]], np.memmap]:
-    index_path, states_path = state_files(padding)
+def load_index(cache: Path, padding: str) -> tuple[list[dict[str, Any]], np.memmap]:
+    index_path, states_path = state_files(cache, padding)
     rows = [json.loads(line) for line in index_path.read_text().splitlines() if line]
     total = states_path.stat().st_size // (POSITIONS * WIDTH * 2)
     return rows, np.memmap(states_path, dtype=np.float16, mode="r", shape=(total, POSITIONS, WIDTH))
@@ -309,7 +309,11 @@ def teacher_forced_loss(
     for i, s in enumerate(seqs):
         tokens[i, : len(s) - 1] = torch.tensor(s[:-1])
         labels[i, len(a.prompt) - 1 : len(s) - 1] = torch.tensor(s[len(a.prompt) :])
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # AMX: the 1500-position projections dominate
+    from speechllm.model.precision import cpu_has_native_bf16
+
+    # bfloat16 where the CPU multiplies it (AMX: the 1500-position projections dominate); emulated on
+    # AVX2 alone it is many times slower than float32
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_has_native_bf16()):
         with torch.no_grad():
             caches = decoder._project(states.float())  # frozen cross-attention keys / values
         x = decoder.embed_tokens(tokens) + decoder.embed_positions.weight[:t]  # B, T, D
@@ -339,7 +343,7 @@ def train(args: argparse.Namespace) -> None:
     from speechllm.atomic import atomic_path
     from speechllm.weights.decoder_adapter import adapter_scale_metadata
 
-    rows, mm = load_index(args.padding)
+    rows, mm = load_index(args.cache, args.padding)
     train_rows = [r for r in rows if not r["set"].startswith("dev")]
     dev_rows = [r for r in rows if r["set"].startswith("dev")]
     decoder = adapted_decoder(args.rank)
@@ -430,7 +434,7 @@ def evaluate(args: argparse.Namespace) -> None:
     summary: dict[str, Any] = {"checkpoint": str(args.checkpoint), "scale": args.scale, "padding": args.padding}
     for name in args.sets:
         if name == "tts_dev":  # the recipe's own dev clips (BIG-bench questions never trained on), states cached
-            rows, mm = load_index(args.padding)
+            rows, mm = load_index(args.cache, args.padding)
             dev = [r for r in rows if r["set"].startswith("dev")]
             found: dict[str, list[str]] = {"base": [], "adapted": []}
             for r in dev:
@@ -478,7 +482,7 @@ def ship(args: argparse.Namespace) -> None:
 
     tensors = load_file(str(args.checkpoint))
     padding = adapter_padding(args.checkpoint)  # the encoding train ran on
-    target = DEFAULT_CHECKPOINT / (args.file or ADAPTER_FILE)
+    target = args.to or DEFAULT_CHECKPOINT / (args.file or ADAPTER_FILE)
     save_file(tensors, str(target), metadata=adapter_scale_metadata(SCALE * args.strength, padding))
     print(f"{target}: {sum(t.numel() for t in tensors.values())} parameters, strength {args.strength}")
 
@@ -497,6 +501,9 @@ def main() -> None:
                    help="run 3: utterances of one or two words (mostly one) to add after them")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--padding", choices=["30s", "tail"], default="30s", help="the encoding to cache (encoder.padding)")
+    p.add_argument("--telephone", type=float, default=0.2, help="share of clips on a telephone band")
+    p.add_argument("--codec", type=float, default=0.0,
+                   help="share of the telephone clips also through an A-law codec, band edges drawn")  # fmt: skip
     p = sub.add_parser("train")
     p.add_argument("--minutes", type=float, default=40)
     p.add_argument("--steps", type=int, default=1500)
@@ -517,10 +524,13 @@ def main() -> None:
     p.add_argument("--scale", type=float, default=1.0, help="merge the adapters at this strength")
     p.add_argument("--dev-n", type=int, default=150, help="people for `human_dev` (none of the report subset)")
     p.add_argument("--padding", choices=["30s", "tail"], default="30s", help="the encoder's padding (encoder.padding)")
+    for name in ("data", "train", "eval"):
+        sub.choices[name].add_argument("--cache", type=Path, default=DATA, help="the folder of the cached clips")
     p = sub.add_parser("ship")
     p.add_argument("--checkpoint", type=Path, default=OUT / "lora.safetensors")
     p.add_argument("--strength", type=float, default=0.5, help="the shipped default's: chosen on the dev sets")
     p.add_argument("--file", help="file name in the default checkpoint (default: the default's bridge.adapter)")
+    p.add_argument("--to", type=Path, help="write here instead of into the default checkpoint (to measure a strength)")
     args = parser.parse_args()
     {"data": data, "train": train, "eval": evaluate, "ship": ship}[args.cmd](args)
 

@@ -1,4 +1,5 @@
-"""Signal augmentations for synthetic speech: speed, volume, additive noise at an SNR, telephone band.
+"""Signal augmentations for synthetic speech: speed, volume, additive noise at an SNR, telephone band,
+and an A-law codec on the telephone line.
 
 Every function takes and returns float32 mono audio at 16 kHz; randomness comes only from the
 `np.random.Generator` passed in, so a seeded job produces the same audio on every run.
@@ -50,14 +51,35 @@ def add_noise(audio: np.ndarray, snr_db: float, rng: np.random.Generator, color:
     return np.clip(audio + noise, -1.0, 1.0).astype(np.float32)
 
 
-def telephone(audio: np.ndarray, low_hz: float = 300.0, high_hz: float = 3400.0) -> np.ndarray:
-    """Narrow-band telephone sound: down to 8 kHz and back, then band-pass `low_hz`..`high_hz`.
+def a_law(audio: np.ndarray, bits: int = 8, a: float = 87.6) -> np.ndarray:
+    """Compress with A-law (G.711's European law), quantise to `bits` bits, expand: the codec's round
+    trip. (N,) -> (N,). The held-out telephone sets use mu-law (`channel.mu_law`); training draws this one."""
+    if not 2 <= bits <= 16:
+        raise ValueError(f"bits must be in [2, 16], got {bits}")
+    x = np.clip(np.asarray(audio, dtype=np.float64), -1.0, 1.0)
+    mag, log_a = np.abs(x), 1.0 + np.log(a)
+    small = mag < 1.0 / a
+    compressed = np.where(small, a * mag / log_a, (1.0 + np.log(np.maximum(a * mag, 1.0))) / log_a)
+    levels = 2 ** (bits - 1) - 1
+    q = np.round(compressed * levels) / levels
+    expanded = np.where(q < 1.0 / log_a, q * log_a / a, np.exp(q * log_a - 1.0) / a)
+    return (np.sign(x) * expanded).astype(np.float32)
+
+
+def telephone(
+    audio: np.ndarray, low_hz: float = 300.0, high_hz: float = 3400.0, codec_bits: int | None = None
+) -> np.ndarray:
+    """Narrow-band telephone sound: down to 8 kHz (through an A-law codec of `codec_bits` bits there,
+    if given) and back, then band-pass `low_hz`..`high_hz`.
 
     The band-pass is a zero-phase FFT mask with 100 Hz cosine edges; steep enough for augmentation
     and free of the extra dependency an IIR design would need.
     """
     n = len(audio)
-    narrow = resample(resample(audio, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE)[:n]
+    line = resample(audio, SAMPLE_RATE, 8000)
+    if codec_bits is not None:
+        line = a_law(line, codec_bits)
+    narrow = resample(line, 8000, SAMPLE_RATE)[:n]
     narrow = np.pad(narrow, (0, n - len(narrow)))
     spectrum = np.fft.rfft(narrow)
     freqs = np.fft.rfftfreq(n, d=1.0 / SAMPLE_RATE)
@@ -80,6 +102,10 @@ class AugmentConfig:
     snr_db_range: tuple[float, float] = (10.0, 30.0)
     noise_colors: tuple[str, ...] = ("white", "pink")
     telephone_prob: float = 0.1
+    codec_prob: float = 0.0
+    """Of the telephone-band utterances, the share that also goes through an A-law codec (7 or 8 bits)
+    with band edges drawn around 300-3400 Hz (low 250-350, high 3100-3600). 0 draws nothing more,
+    so the utterances of a seed made before this field existed stay the same."""
     enabled: bool = True
 
 
@@ -97,18 +123,23 @@ def draw_augmentation(cfg: AugmentConfig, rng: np.random.Generator) -> dict[str,
         spec["noise"] = str(rng.choice(list(cfg.noise_colors)))
     if rng.random() < cfg.volume_prob:
         spec["gain_db"] = round(float(rng.uniform(*cfg.volume_db_range)), 1)
+    if cfg.codec_prob > 0 and spec.get("telephone") and rng.random() < cfg.codec_prob:  # drawn last: see codec_prob
+        spec["codec_bits"] = int(rng.choice([7, 8]))
+        spec["band_hz"] = [round(float(rng.uniform(250, 350))), round(float(rng.uniform(3100, 3600)))]
     return spec
 
 
 def apply_augmentation(audio: np.ndarray, spec: dict, rng: np.random.Generator) -> np.ndarray:
-    """Apply a spec from `draw_augmentation`, in the order speed, telephone, noise, volume."""
-    unknown = set(spec) - {"speed", "telephone", "snr_db", "noise", "gain_db"}
+    """Apply a spec from `draw_augmentation`, in the order speed, telephone (with its codec), noise, volume."""
+    unknown = set(spec) - {"speed", "telephone", "snr_db", "noise", "gain_db", "codec_bits", "band_hz"}
     if unknown:
         raise ValueError(f"unknown augmentation keys {sorted(unknown)}")
     if "speed" in spec:
         audio = change_speed(audio, float(spec["speed"]))
     if spec.get("telephone"):
-        audio = telephone(audio)
+        low, high = spec.get("band_hz", (300.0, 3400.0))  # type: ignore[misc]
+        bits = spec.get("codec_bits")
+        audio = telephone(audio, float(low), float(high), None if bits is None else int(bits))
     if "snr_db" in spec:
         audio = add_noise(audio, float(spec["snr_db"]), rng, str(spec.get("noise", "white")))
     if "gain_db" in spec:
