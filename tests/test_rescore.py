@@ -175,3 +175,44 @@ def test_a_beam_with_one_distinct_transcript_costs_no_llm_pass(tiny_config, tone
     finally:
         calls.remove()
     assert calls.calls == []
+
+
+def test_a_confident_greedy_transcript_skips_the_beam_and_the_llm(tiny_config, tone):
+    """`bridge.confidence`: a greedy transcript at least that confident (mean log-probability per
+    token) is heard as is, with no LLM pass; below it, the beam and rescoring run as without it."""
+    from speechllm.model.bridge import tidy_transcript
+    from speechllm.model.whisper_decoder import encode_windows
+
+    model, recognizer = _rescoring_model(
+        tiny_config, rescore=0.7, detokenize=lambda ids: " ".join(f"w{i}" for i in ids)
+    )
+    with torch.no_grad():
+        recognizer.embed_tokens.weight.mul_(0.05)  # flatter next-token distributions: a beam of distinct texts
+        features, lengths = model.processor.log_mel([tone(1.0)])
+        states, _ = encode_windows(model.encoder, features, lengths)
+        (ids, logp), *_ = recognizer.nbest(states, beam_size=1, max_tokens=3)
+        assert ids == recognizer.greedy(states, max_tokens=3)[0]  # a beam of one is the greedy path
+        mean = logp / (len(ids) + 1)
+        assert mean < -0.1, "the test needs an uncertain greedy path"
+        beam = lambda hyps: "from the beam"  # noqa: E731
+        for confidence, heard in [
+            (mean, recognizer.detokenize(ids)),
+            (mean + 1e-3, "from the beam"),
+            (None, "from the beam"),
+        ]:
+            assert recognizer.transcribe(states, max_tokens=3, beam_size=4, choose=beam, confidence=confidence) == [
+                heard
+            ]
+        assert recognizer.transcribe(states, max_tokens=3, beam_size=1, confidence=0.0) == [recognizer.detokenize(ids)]
+        for confidence, llm_runs in [(mean, False), (mean + 1e-3, True)]:
+            model.config.bridge.confidence = confidence
+            calls = LLMCalls(model)
+            try:
+                heard = model.hear([tone(1.0)])
+            finally:
+                calls.remove()
+            assert bool(calls.calls) == llm_runs and (model.take_heard_turn() is not None) == llm_runs
+            if not llm_runs:
+                assert heard == [tidy_transcript(recognizer.detokenize(ids))]
+    with pytest.raises(ValueError, match=r"bridge\.confidence"):
+        BridgeConfig(confidence=0.5)

@@ -96,7 +96,7 @@ class _Decoder:
     def know_window(self, window):
         assert window is self.silence
 
-    def transcribe(self, states, max_tokens=128, beam_size=1, choose=None):
+    def transcribe(self, states, max_tokens=128, beam_size=1, choose=None, confidence=None):
         self.seen.append(states)
         looping = torch.equal(states[0, -1], self.silence[-1])
         return ["so so so so so so so so so so so so so so so so so so" if looping else "so"]

@@ -197,6 +197,12 @@ class BridgeConfig:
     of rescoring grows with it). On the development set (benchmarks/rescore_weight.py `--candidates 1
     2 3 4 5`, weight 0.7), tiny.en's best 2 / 3 / 5 give 54 / 55 / 54 of 120 exact transcripts (WER
     0.116 / 0.125 / 0.131): 3 keeps the most exact ones, which is what agreement needs."""
+    confidence: float | None = None
+    """With beam search (`beam_size` > 1), decode greedily first and keep a greedy transcript whose
+    mean log-probability per token (its end of text included) is at least this: no beam, no
+    rescoring (`Transcriber.transcribe`). None: always the beam. The threshold trades the first
+    token's time (a confident question skips the beam and the rescoring pass) against hearing:
+    benchmarks/confidence_gate.py measures both on development sets."""
     tidy: bool = True
     """Write the `whisper` recognizer's transcript as a person types it before the LLM reads it: each
     sentence starts with a capital, and one that opens like a question ends with "?" (Whisper
@@ -229,6 +235,8 @@ class BridgeConfig:
         if self.rescore < 0:
             raise ValueError(f"bridge.rescore must be >= 0, got {self.rescore}")
         _check_positive("bridge.candidates", self.candidates)
+        if self.confidence is not None and self.confidence > 0:
+            raise ValueError(f"bridge.confidence is a mean log-probability: <= 0 or null, got {self.confidence}")
         if self.recognizer == "whisper" and self.mode == "posterior":
             raise ValueError(
                 "bridge.mode 'posterior' needs bridge.recognizer 'ctc' (the whisper recognizer gives top1 only)"

@@ -196,8 +196,9 @@ class SpeechLLM(nn.Module):
         self._heard_turn = None
         choose = self._rescored if bridge.rescore > 0 and bridge.beam_size > 1 else None
         windows = transcribe_windows(
-            self.encoder, self.recognizer, features, feature_lengths, bridge.max_tokens, bridge.beam_size, choose
-        )
+            self.encoder, self.recognizer, features, feature_lengths, bridge.max_tokens, bridge.beam_size, choose,
+            bridge.confidence,
+        )  # fmt: skip
         if bridge.tidy:
             windows = [[tidy_transcript(t) for t in texts] for texts in windows]
         return [" ".join(texts) for texts in windows]

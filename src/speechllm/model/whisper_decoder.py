@@ -16,6 +16,7 @@ import abc
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -100,22 +101,38 @@ class Transcriber(abc.ABC):
         max_tokens: int = 128,
         beam_size: int = 1,
         choose: Chooser | None = None,
+        confidence: float | None = None,
     ) -> list[str]:
         """Transcripts of encoder states (B, S, D) as text, stripped: greedy, or by beam search.
         `choose` (beam search only): picks each sample's text from its finished hypotheses (text,
-        summed log-probability), e.g. rescored by an LLM; None: Whisper's own ranking."""
+        summed log-probability), e.g. rescored by an LLM; None: Whisper's own ranking. `confidence`
+        (beam search only): a sample's greedy transcript is kept, without a beam or `choose`, when
+        its mean log-probability per token is at least this (`confident_greedy`)."""
         if self.detokenize is None:
             raise ValueError("this decoder was built without a tokenizer: pass detokenize= to transcribe")
         detokenize = self.detokenize
-        if beam_size > 1:
-            n = [states.shape[1]] * states.shape[0] if lengths is None else lengths.tolist()
-            found = [self.nbest(states[i : i + 1, : int(n[i])], beam_size, max_tokens) for i in range(len(n))]
+        if beam_size <= 1:
+            return [detokenize(x).strip() for x in self.greedy(states, lengths, max_tokens)]
+        n = [states.shape[1]] * states.shape[0] if lengths is None else lengths.tolist()
+        texts = []
+        for i in range(len(n)):
+            sample = states[i : i + 1, : int(n[i])]  # 1, S_i, D
+            kept = None if confidence is None else self.confident_greedy(sample, confidence, max_tokens)
+            if kept is not None:
+                texts.append(detokenize(kept).strip())
+                continue
+            hyps = self.nbest(sample, beam_size, max_tokens)
             if choose is not None:
-                return [choose([(detokenize(ids).strip(), logp) for ids, logp in hyps]) for hyps in found]
-            ids = [whisper_pick(hyps) for hyps in found]
-        else:
-            ids = self.greedy(states, lengths, max_tokens)
-        return [detokenize(x).strip() for x in ids]
+                texts.append(choose([(detokenize(ids).strip(), logp) for ids, logp in hyps]))
+            else:
+                texts.append(detokenize(whisper_pick(hyps)).strip())
+        return texts
+
+    def confident_greedy(self, states: Tensor, confidence: float, max_tokens: int = 128) -> list[int] | None:
+        """The greedy transcript of one sample's states (1, S, D) (a beam of one) if its mean
+        log-probability per token, the end of text included, is at least `confidence`; else None."""
+        ids, logp = max(self.nbest(states, 1, max_tokens), key=lambda f: f[1] / (len(f[0]) + 1))
+        return ids if logp / (len(ids) + 1) >= confidence else None
 
 
 class _DecoderLayer(nn.Module):
@@ -381,9 +398,10 @@ def transcribe_windows(
     max_tokens: int = 128,
     beam_size: int = 1,
     choose: Chooser | None = None,
+    confidence: float | None = None,
 ) -> list[list[str]]:
     """The transcripts of each input's 30 s windows (`encode_windows`): per input, its windows'
-    non-empty texts in order (`choose`: see `Transcriber.transcribe`).
+    non-empty texts in order (`choose`, `confidence`: see `Transcriber.transcribe`).
 
     With the `tail` encoder, a window whose transcript loops (`repetitive`) is encoded again over its
     whole 30 s and decoded again: the shortened window is new to Whisper's decoder, the whole one is
@@ -392,13 +410,16 @@ def transcribe_windows(
     if encoder.config.padding == "tail":
         decoder.know_window(encoder.silence_states())  # the windows' silent part: its keys once
     states, owner = encode_windows(encoder, features, lengths)
-    texts = decoder.transcribe(states, max_tokens=max_tokens, beam_size=beam_size, choose=choose)
+    decode = partial(
+        decoder.transcribe, max_tokens=max_tokens, beam_size=beam_size, choose=choose, confidence=confidence
+    )
+    texts = decode(states)
     again = [j for j, text in enumerate(texts) if repetitive(text)] if encoder.config.padding == "tail" else []
     if again:
         windows, window_lengths, _ = split_windows(features, lengths)
         index = torch.tensor(again, device=windows.device)
         whole = encoder.whole_windows(windows[index], window_lengths[index])  # A, 1500, D_enc
-        for j, text in zip(again, decoder.transcribe(whole, max_tokens=max_tokens, beam_size=beam_size, choose=choose)):
+        for j, text in zip(again, decode(whole)):
             texts[j] = text
     grouped: list[list[str]] = [[] for _ in range(features.shape[0])]
     for i, text in zip(owner, texts):
