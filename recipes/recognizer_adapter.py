@@ -45,6 +45,20 @@ runs/decoder_adapt/run4_tail`, `ship --checkpoint runs/decoder_adapt/run4_tail/l
 --strength 0.5 --file recognizer_adapter_tail.safetensors`); the commands above made run 2, shipped as
 recognizer_adapter.safetensors for `encoder.padding=30s`.
 
+Tried and not shipped (session 22): run 5, adapters for greedy decoding with more of the telephone
+line in their data: a fresh cache (`data --padding tail --telephone 0.4 --codec 0.75 --cache
+data_out/decoder_adapt5`: 40% of the new clips on a telephone band, three quarters of those through
+an A-law codec with band edges drawn; the shipped texts from `ctc_char_head.py data --rounds 2`),
+`train --padding tail --cache data_out/decoder_adapt5 --out runs/decoder_adapt/run5_tel --steps 1000
+--minutes 45` (float32, 43 min: this CPU has no bfloat16 matmuls). Greedy (`eval --beam 1 --padding
+tail --cache data_out/decoder_adapt5 --scale 1|0.5 --sets tts_dev human_dev festival_tel flite`), full
+/ half strength / as pretrained: dev questions 0.352 / 0.348 / 0.473, people outside the report subset
+0.279 / 0.264 / 0.266, and for information the held-out telephone set 0.192 / 0.221 / 0.240 and flite
+0.120 / 0.132 / 0.131 (run 4 as shipped, half strength: people 0.268, telephone 0.220, flite 0.126;
+full: 0.283, 0.214, 0.121). At full strength greedy ties Whisper's own beam on the telephone set
+(0.192) but not on flite (0.113), and hears people worse; at half strength it is run 4 again. So
+greedy without rescoring stays an option, not the default.
+
 `train` checkpoints every 3 minutes and `--resume` goes on from the last one. `eval` decodes the
 held-out sets (the subsets of benchmarks/heldout_table.py; `human_dev`: 150 other people) with beam 5
 and Whisper's own ranking (no LLM, the PyTorch decoder), with and without the adapters, over the
