@@ -88,14 +88,16 @@ def test_codec_is_drawn_only_on_the_telephone_line_and_leaves_old_draws_alone():
     old = AugmentConfig(speed_prob=1, noise_prob=1, volume_prob=1, telephone_prob=1)
     coded = AugmentConfig(speed_prob=1, noise_prob=1, volume_prob=1, telephone_prob=1, codec_prob=1)
     spec = draw_augmentation(coded, np.random.default_rng(3))
-    assert spec["codec_bits"] in (7, 8) and 250 <= spec["band_hz"][0] <= 350 <= 3100 <= spec["band_hz"][1] <= 3600
-    assert {k: v for k, v in spec.items() if k not in ("codec_bits", "band_hz")} == draw_augmentation(
-        old, np.random.default_rng(3)
-    )
+    assert spec["codec_bits"] in (7, 8) and 250 <= spec["band_low_hz"] <= 350 <= 3100 <= spec["band_high_hz"] <= 3600
+    assert {
+        k: v for k, v in spec.items() if k not in ("codec_bits", "band_low_hz", "band_high_hz")
+    } == draw_augmentation(old, np.random.default_rng(3))
     no_line = AugmentConfig(telephone_prob=0, codec_prob=1)
     assert all("codec_bits" not in draw_augmentation(no_line, np.random.default_rng(s)) for s in range(20))
     x = tone(1000.0) + tone(6000.0)
-    y = apply_augmentation(x, {"telephone": True, "codec_bits": 7, "band_hz": [300, 3200]}, np.random.default_rng(0))
+    y = apply_augmentation(
+        x, {"telephone": True, "codec_bits": 7, "band_low_hz": 300, "band_high_hz": 3200}, np.random.default_rng(0)
+    )
     assert len(y) == len(x) and y.dtype == np.float32
     assert band_energy(y, 5900, 6100) < 1e-3 * band_energy(x, 5900, 6100)
     assert band_energy(y, 900, 1100) > 0.8 * band_energy(x, 900, 1100)

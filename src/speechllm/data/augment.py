@@ -125,20 +125,29 @@ def draw_augmentation(cfg: AugmentConfig, rng: np.random.Generator) -> dict[str,
         spec["gain_db"] = round(float(rng.uniform(*cfg.volume_db_range)), 1)
     if cfg.codec_prob > 0 and spec.get("telephone") and rng.random() < cfg.codec_prob:  # drawn last: see codec_prob
         spec["codec_bits"] = int(rng.choice([7, 8]))
-        spec["band_hz"] = [round(float(rng.uniform(250, 350))), round(float(rng.uniform(3100, 3600)))]
+        spec["band_low_hz"] = round(float(rng.uniform(250, 350)))
+        spec["band_high_hz"] = round(float(rng.uniform(3100, 3600)))
     return spec
 
 
 def apply_augmentation(audio: np.ndarray, spec: dict, rng: np.random.Generator) -> np.ndarray:
     """Apply a spec from `draw_augmentation`, in the order speed, telephone (with its codec), noise, volume."""
-    unknown = set(spec) - {"speed", "telephone", "snr_db", "noise", "gain_db", "codec_bits", "band_hz"}
+    unknown = set(spec) - {
+        "speed",
+        "telephone",
+        "snr_db",
+        "noise",
+        "gain_db",
+        "codec_bits",
+        "band_low_hz",
+        "band_high_hz",
+    }
     if unknown:
         raise ValueError(f"unknown augmentation keys {sorted(unknown)}")
     if "speed" in spec:
         audio = change_speed(audio, float(spec["speed"]))
     if spec.get("telephone"):
-        low, high = spec.get("band_hz", (300.0, 3400.0))  # type: ignore[misc]
-        bits = spec.get("codec_bits")
+        low, high, bits = spec.get("band_low_hz", 300.0), spec.get("band_high_hz", 3400.0), spec.get("codec_bits")
         audio = telephone(audio, float(low), float(high), None if bits is None else int(bits))
     if "snr_db" in spec:
         audio = add_noise(audio, float(spec["snr_db"]), rng, str(spec.get("noise", "white")))
