@@ -13,10 +13,10 @@ transcripts (after `bridge.tidy`) of the gated transcripts, beside the default's
 
 Sets: `recipe`, the 200 BIG-bench questions `recipes/recognizer_adapter.py data` spoke for its own dev
 set (eSpeak NG voices and Piper `joe`, a third on a telephone line; `--recipe-dev`), never trained on;
-`human_dev`, 150 people of the held-out human set outside the 100 the held-out tables report (as
-`recipe/recognizer_adapter.py eval --sets human_dev` draws them); `bench`, the shipped questions
-`speechllm bench` speaks (eSpeak `en-us`; `--bench-n` longest), whose share on the fast path is what
-the bench's first token sees. Rows: runs/confidence/<set>[_<tag>].jsonl.
+`human_dev`, 150 people of the held-out human set outside the 100 the held-out tables report
+(`heldout_table.human_dev`, as `recipes/recognizer_adapter.py eval --sets human_dev` draws them);
+`bench`, the shipped questions `speechllm bench` speaks (eSpeak `en-us`; `--bench-n` longest), whose
+share on the fast path is what the bench's first token sees. Rows: runs/confidence/<set>[_<tag>].jsonl.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from heldout_table import load_set
+from heldout_table import human_dev
 
 
 def dev_samples(name: str, args: argparse.Namespace) -> list[tuple[str, str, Any]]:
@@ -48,10 +48,7 @@ def dev_samples(name: str, args: argparse.Namespace) -> list[tuple[str, str, Any
             rows += [(s.id, s.target or "", Path(s.audio[0])) for s in read_manifest(manifest)]
         return rows
     if name == "human_dev":
-        report = {s.id for s in load_set(args.heldout, "human", 100)}
-        rest = [s for s in load_set(args.heldout, "human", None) if s.id not in report]
-        chosen = sorted(np.random.default_rng(1).permutation(len(rest))[:150])
-        return [(rest[i].id, spoken_text(rest[i]), Path(rest[i].audio[0])) for i in chosen]
+        return [(s.id, spoken_text(s), Path(s.audio[0])) for s in human_dev(args.heldout)]
     if name == "bench":
         from speechllm.bench import default_inputs
 
@@ -66,7 +63,7 @@ def decode(model: Any, audio: Path) -> dict[str, Any]:
 
     from speechllm.data.audio import load_audio
     from speechllm.model.bridge import tidy_transcript
-    from speechllm.model.whisper_decoder import encode_windows
+    from speechllm.model.whisper_decoder import encode_windows, mean_log_probability
 
     recognizer, bridge = model.recognizer, model.config.bridge
     features, lengths = model.processor.log_mel([load_audio(audio)])
@@ -74,12 +71,12 @@ def decode(model: Any, audio: Path) -> dict[str, Any]:
         if model.encoder.config.padding == "tail":
             recognizer.know_window(model.encoder.silence_states())
         states, _ = encode_windows(model.encoder, features, lengths)
-        (ids, logp), *_ = recognizer.nbest(states[:1], 1, bridge.max_tokens)
+        if states.shape[0] != 1:
+            raise SystemExit(f"{audio}: longer than one 30 s window (the gate decides per window)")
+        (ids, logp), *_ = recognizer.nbest(states, 1, bridge.max_tokens)
         heard = model.transcribe_features(features, lengths)[0]
-    if states.shape[0] != 1:
-        raise SystemExit(f"{audio}: longer than one 30 s window (the gate decides per window)")
     greedy = recognizer.detokenize(ids).strip()
-    return {"greedy": tidy_transcript(greedy) if bridge.tidy else greedy, "mean_logp": logp / (len(ids) + 1),
+    return {"greedy": tidy_transcript(greedy) if bridge.tidy else greedy, "mean_logp": mean_log_probability(ids, logp),
             "default": heard}  # fmt: skip
 
 

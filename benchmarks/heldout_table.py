@@ -59,6 +59,14 @@ def load_set(data: Path, name: str, limit: int | None) -> list[Sample]:
     return [samples[i] for i in sorted(chosen)]
 
 
+def human_dev(data: Path, report: int = 100, n: int = 150) -> list[Sample]:
+    """People of the human set outside the `report` the held-out tables report (`load_set`'s subset):
+    a fixed random `n` of them, for choosing among runs without looking at the reported ones."""
+    reported = {s.id for s in load_set(data, "human", report)}
+    rest = [s for s in load_set(data, "human", None) if s.id not in reported]
+    return [rest[i] for i in sorted(np.random.default_rng(1).permutation(len(rest))[:n])]
+
+
 def whisper_hypotheses(samples: list[Sample], cache: Path, transcriber: Any) -> dict[str, str]:
     """Whisper tiny.en's transcript of each sample's audio, from the cache file or made and appended."""
     done: dict[str, str] = {}

@@ -426,7 +426,7 @@ def train(args: argparse.Namespace) -> None:
 
 def evaluate(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-    from heldout_table import load_set
+    from heldout_table import human_dev, load_set
 
     from speechllm.config import EncoderConfig
     from speechllm.data.audio import load_audio
@@ -460,9 +460,7 @@ def evaluate(args: argparse.Namespace) -> None:
             print(name, summary[name], flush=True)
             continue
         if name == "human_dev":  # people not in the report subset (heldout_table.py's --limit 100): for choosing
-            report = {s.id for s in load_set(args.data, "human", args.limit)}
-            rest = [s for s in load_set(args.data, "human", None) if s.id not in report]
-            samples = [rest[i] for i in sorted(np.random.default_rng(1).permutation(len(rest))[: args.dev_n])]
+            samples = human_dev(args.data, args.limit, args.dev_n)
         else:
             samples = load_set(args.data, name, None if name.startswith("spoken_qa") else args.limit)
         refs, hyps = [spoken_text(s) for s in samples], {"base": [], "adapted": []}

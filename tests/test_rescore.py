@@ -181,7 +181,7 @@ def test_a_confident_greedy_transcript_skips_the_beam_and_the_llm(tiny_config, t
     """`bridge.confidence`: a greedy transcript at least that confident (mean log-probability per
     token) is heard as is, with no LLM pass; below it, the beam and rescoring run as without it."""
     from speechllm.model.bridge import tidy_transcript
-    from speechllm.model.whisper_decoder import encode_windows
+    from speechllm.model.whisper_decoder import encode_windows, mean_log_probability
 
     model, recognizer = _rescoring_model(
         tiny_config, rescore=0.7, detokenize=lambda ids: " ".join(f"w{i}" for i in ids)
@@ -192,7 +192,7 @@ def test_a_confident_greedy_transcript_skips_the_beam_and_the_llm(tiny_config, t
         states, _ = encode_windows(model.encoder, features, lengths)
         (ids, logp), *_ = recognizer.nbest(states, beam_size=1, max_tokens=3)
         assert ids == recognizer.greedy(states, max_tokens=3)[0]  # a beam of one is the greedy path
-        mean = logp / (len(ids) + 1)
+        mean = mean_log_probability(ids, logp)
         assert mean < -0.1, "the test needs an uncertain greedy path"
         beam = lambda hyps: "from the beam"  # noqa: E731
         for confidence, heard in [

@@ -51,17 +51,22 @@ def add_noise(audio: np.ndarray, snr_db: float, rng: np.random.Generator, color:
     return np.clip(audio + noise, -1.0, 1.0).astype(np.float32)
 
 
+def quantise(compressed: np.ndarray, bits: int) -> np.ndarray:
+    """A companded signal in [-1, 1] rounded to a `bits`-bit codec's 2^(bits-1) - 1 levels a side."""
+    if not 2 <= bits <= 16:
+        raise ValueError(f"bits must be in [2, 16], got {bits}")
+    levels = 2 ** (bits - 1) - 1
+    return np.round(compressed * levels) / levels
+
+
 def a_law(audio: np.ndarray, bits: int = 8, a: float = 87.6) -> np.ndarray:
     """Compress with A-law (G.711's European law), quantise to `bits` bits, expand: the codec's round
     trip. (N,) -> (N,). The held-out telephone sets use mu-law (`channel.mu_law`); training draws this one."""
-    if not 2 <= bits <= 16:
-        raise ValueError(f"bits must be in [2, 16], got {bits}")
     x = np.clip(np.asarray(audio, dtype=np.float64), -1.0, 1.0)
     mag, log_a = np.abs(x), 1.0 + np.log(a)
     small = mag < 1.0 / a
     compressed = np.where(small, a * mag / log_a, (1.0 + np.log(np.maximum(a * mag, 1.0))) / log_a)
-    levels = 2 ** (bits - 1) - 1
-    q = np.round(compressed * levels) / levels
+    q = quantise(compressed, bits)
     expanded = np.where(q < 1.0 / log_a, q * log_a / a, np.exp(q * log_a - 1.0) / a)
     return (np.sign(x) * expanded).astype(np.float32)
 

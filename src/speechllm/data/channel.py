@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from speechllm.data.audio import SAMPLE_RATE, resample
-from speechllm.data.augment import telephone
+from speechllm.data.augment import quantise, telephone
 
 LINE_RATE = 8000
 """Sample rate of the narrow-band line (G.711)."""
@@ -18,12 +18,9 @@ LINE_RATE = 8000
 
 def mu_law(audio: np.ndarray, bits: int = 8, mu: float = 255.0) -> np.ndarray:
     """Compress with mu-law, quantise to `bits` bits, expand again: the codec's round trip. (N,) -> (N,)."""
-    if not 2 <= bits <= 16:
-        raise ValueError(f"bits must be in [2, 16], got {bits}")
     x = np.clip(np.asarray(audio, dtype=np.float64), -1.0, 1.0)
     compressed = np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
-    levels = 2 ** (bits - 1) - 1
-    quantised = np.round(compressed * levels) / levels
+    quantised = quantise(compressed, bits)
     expanded = np.sign(quantised) * ((1.0 + mu) ** np.abs(quantised) - 1.0) / mu
     return expanded.astype(np.float32)
 

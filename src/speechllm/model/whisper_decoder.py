@@ -66,6 +66,12 @@ Chooser = Callable[[list[tuple[str, float]]], str]
 """Picks a transcript from a beam's finished hypotheses: (text, summed log-probability) each."""
 
 
+def mean_log_probability(ids: list[int], logp: float) -> float:
+    """A finished hypothesis' summed log-probability per token, its end of text counted
+    (`bridge.confidence` compares this)."""
+    return logp / (len(ids) + 1)
+
+
 def whisper_pick(finished: list[tuple[list[int], float]]) -> list[int]:
     """Whisper's own choice among finished hypotheses (tokens, summed log-probability): the best mean
     log-probability per token (no length penalty)."""
@@ -131,8 +137,8 @@ class Transcriber(abc.ABC):
     def confident_greedy(self, states: Tensor, confidence: float, max_tokens: int = 128) -> list[int] | None:
         """The greedy transcript of one sample's states (1, S, D) (a beam of one) if its mean
         log-probability per token, the end of text included, is at least `confidence`; else None."""
-        ids, logp = max(self.nbest(states, 1, max_tokens), key=lambda f: f[1] / (len(f[0]) + 1))
-        return ids if logp / (len(ids) + 1) >= confidence else None
+        mean, ids = max((mean_log_probability(ids, logp), ids) for ids, logp in self.nbest(states, 1, max_tokens))
+        return ids if mean >= confidence else None
 
 
 class _DecoderLayer(nn.Module):
