@@ -7,7 +7,16 @@ import json
 
 import pytest
 
-from speechllm.bench import METRICS, _model_config, ratio, shared_llm_overrides, system_figures
+from speechllm.bench import (
+    METRICS,
+    BenchConfig,
+    _model_config,
+    per_round_ratio,
+    pooled,
+    ratio,
+    shared_llm_overrides,
+    system_figures,
+)
 from speechllm.cli import main
 
 
@@ -22,15 +31,28 @@ def test_system_figures_and_ratio_on_known_rows():
     assert ratio(1.0, 4.0) == 0.25 and ratio(None, 4.0) is None and ratio(1.0, 0.0) is None
 
 
+def test_rounds_pool_their_rows_and_keep_each_rounds_ratio():
+    """Two rounds of each system: the figures read every row, each round its own ratio."""
+    e2e = pooled([{"result": [{"ttft_s": 1.0}, {"ttft_s": 3.0}], "peak_rss_mb": 10.0, "threads": 2},
+                  {"result": [{"ttft_s": 2.0}, {"ttft_s": 2.0}], "peak_rss_mb": 12.0, "threads": 2}])  # fmt: skip
+    cascade = pooled([{"result": [{"ttft_s": 4.0}, {"ttft_s": 4.0}], "peak_rss_mb": 5.0, "threads": 2},
+                      {"result": [{"ttft_s": 8.0}, {"ttft_s": 8.0}], "peak_rss_mb": 4.0, "threads": 2}])  # fmt: skip
+    assert [r["round"] for r in e2e["result"]] == [0, 0, 1, 1] and e2e["peak_rss_mb"] == 12.0
+    assert per_round_ratio(e2e["result"], cascade["result"], "ttft_s") == [0.5, 0.25]
+    with pytest.raises(ValueError, match="rounds must be >= 1, got 0"):
+        BenchConfig(rounds=0)
+
+
 @pytest.mark.slow
 def test_bench_smoke_on_tiny_models(tmp_path, capsys):
     pytest.importorskip("espeakng_loader")
     out = tmp_path / "bench.json"
-    rc = main(["bench", "--tiny", "--n", "1", "--max-new-tokens", "3", "--train-steps", "1",
+    rc = main(["bench", "--tiny", "--n", "1", "--rounds", "2", "--max-new-tokens", "3", "--train-steps", "1",
                "--train-batch-size", "1", "--json", str(out), "--plots", str(tmp_path / "plots")])  # fmt: skip
     assert rc == 0
     figures = json.loads(out.read_text())
     assert figures["inputs"] == 1 and figures["e2e_ttft_s"] > 0 and figures["e2e_peak_rss_mb"] > 0
+    assert figures["rounds"] == 2 and [r["round"] for r in figures["samples"]["e2e"]] == [0, 1]
     assert figures["e2e_ttft_s"] >= figures["e2e_speech_s"] > 0  # the speech part comes before the first token
     assert {"e2e_ttft_s", "cascade_ttft_s", "ttft_ratio", "e2e_peak_rss_mb", "cascade_peak_rss_mb"} <= set(figures)
     assert {"train_asr_samples_per_s", "train_instruct_samples_per_s", "train_ctc_head_samples_per_s"} <= set(figures)
@@ -45,6 +67,7 @@ def test_bench_smoke_on_tiny_models(tmp_path, capsys):
         if e2e is not None and cascade:
             assert figures[ratio_key] == pytest.approx(e2e / cascade)
     assert figures["cascade_ttft_s"] >= figures["cascade_asr_s"] > 0
+    assert len(figures["ttft_ratio_per_round"]) == 2
 
 
 def test_the_cascade_runs_the_llm_the_end_to_end_model_runs():

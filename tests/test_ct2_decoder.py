@@ -134,3 +134,32 @@ def test_loading_leaves_torch_its_threads_and_the_recognizer_gets_its_own(peaked
         torch.set_num_threads(before)
     with pytest.raises(ValueError, match=r"bridge\.threads must be > 0"):
         BridgeConfig(threads=0)
+
+
+def test_auto_threads_keep_the_count_whose_probe_ran_sooner(peaked, monkeypatch):
+    """`bridge.threads: auto` times the same probe beam search on one thread and on torch's count and
+    keeps the faster model; with torch on one thread there is nothing to choose."""
+    from speechllm.model import ct2_decoder
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        one, two = (load_ct2_decoder(str(peaked["float32"]), "float32", n) for n in (1, 2))
+        assert (one.threads, two.threads) == (1, 2)
+        real = ct2_decoder.probe_seconds({1: one, 2: two})
+        assert set(real) == {1, 2} and all(0 < s < 60 for s in real.values())
+        for faster in (1, 2):
+            times = lambda models, *a, f=faster: {n: float(n != f) for n in models}  # noqa: E731
+            monkeypatch.setattr(ct2_decoder, "probe_seconds", times)
+            chosen = load_ct2_decoder(str(peaked["float32"]), "float32", "auto")
+            assert chosen.threads == faster
+            assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        monkeypatch.setattr(ct2_decoder, "probe_seconds", lambda *a: pytest.fail("one count: no probe"))
+        assert load_ct2_decoder(str(peaked["float32"]), "float32", "auto").threads == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match=r"bridge\.threads must be a count, 'auto' or null, got 'fast'"):
+        BridgeConfig(threads="fast")
+    with pytest.raises(ValueError, match=r"bridge\.threads must be a count, 'auto' or null, got 'fast'"):
+        load_ct2_decoder(str(peaked["float32"]), "float32", "fast")

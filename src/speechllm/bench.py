@@ -23,7 +23,9 @@ Per system, averaged over the inputs (batch size 1, one untimed warm-up run firs
 The ratios (`ttft_ratio`, `latency_ratio`, `tokens_per_s_ratio`, `rtf_ratio`, `peak_rss_ratio`)
 are e2e ÷ cascade: below 1 is better for e2e, except tokens/s where above 1 is. Where the first
 token's time goes: `e2e_speech_s` (the model's `prepare`: log-mel, encoder and connector, which for a
-token bridge includes the recognizer) and `cascade_asr_s` (faster-whisper).
+token bridge includes the recognizer) and `cascade_asr_s` (faster-whisper);
+`e2e_recognizer_threads`, the CPU threads a CTranslate2 recognizer runs on (`bridge.threads`, as
+`auto` chose them), else null.
 Training throughput (samples/s) of every stage in `STAGES` is measured in a third process on
 `train_steps` optimizer steps (after one warm-up step) of `StageModel` on the bench inputs, their
 encoder frames in a temporary `FeatureCache`, as `speechllm train` would read them; AdamW, fp32.
@@ -91,9 +93,13 @@ class BenchConfig:
     reuse_prompts: bool = True
     """Both systems' LLM reuses the keys of the prompt start it shares with the previous input (the
     system turn: `PromptCache`), as the engine does; False prefills every prompt whole."""
+    rounds: int = 1
+    """How many times each system runs on the inputs, the two taken in turn (e2e, cascade, e2e, ...)
+    so that a busy spell of a shared machine falls on both; the figures pool every round's rows, and
+    `ttft_ratio_per_round` gives each round's own ratio."""
 
     def __post_init__(self) -> None:
-        for name in ("n", "max_new_tokens", "train_batch_size"):
+        for name in ("n", "max_new_tokens", "train_batch_size", "rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.train_steps < 0:
@@ -190,6 +196,7 @@ def _run_e2e(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
     model = load_model(spec["model"], spec["overrides"])
     reuse = PromptCache() if spec["reuse_prompts"] else None
+    threads = getattr(model.recognizer, "threads", None)  # the CTranslate2 recognizer's CPU threads
     inputs = _inputs(spec)
     rows = []
     for i, (sample, audios) in enumerate([inputs[0], *inputs]):  # the first run warms up, untimed
@@ -200,7 +207,7 @@ def _run_e2e(spec: dict[str, Any]) -> list[dict[str, Any]]:
         row = _timed_answer(steps, eos_token_ids(model), model.processor.decode, t0)
         if i:
             rows.append({"id": sample.id, "audio_s": sum(len(a) for a in audios) / SAMPLE_RATE,
-                         "speech_s": speech_s, **row})  # fmt: skip
+                         "speech_s": speech_s, "recognizer_threads": threads, **row})  # fmt: skip
     return rows
 
 
@@ -378,14 +385,35 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         notes = []
         if model is None and not (DEFAULT_CHECKPOINT / "config.yaml").is_file():
             notes.append("no trained default adaptor is shipped: the timings are valid, the e2e answers are not")
-        runs = {"e2e": _run_worker("e2e", spec, tmp)}
+        kinds = ["e2e"]
         if config.cascade and importlib.util.find_spec("faster_whisper") is None:
             notes.append("cascade skipped: faster-whisper is not installed (pip install faster-whisper)")
         elif config.cascade:
-            runs["cascade"] = _run_worker("cascade", spec, tmp)
+            kinds.append("cascade")
+        rounds: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+        for _ in range(config.rounds):
+            for kind in kinds:
+                rounds[kind].append(_run_worker(kind, spec, tmp))
+        runs: dict[str, Any] = {kind: pooled(done) for kind, done in rounds.items()}
         if config.train_steps:
             runs["train"] = _run_worker("train", spec, tmp)
         return _figures(config, spec, runs, notes)
+
+
+def pooled(done: list[dict[str, Any]]) -> dict[str, Any]:
+    """One system's worker outputs of several rounds as one: every round's rows (each with its
+    `round`), the largest peak RSS."""
+    rows = [{**row, "round": i} for i, out in enumerate(done) for row in out["result"]]
+    return {"result": rows, "peak_rss_mb": max(out["peak_rss_mb"] for out in done), "threads": done[0]["threads"]}
+
+
+def per_round_ratio(e2e: list[dict[str, Any]], cascade: list[dict[str, Any]], metric: str) -> list[float | None]:
+    """e2e ÷ cascade of `metric`'s mean in each round (rows as `pooled` tags them)."""
+    out = []
+    for r in sorted({row["round"] for row in e2e}):
+        mine, theirs = ([row[metric] for row in rows if row["round"] == r] for rows in (e2e, cascade))
+        out.append(ratio(sum(mine) / len(mine), sum(theirs) / len(theirs)) if mine and theirs else None)
+    return out
 
 
 def _figures(config: BenchConfig, spec: dict[str, Any], runs: dict[str, Any], notes: list[str]) -> dict[str, Any]:
@@ -396,17 +424,20 @@ def _figures(config: BenchConfig, spec: dict[str, Any], runs: dict[str, Any], no
         "model": "tiny random" if config.tiny else (config.model or "default"),
         "overrides": config.overrides,
         "reuse_prompts": config.reuse_prompts,
-        "inputs": len(e2e_rows),
+        "rounds": config.rounds,
+        "inputs": len(e2e_rows) // config.rounds,
         "audio_s_mean": sum(r["audio_s"] for r in e2e_rows) / len(e2e_rows),
         "max_new_tokens": config.max_new_tokens,
     }
     e2e = system_figures(e2e_rows, runs["e2e"]["peak_rss_mb"])
     figures["e2e_speech_s"] = sum(r["speech_s"] for r in e2e_rows) / len(e2e_rows)
+    figures["e2e_recognizer_threads"] = e2e_rows[0].get("recognizer_threads")
     cascade: dict[str, float | None] = dict.fromkeys(METRICS)
     if "cascade" in runs:
         rows = runs["cascade"]["result"]
         cascade = system_figures(rows, runs["cascade"]["peak_rss_mb"])
         figures["cascade_asr_s"] = sum(r["asr_s"] for r in rows) / len(rows)
+        figures["ttft_ratio_per_round"] = per_round_ratio(e2e_rows, rows, "ttft_s")
         figures.update(_quality(e2e_rows, rows, spec["manifest"]))
     for metric in METRICS:
         figures[f"e2e_{metric}"] = e2e[metric]

@@ -171,10 +171,13 @@ class BridgeConfig:
     """CTranslate2's compute type for the `ctranslate2` engine: `int8` (weights int8; its beam search
     ~3x faster than the PyTorch decoder's on this CPU), `int8_float32`, `int8_bfloat16`, `int16`,
     `float32`, `bfloat16`."""
-    threads: int | None = 1
-    """CPU threads of the `ctranslate2` engine (None: as many as torch uses). One by default: a tiny
-    decoder's steps are too small to share, and on a 2-core CPU its beam search took 0.20 s a
-    question on two threads against 0.11 s on one (README, Figures, session 17)."""
+    threads: int | str | None = "auto"
+    """CPU threads of the `ctranslate2` engine: a count, None (as many as torch uses), or `auto`: one
+    or torch's count, whichever runs a short probe beam search sooner when the model loads (~1 s;
+    `ct2_decoder.probe_seconds`). Which is faster depends on the CPU: on session 17's two cores a
+    question's beam search took 0.20 s on two threads against 0.11 s on one; on session 22's
+    (AVX2 only) two threads brought the first token from 0.81-0.87 to 0.69-0.75 x the cascade's
+    (README, Figures). The count changes no transcript."""
     precision: str = "float32"
     """Precision of the `whisper` recognizer's text decoder weights and matmuls: `float32`,
     `bfloat16`, or `auto` (bfloat16 where the hardware multiplies it natively: CUDA, or a CPU with
@@ -228,7 +231,10 @@ class BridgeConfig:
         _check_positive("bridge.beam_size", self.beam_size)
         _check_choice("bridge.engine", self.engine, RECOGNIZER_ENGINES)
         _check_choice("bridge.compute_type", self.compute_type, CT2_COMPUTE_TYPES)
-        if self.threads is not None:
+        if isinstance(self.threads, str):
+            if self.threads != "auto":
+                raise ValueError(f"bridge.threads must be a count, 'auto' or null, got {self.threads!r}")
+        elif self.threads is not None:
             _check_positive("bridge.threads", self.threads)
         _check_choice("bridge.precision", self.precision, PRECISIONS)
         _check_choice("bridge.logits", self.logits, LOGITS)

@@ -1,6 +1,6 @@
 """`speechllm bench`: latency, throughput and memory of the end-to-end model vs the ASR + LLM cascade.
 
-speechllm bench [--model DIR] [--manifest M | --n 5] [--json OUT] [--plots DIR] [--tiny]
+speechllm bench [--model DIR] [--manifest M | --n 5] [--rounds R] [--json OUT] [--plots DIR] [--tiny]
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--threads", type=int, help="CPU threads for both systems (default: torch's default)")
     p.add_argument("--train-steps", type=int, default=3, help="timed training steps per stage; 0 skips training")
     p.add_argument("--train-batch-size", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the two systems this many times in turn; the figures pool the rounds")  # fmt: skip
     p.add_argument("--json", type=Path, dest="json_out", help="write the figures as JSON here")
     p.add_argument("--plots", type=Path, help="write PNG bar charts into this folder")
     p.add_argument("--tiny", action="store_true", help="tiny random models in a temp dir (smoke test)")
@@ -46,6 +48,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cascade=not args.no_cascade,
         overrides=list(args.overrides),
         reuse_prompts=not args.no_reuse_prompts,
+        rounds=args.rounds,
     )
     figures = run_bench(config)
     text = json.dumps(figures, indent=2)

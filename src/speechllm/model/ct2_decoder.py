@@ -19,6 +19,8 @@ special token but the end of text), a blank or end of text never first; beam sea
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,6 +30,8 @@ from torch import Tensor
 
 from speechllm.config import CT2_COMPUTE_TYPES
 from speechllm.model.whisper_decoder import Transcriber
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -51,6 +55,7 @@ class CT2TextDecoder(Transcriber):
         suppress: list[int],
         detokenize: Callable[[list[int]], str] | None = None,
         max_positions: int = 448,
+        eot: int | None = None,
     ) -> None:
         self.whisper = whisper
         """A `ctranslate2.models.Whisper`."""
@@ -60,6 +65,10 @@ class CT2TextDecoder(Transcriber):
         """Never emitted: the checkpoint's suppressed tokens and every special token but the end of text."""
         self.detokenize = detokenize
         self.max_positions = max_positions
+        self.eot = eot
+        """The end of text's id (None: unknown; `probe_seconds` needs it)."""
+        self.threads: int | None = None
+        """The CPU threads it runs on, where `load_ct2_decoder` set them."""
 
     def know_window(self, window: Tensor) -> None:
         """Nothing to keep: CTranslate2 projects every encoder position at each call."""
@@ -105,14 +114,17 @@ class CT2TextDecoder(Transcriber):
 
 
 def load_ct2_decoder(
-    source: str, compute_type: str = "int8", threads: int | None = None, adapter: str | None = None
+    source: str, compute_type: str = "int8", threads: int | str | None = None, adapter: str | None = None
 ) -> CT2TextDecoder:
     """The text decoder of the CTranslate2 Whisper checkpoint `source` names (the bundled ones
-    included), run by CTranslate2 in `compute_type` on `threads` CPU threads (None: torch's), with
+    included), run by CTranslate2 in `compute_type` on `threads` CPU threads (None: torch's; `auto`:
+    one or torch's count, whichever runs `probe_seconds`'s beam search sooner here), with
     the low-rank adapters of the file `adapter` merged into its weights (`bridge.adapter`: a patched
     copy of model.bin in memory)."""
     if compute_type not in CT2_COMPUTE_TYPES:
         raise ValueError(f"bridge.compute_type must be one of {CT2_COMPUTE_TYPES}, got {compute_type!r}")
+    if isinstance(threads, str) and threads != "auto":
+        raise ValueError(f"bridge.threads must be a count, 'auto' or null, got {threads!r}")
     try:
         import ctranslate2
     except ImportError as e:
@@ -125,10 +137,62 @@ def load_ct2_decoder(
 
         assert files is not None  # whole=True reads the files
         files["model.bin"] = patch_ct2_model(files["model.bin"], read_adapter(adapter))
-    threads = torch.get_num_threads() if threads is None else threads
+
+    never = sorted({*arch["suppress"], *range(arch["specials_from"], arch["vocab_size"])} - {arch["eot"]})
+
+    def decoder(count: int) -> CT2TextDecoder:
+        with keeping_torch_threads():
+            whisper = ctranslate2.models.Whisper(
+                path, device="cpu", compute_type=compute_type, intra_threads=count, files=files
+            )
+        made = CT2TextDecoder(whisper, arch["prompt"], never, lambda ids: tokenizer.decode(ids), eot=arch["eot"])
+        made.threads = count
+        return made
+
+    if not isinstance(threads, str):  # a count, or None: torch's
+        return decoder(torch.get_num_threads() if threads is None else threads)
+    decoders = {n: decoder(n) for n in sorted({1, torch.get_num_threads()})}
+    if len(decoders) == 1:
+        return decoders[1]
+    seconds = probe_seconds(decoders)
+    count = min(seconds, key=lambda n: seconds[n])
+    log.info("bridge.threads auto: %s; the recognizer runs on %d", _timings(seconds), count)
+    return decoders[count]
+
+
+PROBE_POSITIONS = 200
+"""Encoder positions of the probe (4 s of speech: a spoken question with `tail`'s margin)."""
+
+
+def probe_seconds(decoders: dict[int, CT2TextDecoder], rounds: int = 2) -> dict[int, float]:
+    """Each decoder's fastest of `rounds` probe beam searches (5 beams, 10 steps, the end of text
+    never written), keyed as given; the decoders taken in turn after one warm-up each, so that a
+    busy moment of the machine falls on all of them. The probe reads CTranslate2's encoding of 4 s
+    of silence. The decoders share a checkpoint (only their threads differ)."""
+    import ctranslate2
+
+    first = next(iter(decoders.values()))
+    if first.eot is None:
+        raise ValueError("probe_seconds needs decoders that know their end of text (load_ct2_decoder's)")
+    never = [*first.suppress, first.eot]
+    silence = np.zeros((1, first.whisper.n_mels, 2 * PROBE_POSITIONS), dtype=np.float32)  # 1, mels, frames
     with keeping_torch_threads():
-        whisper = ctranslate2.models.Whisper(
-            path, device="cpu", compute_type=compute_type, intra_threads=threads, files=files
-        )
-    never = {*arch["suppress"], *range(arch["specials_from"], arch["vocab_size"])} - {arch["eot"]}
-    return CT2TextDecoder(whisper, arch["prompt"], sorted(never), lambda ids: tokenizer.decode(ids))
+        states = first.whisper.encode(ctranslate2.StorageView.from_array(silence))  # 1, PROBE_POSITIONS, D
+
+    def search(model: Any) -> float:
+        start = time.perf_counter()
+        model.generate(states, [first.prompt], beam_size=5, num_hypotheses=5,
+                       max_length=2 * (10 + len(first.prompt)), suppress_tokens=never)  # fmt: skip
+        return time.perf_counter() - start
+
+    for d in decoders.values():
+        search(d.whisper)  # warm-up
+    best = {n: float("inf") for n in decoders}
+    for _ in range(rounds):
+        for n, d in decoders.items():
+            best[n] = min(best[n], search(d.whisper))
+    return best
+
+
+def _timings(seconds: dict[int, float]) -> str:
+    return ", ".join(f"{n} thread{'s' * (n > 1)} {s:.3f} s" for n, s in seconds.items())
