@@ -9,7 +9,9 @@ one: its tokens and mean log-probability per token, the end of text included) an
 hears it (beam 5, rescored by the LLM, `bridge.confidence` off). For each threshold, the gated
 transcript is the greedy one where its mean log-probability reaches the threshold and the default's
 elsewhere: the share of utterances that take the fast path, the WER and the letter-perfect
-transcripts (after `bridge.tidy`) of the gated transcripts, beside the default's and greedy's.
+transcripts (after `bridge.tidy`) of the gated transcripts, beside the default's and greedy's. For
+each of `--shares`, the same with that share on the fast path chosen by either signal, the mean
+log-probability or the least likely token's (`SIGNALS`): which one picks safer transcripts.
 
 Sets: `recipe`, the 200 BIG-bench questions `recipes/recognizer_adapter.py data` spoke for its own dev
 set (eSpeak NG voices and Piper `joe`, a third on a telephone line; `--recipe-dev`), never trained on;
@@ -63,7 +65,7 @@ def decode(model: Any, audio: Path) -> dict[str, Any]:
 
     from speechllm.data.audio import load_audio
     from speechllm.model.bridge import tidy_transcript
-    from speechllm.model.whisper_decoder import encode_windows, mean_log_probability
+    from speechllm.model.transcriber import encode_windows, mean_log_probability
 
     recognizer, bridge = model.recognizer, model.config.bridge
     features, lengths = model.processor.log_mel([load_audio(audio)])
@@ -73,11 +75,23 @@ def decode(model: Any, audio: Path) -> dict[str, Any]:
         states, _ = encode_windows(model.encoder, features, lengths)
         if states.shape[0] != 1:
             raise SystemExit(f"{audio}: longer than one 30 s window (the gate decides per window)")
-        (ids, logp), *_ = recognizer.nbest(states, 1, bridge.max_tokens)
+        ids, logps = recognizer.token_log_probabilities(states, bridge.max_tokens)
         heard = model.transcribe_features(features, lengths)[0]
     greedy = recognizer.detokenize(ids).strip()
-    return {"greedy": tidy_transcript(greedy) if bridge.tidy else greedy, "mean_logp": mean_log_probability(ids, logp),
-            "default": heard}  # fmt: skip
+    return {"greedy": tidy_transcript(greedy) if bridge.tidy else greedy,
+            "mean_logp": mean_log_probability(ids, sum(logps)), "min_logp": min(logps), "default": heard}  # fmt: skip
+
+
+SIGNALS = {"mean": "mean_logp", "min": "min_logp"}
+"""How sure a greedy transcript is: its mean log-probability per token (what `bridge.confidence`
+compares), or its least likely token's."""
+
+
+def by_share(rows: list[dict[str, Any]], signal: str, share: float) -> list[bool]:
+    """The `share` of `rows` most confident by `signal` on the fast path (ties broken by order)."""
+    order = sorted(range(len(rows)), key=lambda i: -rows[i][SIGNALS[signal]])
+    fast = set(order[: round(share * len(rows))])
+    return [i in fast for i in range(len(rows))]
 
 
 def summary(rows: list[dict[str, Any]], fast: list[bool]) -> dict[str, Any]:
@@ -95,6 +109,8 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=["recipe", "human_dev", "bench"])
     parser.add_argument("--thresholds", type=float, nargs="+",
                         default=[-0.02, -0.05, -0.08, -0.1, -0.15, -0.2, -0.3, -0.5, -1.0])  # fmt: skip
+    parser.add_argument("--shares", type=float, nargs="*", default=[0.2, 0.33, 0.5, 0.66],
+                        help="also compare the signals at these shares on the fast path")  # fmt: skip
     parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--recipe-dev", type=Path, default=Path("data_out/decoder_adapt"))
     parser.add_argument("--heldout", type=Path, default=Path("data_out/heldout"))
@@ -109,6 +125,8 @@ def main() -> None:
     model = load_model(None, [*args.override, "bridge.confidence=null"]).eval()
     if model.recognizer is None or model.config.bridge.beam_size <= 1:
         raise SystemExit("the gate needs the whisper recognizer with beam search (bridge.beam_size > 1)")
+    if model.config.bridge.engine != "ctranslate2":
+        raise SystemExit("the gate benchmark reads each token's log-probability from CTranslate2 (bridge.engine)")
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.sets:
         rows = []
@@ -122,6 +140,10 @@ def main() -> None:
         for threshold in args.thresholds:
             fast = [r["mean_logp"] >= threshold for r in rows]
             print(json.dumps({"set": name, "threshold": threshold, **summary(rows, fast)}))
+        for share in args.shares:
+            for signal in SIGNALS:
+                print(json.dumps({"set": name, "share": share, "signal": signal,
+                                  **summary(rows, by_share(rows, signal, share))}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def main() -> None:
 
     from speechllm.data.audio import load_audio
     from speechllm.defaults import load_model
-    from speechllm.model.whisper_decoder import encode_windows
+    from speechllm.model.transcriber import encode_windows
 
     torch.set_num_threads(1)
     model = load_model(None, args.override).eval()

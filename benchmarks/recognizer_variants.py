@@ -57,7 +57,8 @@ def main() -> None:
     from speechllm.model.encoder import load_whisper_encoder
     from speechllm.model.features import LogMel
     from speechllm.model.precision import resolve_precision
-    from speechllm.model.whisper_decoder import encode_windows, load_whisper_decoder
+    from speechllm.model.transcriber import encode_windows
+    from speechllm.model.whisper_decoder import load_whisper_decoder
     from speechllm.weights.whisper_decoder import read_whisper_decoder
 
     torch.set_num_threads(1)

@@ -54,7 +54,7 @@ def main() -> None:
     from speechllm.eval.metrics import wer
     from speechllm.model.bridge import tidy_transcript
     from speechllm.model.rescore import TurnScorer, best_by_llm, candidates
-    from speechllm.model.whisper_decoder import encode_windows
+    from speechllm.model.transcriber import encode_windows
 
     torch.set_num_threads(1)
     held = {s.meta["question"].strip().lower() for s in read_manifest(args.heldout)}

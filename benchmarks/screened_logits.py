@@ -35,7 +35,8 @@ def main() -> None:
     from speechllm.data.audio import load_audio
     from speechllm.model.encoder import load_whisper_encoder
     from speechllm.model.features import LogMel
-    from speechllm.model.whisper_decoder import encode_windows, load_whisper_decoder
+    from speechllm.model.transcriber import encode_windows
+    from speechllm.model.whisper_decoder import load_whisper_decoder
 
     torch.set_num_threads(1)
     encoder = load_whisper_encoder(EncoderConfig(source=args.source, padding="30s")).eval()

@@ -274,7 +274,9 @@ def evaluate(args: argparse.Namespace) -> None:
     from speechllm.data.transcripts import spoken_text
     from speechllm.eval.metrics import wer
     from speechllm.model.bridge import tidy_transcript
-    from speechllm.model.whisper_decoder import encode_windows, load_whisper_decoder, repetitive, split_windows
+    from speechllm.model.encoder import split_windows
+    from speechllm.model.transcriber import encode_windows, repetitive
+    from speechllm.model.whisper_decoder import load_whisper_decoder
 
     decoder = load_whisper_decoder(SOURCE, "float32", "auto")
     encoders = {

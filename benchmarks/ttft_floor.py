@@ -47,7 +47,7 @@ def main() -> None:
     from speechllm.defaults import load_model
     from speechllm.inference.generation import GenerationConfig, eos_token_ids, generate_tokens
     from speechllm.inference.prompt_cache import PromptCache
-    from speechllm.model.whisper_decoder import encode_windows
+    from speechllm.model.transcriber import encode_windows
     from speechllm.weights.whisper import resolve_encoder_source
 
     torch.set_num_threads(1)

@@ -252,7 +252,7 @@ def encode(rows: list[tuple[str, Any]], cache: Path, padding: str) -> None:
     from speechllm.data.audio import load_audio
     from speechllm.model.encoder import load_whisper_encoder
     from speechllm.model.features import LogMel
-    from speechllm.model.whisper_decoder import encode_windows
+    from speechllm.model.transcriber import encode_windows
     from speechllm.weights.whisper_decoder import read_whisper_decoder
 
     _, _, tokenizer = read_whisper_decoder(SOURCE)
@@ -435,7 +435,8 @@ def evaluate(args: argparse.Namespace) -> None:
     from speechllm.model.bridge import tidy_transcript
     from speechllm.model.encoder import load_whisper_encoder
     from speechllm.model.features import LogMel
-    from speechllm.model.whisper_decoder import encode_windows, load_whisper_decoder
+    from speechllm.model.transcriber import encode_windows
+    from speechllm.model.whisper_decoder import load_whisper_decoder
     from speechllm.weights.decoder_adapter import merge_deltas, read_adapter
 
     encoder = load_whisper_encoder(EncoderConfig(source=SOURCE, padding=args.padding, precision="auto")).eval()  # type: ignore[arg-type]

@@ -52,6 +52,15 @@ def test_max_tokens_is_the_number_of_tokens_written(peaked):
         assert [len(ids) for ids in ct2.greedy(eot_never, None, limit)] == [limit]
 
 
+def test_token_log_probabilities_sum_to_the_greedy_score(peaked):
+    ct2 = load_ct2_decoder(str(peaked["float32"]), "float32", threads=1)
+    for seed, limit in ((0, 5), (1, 12), (2, 12)):
+        ids, logps = ct2.token_log_probabilities(_states(seed), limit)
+        ((greedy, score),) = ct2.nbest(_states(seed), 1, limit)
+        assert ids == greedy and sum(logps) == pytest.approx(score, abs=1e-3)
+        assert len(logps) == len(ids) + (len(ids) < limit) and all(lp <= 0 for lp in logps)  # end of text last
+
+
 def test_never_writes_a_special_or_suppressed_token(peaked):
     ct2 = load_ct2_decoder(str(peaked["float32"]), "float32", threads=1)
     tokens = {t for seed in range(4) for ids, _ in ct2.nbest(_states(seed), 4, 12) for t in ids}
@@ -148,6 +157,9 @@ def test_auto_threads_keep_the_count_whose_probe_ran_sooner(peaked, monkeypatch)
         assert (one.threads, two.threads) == (1, 2)
         real = ct2_decoder.probe_seconds({1: one, 2: two})
         assert set(real) == {1, 2} and all(0 < s < 60 for s in real.values())
+        one.eot = None
+        with pytest.raises(ValueError, match="know their end of text"):
+            ct2_decoder.probe_seconds({1: one})
         for faster in (1, 2):
             times = lambda models, *a, f=faster: {n: float(n != f) for n in models}  # noqa: E731
             monkeypatch.setattr(ct2_decoder, "probe_seconds", times)

@@ -151,7 +151,7 @@ def test_hear_picks_the_hypothesis_the_llm_prefers(tiny_config, tone):
     with torch.no_grad():
         features, lengths = model.processor.log_mel([audio])
         from speechllm.model.bridge import tidy_transcript
-        from speechllm.model.whisper_decoder import encode_windows
+        from speechllm.model.transcriber import encode_windows
 
         states, _ = encode_windows(encoder, features, lengths)
         found = recognizer.nbest(states, beam_size=4, max_tokens=3)
@@ -181,7 +181,7 @@ def test_a_confident_greedy_transcript_skips_the_beam_and_the_llm(tiny_config, t
     """`bridge.confidence`: a greedy transcript at least that confident (mean log-probability per
     token) is heard as is, with no LLM pass; below it, the beam and rescoring run as without it."""
     from speechllm.model.bridge import tidy_transcript
-    from speechllm.model.whisper_decoder import encode_windows, mean_log_probability
+    from speechllm.model.transcriber import encode_windows, mean_log_probability
 
     model, recognizer = _rescoring_model(
         tiny_config, rescore=0.7, detokenize=lambda ids: " ".join(f"w{i}" for i in ids)

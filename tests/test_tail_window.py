@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from speechllm.config import EncoderConfig
-from speechllm.model.encoder import TAIL_MARGIN_FRAMES, TAIL_SILENCE, load_whisper_encoder
+from speechllm.model.encoder import TAIL_MARGIN_FRAMES, TAIL_SILENCE, load_whisper_encoder, split_windows
 from speechllm.model.features import LogMel, log_mel_for
-from speechllm.model.whisper_decoder import encode_windows, repetitive, split_windows, transcribe_windows
+from speechllm.model.transcriber import encode_windows, repetitive, transcribe_windows
 
 
 def _encoders(tiny_whisper_dir):

@@ -15,7 +15,8 @@ from speechllm.model.encoder import WhisperEncoder
 from speechllm.model.features import log_mel_for
 from speechllm.model.processor import SpeechLLMProcessor
 from speechllm.model.speech_llm import SpeechLLM
-from speechllm.model.whisper_decoder import Transcriber, load_whisper_decoder
+from speechllm.model.transcriber import Transcriber
+from speechllm.model.whisper_decoder import load_whisper_decoder
 
 log = logging.getLogger(__name__)
 

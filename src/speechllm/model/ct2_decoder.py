@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from speechllm.config import CT2_COMPUTE_TYPES
-from speechllm.model.whisper_decoder import Transcriber
+from speechllm.model.transcriber import Transcriber
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class CT2TextDecoder(Transcriber):
     def know_window(self, window: Tensor) -> None:
         """Nothing to keep: CTranslate2 projects every encoder position at each call."""
 
-    def _generate(self, states: Tensor, beam_size: int, max_tokens: int) -> list[Any]:
+    def _generate(self, states: Tensor, beam_size: int, max_tokens: int, logits: bool = False) -> list[Any]:
         if states.dim() != 3:
             raise ValueError(f"encoder states must be (batch, positions, width), got shape {tuple(states.shape)}")
         if max_tokens < 1:
@@ -94,6 +94,7 @@ class CT2TextDecoder(Transcriber):
                 max_length=2 * min(max_tokens, self.max_positions - len(self.prompt)),
                 suppress_blank=True,
                 suppress_tokens=self.suppress,
+                return_logits_vocab=logits,
             )
         )
 
@@ -103,6 +104,20 @@ class CT2TextDecoder(Transcriber):
         if lengths is not None:
             raise ValueError("CTranslate2's Whisper decoder reads every encoder position: lengths must be None")
         return [list(r.sequences_ids[0]) for r in self._generate(states, 1, max_tokens)]
+
+    def token_log_probabilities(self, states: Tensor, max_tokens: int = 128) -> tuple[list[int], list[float]]:
+        """The greedy transcript of one sample's states (1, S, D) and each of its tokens'
+        log-probability, the end of text's last (their sum is the greedy hypothesis' score)."""
+        if states.shape[0] != 1:
+            raise ValueError(f"decodes one sample at a time, got states of shape {tuple(states.shape)}")
+        if self.eot is None:
+            raise ValueError("token_log_probabilities needs the end of text's id (a decoder from load_ct2_decoder)")
+        result = self._generate(states, 1, max_tokens, logits=True)[0]
+        ids = list(result.sequences_ids[0])
+        steps = torch.tensor(np.stack([np.asarray(s).reshape(-1) for s in result.logits[0]]))  # T, V
+        chosen = [*ids, self.eot][: steps.shape[0]]  # a transcript cut at max_tokens has no end of text
+        logp = torch.log_softmax(steps.float(), -1)[torch.arange(len(chosen)), torch.tensor(chosen)]
+        return ids, logp.tolist()
 
     def nbest(self, states: Tensor, beam_size: int = 5, max_tokens: int = 128) -> list[tuple[list[int], float]]:
         """The `beam_size` best hypotheses CTranslate2's beam search finished for one sample's states

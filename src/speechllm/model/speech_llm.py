@@ -24,7 +24,7 @@ from speechllm.model.compressor import Compressor
 from speechllm.model.encoder import WhisperEncoder
 from speechllm.model.processor import Message, Rendered, SpeechLLMProcessor
 from speechllm.model.rescore import HeardTurn, TurnScorer, best_by_llm, candidates
-from speechllm.model.whisper_decoder import Transcriber, transcribe_windows
+from speechllm.model.transcriber import Transcriber, transcribe_windows
 
 SILENT_TEXT = "..."
 """What the LLM reads for an audio whose transcript is empty (never an empty turn)."""
