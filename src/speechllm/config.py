@@ -40,6 +40,15 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
+def check_recognizer_threads(threads: int | str | None) -> None:
+    """`bridge.threads`: a positive count, `auto` or None; ValueError naming the value otherwise."""
+    if isinstance(threads, str):
+        if threads != "auto":
+            raise ValueError(f"bridge.threads must be a count, 'auto' or null, got {threads!r}")
+    elif threads is not None:
+        _check_positive("bridge.threads", threads)
+
+
 def _check_positive(name: str, value: int | float) -> None:
     if value <= 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
@@ -231,11 +240,7 @@ class BridgeConfig:
         _check_positive("bridge.beam_size", self.beam_size)
         _check_choice("bridge.engine", self.engine, RECOGNIZER_ENGINES)
         _check_choice("bridge.compute_type", self.compute_type, CT2_COMPUTE_TYPES)
-        if isinstance(self.threads, str):
-            if self.threads != "auto":
-                raise ValueError(f"bridge.threads must be a count, 'auto' or null, got {self.threads!r}")
-        elif self.threads is not None:
-            _check_positive("bridge.threads", self.threads)
+        check_recognizer_threads(self.threads)
         _check_choice("bridge.precision", self.precision, PRECISIONS)
         _check_choice("bridge.logits", self.logits, LOGITS)
         if self.rescore < 0:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from speechllm.config import CT2_COMPUTE_TYPES
+from speechllm.config import CT2_COMPUTE_TYPES, check_recognizer_threads
 from speechllm.model.transcriber import Transcriber
 
 log = logging.getLogger(__name__)
@@ -138,8 +138,7 @@ def load_ct2_decoder(
     copy of model.bin in memory)."""
     if compute_type not in CT2_COMPUTE_TYPES:
         raise ValueError(f"bridge.compute_type must be one of {CT2_COMPUTE_TYPES}, got {compute_type!r}")
-    if isinstance(threads, str) and threads != "auto":
-        raise ValueError(f"bridge.threads must be a count, 'auto' or null, got {threads!r}")
+    check_recognizer_threads(threads)
     try:
         import ctranslate2
     except ImportError as e:
