@@ -19,6 +19,28 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def question_audios(args: argparse.Namespace) -> tuple[list[np.ndarray], str]:
+    """The audio of `--num` questions of the held-out set `--set` (the subset `heldout_table.load_set`
+    draws), or of `speechllm bench`'s `--bench` eSpeak inputs; and the set's name as printed."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from heldout_table import load_set
+
+    from speechllm.data.audio import load_audio
+
+    if args.bench:
+        from speechllm.bench import default_inputs
+        from speechllm.data.manifest import read_manifest
+
+        with tempfile.TemporaryDirectory() as tmp:
+            audios = [load_audio(s.audio[0]) for s in read_manifest(default_inputs(args.bench, Path(tmp)))]
+        return audios, f"bench:{args.bench}"
+    return [load_audio(s.audio[0]) for s in load_set(args.data, args.name, args.num)], args.name
 
 
 def main() -> None:
@@ -31,10 +53,6 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from heldout_table import load_set
-
-    from speechllm.data.audio import load_audio
     from speechllm.defaults import load_model
     from speechllm.model.transcriber import encode_windows
 
@@ -44,15 +62,7 @@ def main() -> None:
     if recognizer is None or recognizer.detokenize is None:
         raise SystemExit("the model's bridge has no whisper recognizer (bridge.recognizer whisper)")
     bridge = model.config.bridge
-    if args.bench:
-        from speechllm.bench import default_inputs
-        from speechllm.data.manifest import read_manifest
-
-        with tempfile.TemporaryDirectory() as tmp:
-            audios = [load_audio(s.audio[0]) for s in read_manifest(default_inputs(args.bench, Path(tmp)))]
-        args.name = f"bench:{args.bench}"
-    else:
-        audios = [load_audio(s.audio[0]) for s in load_set(args.data, args.name, args.num)]
+    audios, args.name = question_audios(args)
     seconds = {"log_mel": 0.0, "encoder": 0.0, "beam_search": 0.0, "rescoring": 0.0, "prepare": 0.0}
 
     @contextlib.contextmanager

@@ -6,7 +6,8 @@ the machine falls on both), beside what `bridge.threads: auto` chose at load and
     OMP_NUM_THREADS=2 python benchmarks/recognizer_threads.py --bench 5 [--rounds 5] [--override ...]
     OMP_NUM_THREADS=2 python benchmarks/recognizer_threads.py --set spoken_qa --num 20
 
-Inputs as benchmarks/hearing_time.py's (`--bench N`: `speechllm bench`'s eSpeak questions).
+Inputs as benchmarks/hearing_time.py's (`question_audios`; `--bench N`: `speechllm bench`'s eSpeak
+questions). `probe_s` are the seconds of the probe that chose at load.
 Prints one JSON line: each count's median over rounds of the mean seconds per input, their ratio,
 and whether the transcripts were the same on every count.
 """
@@ -17,7 +18,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -35,30 +35,19 @@ def main() -> None:
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from heldout_table import load_set
+    from hearing_time import question_audios
 
-    from speechllm.data.audio import load_audio
     from speechllm.defaults import load_model
     from speechllm.model.builders import load_recognizer
-    from speechllm.model.ct2_decoder import probe_seconds
 
     model = load_model(None, [*args.override, "bridge.threads=auto"]).eval()
     bridge = model.config.bridge
     if bridge.engine != "ctranslate2" or not bridge.reads_whisper:
         raise SystemExit("the model's recognizer is not run by CTranslate2 (bridge.engine ctranslate2)")
-    auto = model.recognizer.threads
+    auto, probe = model.recognizer.threads, model.recognizer.probe or {}  # no probe: torch has one thread
     counts = sorted({1, torch.get_num_threads()})
     decoders = {n: load_recognizer(replace(model.config, bridge=replace(bridge, threads=n))) for n in counts}
-    probe = probe_seconds(decoders)
-    if args.bench:
-        from speechllm.bench import default_inputs
-        from speechllm.data.manifest import read_manifest
-
-        with tempfile.TemporaryDirectory() as tmp:
-            audios = [load_audio(s.audio[0]) for s in read_manifest(default_inputs(args.bench, Path(tmp)))]
-        args.name = f"bench:{args.bench}"
-    else:
-        audios = [load_audio(s.audio[0]) for s in load_set(args.data, args.name, args.num)]
+    audios, args.name = question_audios(args)
     turns = [[[{"role": "user", "content": [{"type": "audio", "audio": a}]}]] for a in audios]
     seconds: dict[int, list[float]] = {n: [] for n in counts}
     heard: dict[int, list[str]] = {}

@@ -164,11 +164,12 @@ def test_auto_threads_keep_the_count_whose_probe_ran_sooner(peaked, monkeypatch)
             times = lambda models, *a, f=faster: {n: float(n != f) for n in models}  # noqa: E731
             monkeypatch.setattr(ct2_decoder, "probe_seconds", times)
             chosen = load_ct2_decoder(str(peaked["float32"]), "float32", "auto")
-            assert chosen.threads == faster
+            assert chosen.threads == faster and chosen.probe == {n: float(n != faster) for n in (1, 2)}
             assert torch.get_num_threads() == 2
         torch.set_num_threads(1)
         monkeypatch.setattr(ct2_decoder, "probe_seconds", lambda *a: pytest.fail("one count: no probe"))
-        assert load_ct2_decoder(str(peaked["float32"]), "float32", "auto").threads == 1
+        alone = load_ct2_decoder(str(peaked["float32"]), "float32", "auto")
+        assert alone.threads == 1 and alone.probe is None
     finally:
         torch.set_num_threads(before)
     with pytest.raises(ValueError, match=r"bridge\.threads must be a count, 'auto' or null, got 'fast'"):

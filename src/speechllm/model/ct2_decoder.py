@@ -69,6 +69,8 @@ class CT2TextDecoder(Transcriber):
         """The end of text's id (None: unknown; `probe_seconds` needs it)."""
         self.threads: int | None = None
         """The CPU threads it runs on, where `load_ct2_decoder` set them."""
+        self.probe: dict[int, float] | None = None
+        """With `bridge.threads: auto`, the probe's seconds per thread count that chose `threads`."""
 
     def know_window(self, window: Tensor) -> None:
         """Nothing to keep: CTranslate2 projects every encoder position at each call."""
@@ -171,6 +173,7 @@ def load_ct2_decoder(
     seconds = probe_seconds(decoders)
     count = min(seconds, key=lambda n: seconds[n])
     log.info("bridge.threads auto: %s; the recognizer runs on %d", _timings(seconds), count)
+    decoders[count].probe = seconds
     return decoders[count]
 
 
