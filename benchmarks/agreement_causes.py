@@ -8,7 +8,9 @@ The first file is a transcript file of benchmarks/recognizer_variants.py (`refer
 question, `hypothesis` = Whisper's transcript, written as the LLM reads it after `bridge.tidy`), the
 second the per-question rows of benchmarks/heldout_table.py for the same model (its answers).
 Kinds, first that applies: exact; only case or punctuation; only British vs American spelling
-(colour/color); only numbers written in digits ("2" for "two"); words misheard.
+(colour/color); only numbers written in digits ("2" for "two"); words misheard. A second table
+counts by the typed question alone: whether it holds a form a recognizer writing as Whisper does
+would write otherwise (a number word, or "colour"), and how many of each kind agree.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ def kind(heard: str, typed: str) -> str:
     return "words misheard"
 
 
+def styled(typed: str) -> bool:
+    """Whether the typed question holds a number word or British "colour" (Whisper writes 2, color)."""
+    return "colour" in typed.lower() or any(w in NUMBER_WORDS for w in words(typed))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("transcripts", type=Path)
@@ -55,15 +62,21 @@ def main() -> None:
 
     answers = {r["id"]: r for r in map(json.loads, args.answers.read_text().splitlines())}
     counts: dict[str, list[int]] = {}
+    forms: dict[str, list[int]] = {}
     for r in map(json.loads, args.transcripts.read_text().splitlines()):
         a = answers[r["id"]]
+        agree = int(same_first_sentence(a["hypothesis"], a["text_hypothesis"]))
         k = kind(tidy_transcript(r["hypothesis"]), r["reference"])
-        counts.setdefault(k, [0, 0])
-        counts[k][0] += 1
-        counts[k][1] += same_first_sentence(a["hypothesis"], a["text_hypothesis"])
-    print("| transcript vs typed question | questions | answers agreeing |\n|---|---|---|")
-    for k, (n, agree) in sorted(counts.items(), key=lambda kv: -kv[1][0]):
-        print(f"| {k} | {n} | {agree} |")
+        f = "a number word or colour" if styled(r["reference"]) else "neither"
+        for table, key in ((counts, k), (forms, f)):
+            table.setdefault(key, [0, 0])
+            table[key][0] += 1
+            table[key][1] += agree
+    for title, table in (("transcript vs typed question", counts), ("typed question holds", forms)):
+        print(f"| {title} | questions | answers agreeing |\n|---|---|---|")
+        for k, (n, agreeing) in sorted(table.items(), key=lambda kv: -kv[1][0]):
+            print(f"| {k} | {n} | {agreeing} |")
+        print()
 
 
 if __name__ == "__main__":
