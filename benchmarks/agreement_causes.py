@@ -48,8 +48,9 @@ def kind(heard: str, typed: str) -> str:
 
 
 def styled(typed: str) -> bool:
-    """Whether the typed question holds a number word or British "colour" (Whisper writes 2, color)."""
-    return "colour" in typed.lower() or any(w in NUMBER_WORDS for w in words(typed))
+    """Whether the typed question holds a form `words` rewrites as Whisper writes it: a number word
+    (2 for two) or British "colour" (color)."""
+    return words(typed) != words(typed, spelling=True, numbers=True)
 
 
 def main() -> None:
