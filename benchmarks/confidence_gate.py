@@ -11,7 +11,8 @@ transcript is the greedy one where its mean log-probability reaches the threshol
 elsewhere: the share of utterances that take the fast path, the WER and the letter-perfect
 transcripts (after `bridge.tidy`) of the gated transcripts, beside the default's and greedy's. For
 each of `--shares`, the same with that share on the fast path chosen by either signal, the mean
-log-probability or the least likely token's (`SIGNALS`): which one picks safer transcripts.
+log-probability or the least likely token's, the LLM's of the greedy transcript as the user's turn, or both
+(`SIGNALS`, `confidence`): which one picks safer transcripts.
 
 Sets: `recipe`, the 200 BIG-bench questions `recipes/recognizer_adapter.py data` spoke for its own dev
 set (eSpeak NG voices and Piper `joe`, a third on a telephone line; `--recipe-dev`), never trained on;
@@ -59,12 +60,14 @@ def dev_samples(name: str, args: argparse.Namespace) -> list[tuple[str, str, Any
     raise SystemExit(f"unknown set {name!r}: recipe, human_dev or bench")
 
 
-def decode(model: Any, audio: Path) -> dict[str, Any]:
-    """Greedy (tokens' mean log-probability) and the default's transcript of one audio file."""
+def decode(model: Any, scorer: Any, audio: Path) -> dict[str, Any]:
+    """Greedy (tokens' mean and least log-probability, the recognizer's and the LLM's as the user's
+    turn) and the default's transcript of one audio file."""
     import torch
 
     from speechllm.data.audio import load_audio
     from speechllm.model.bridge import tidy_transcript
+    from speechllm.model.speech_llm import SILENT_TEXT
     from speechllm.model.transcriber import encode_windows, mean_log_probability
 
     recognizer, bridge = model.recognizer, model.config.bridge
@@ -78,18 +81,32 @@ def decode(model: Any, audio: Path) -> dict[str, Any]:
         ids, logps = recognizer.token_log_probabilities(states, bridge.max_tokens)
         heard = model.transcribe_features(features, lengths)[0]
     greedy = recognizer.detokenize(ids).strip()
-    return {"greedy": tidy_transcript(greedy) if bridge.tidy else greedy,
-            "mean_logp": mean_log_probability(ids, sum(logps)), "min_logp": min(logps), "default": heard}  # fmt: skip
+    greedy = tidy_transcript(greedy) if bridge.tidy else greedy
+    llm = scorer.token_scores([greedy or SILENT_TEXT])[0]  # the fast path's one LLM pass reads it as the turn
+    return {"greedy": greedy, "mean_logp": mean_log_probability(ids, sum(logps)), "min_logp": min(logps),
+            "llm_mean": sum(llm) / len(llm), "llm_min": min(llm[1:] or llm), "default": heard}  # fmt: skip
 
 
-SIGNALS = {"mean": "mean_logp", "min": "min_logp"}
-"""How sure a greedy transcript is: its mean log-probability per token (what `bridge.confidence`
-compares), or its least likely token's."""
+SIGNALS = {"mean": "mean_logp", "min": "min_logp", "llm_mean": "llm_mean", "llm_min": "llm_min"}
+"""How sure a greedy transcript is: the recognizer's mean log-probability per token (what
+`bridge.confidence` compares) or its least likely token's; the LLM's mean log-probability per token
+of it as the user's turn, or its least likely token's after the first (the LLM reads the transcript
+anyway: on a fast path its one pass gives these for free); `both`, the weaker of the recognizer's mean
+and the LLM's mean, each as its rank in the set."""
+
+
+def confidence(rows: list[dict[str, Any]], signal: str) -> list[float]:
+    """Each row's confidence by `signal` (higher: surer)."""
+    if signal != "both":
+        return [r[SIGNALS[signal]] for r in rows]
+    ranks = [np.argsort(np.argsort([r[key] for r in rows])) for key in ("mean_logp", "llm_mean")]
+    return [float(min(a, b)) for a, b in zip(*ranks)]
 
 
 def by_share(rows: list[dict[str, Any]], signal: str, share: float) -> list[bool]:
     """The `share` of `rows` most confident by `signal` on the fast path (ties broken by order)."""
-    order = sorted(range(len(rows)), key=lambda i: -rows[i][SIGNALS[signal]])
+    sure = confidence(rows, signal)
+    order = sorted(range(len(rows)), key=lambda i: -sure[i])
     fast = set(order[: round(share * len(rows))])
     return [i in fast for i in range(len(rows))]
 
@@ -121,17 +138,19 @@ def main() -> None:
     from tqdm import tqdm
 
     from speechllm.defaults import load_model
+    from speechllm.model.rescore import TurnScorer
 
     model = load_model(None, [*args.override, "bridge.confidence=null"]).eval()
     if model.recognizer is None or model.config.bridge.beam_size <= 1:
         raise SystemExit("the gate needs the whisper recognizer with beam search (bridge.beam_size > 1)")
     if model.config.bridge.engine != "ctranslate2":
         raise SystemExit("the gate benchmark reads each token's log-probability from CTranslate2 (bridge.engine)")
+    scorer = TurnScorer(model.llm, model.processor.tokenizer, model.processor.system_prompt)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.sets:
         rows = []
         for sample_id, reference, audio in tqdm(dev_samples(name, args), desc=name):
-            rows.append({"id": sample_id, "reference": reference, **decode(model, audio)})
+            rows.append({"id": sample_id, "reference": reference, **decode(model, scorer, audio)})
         with open(args.out / f"{name}{'_' + args.tag if args.tag else ''}.jsonl", "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
@@ -141,7 +160,7 @@ def main() -> None:
             fast = [r["mean_logp"] >= threshold for r in rows]
             print(json.dumps({"set": name, "threshold": threshold, **summary(rows, fast)}))
         for share in args.shares:
-            for signal in SIGNALS:
+            for signal in [*SIGNALS, "both"]:
                 print(json.dumps({"set": name, "share": share, "signal": signal,
                                   **summary(rows, by_share(rows, signal, share))}))  # fmt: skip
 

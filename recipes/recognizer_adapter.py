@@ -210,6 +210,11 @@ def data(args: argparse.Namespace) -> None:
             (f"{name}_piper", texts[half:], ["piper:joe"], seed + 1),
         ]
 
+    if args.dev_only:  # the dev questions alone, spoken, not encoded (benchmarks/rescore_weight.py --dev recipe)
+        for name, chosen, voices, seed in specs[2:]:
+            build_asr(chosen, args.cache / name, SynthesisOptions(voices=voices, augment=augment, seed=seed),
+                      id_prefix=name, workers=1)  # fmt: skip
+        return
     if args.short:  # one to three words, as people often say (Whisper writes "Bicycle.")
         specs += halves("short", short_texts(train_texts, args.short, args.seed), 15)
     if args.more_short:  # run 3: more of them, mostly single words (people's object names, commands)
@@ -517,6 +522,8 @@ def main() -> None:
     p.add_argument("--telephone", type=float, default=0.2, help="share of clips on a telephone band")
     p.add_argument("--codec", type=float, default=0.0,
                    help="share of the telephone clips also through an A-law codec, band edges drawn")  # fmt: skip
+    p.add_argument("--dev-only", action="store_true",
+                   help="speak only the dev questions (dev_espeak, dev_piper) and encode nothing")  # fmt: skip
     p = sub.add_parser("train")
     p.add_argument("--minutes", type=float, default=40)
     p.add_argument("--steps", type=int, default=1500)

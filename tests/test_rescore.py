@@ -32,6 +32,15 @@ def test_best_by_llm_weighs_recognizer_and_llm_log_probabilities():
         BridgeConfig(rescore=-0.1)
 
 
+def test_word_bonus_is_added_per_word_of_each_hypothesis():
+    hyps = [("Which is it?", -3.0), ("Which city is it?", -3.2)]  # 3 and 4 words
+    assert best_by_llm(hyps, [-10.0, -11.0], 0.5) == "Which is it?"  # -8 > -8.7
+    assert best_by_llm(hyps, [-10.0, -11.0], 0.5, word_bonus=0.5) == "Which is it?"  # -6.5 > -6.7
+    assert best_by_llm(hyps, [-10.0, -11.0], 0.5, word_bonus=1.0) == "Which city is it?"  # -5 < -4.7
+    with pytest.raises(ValueError, match=r"bridge\.word_bonus"):
+        BridgeConfig(word_bonus=-1.0)
+
+
 def _full_sequence_scores(llm, tokenizer, texts):
     """The same scores from the whole template, no cache: the reference for TurnScorer."""
     before, after = user_turn_frame(tokenizer, None)
@@ -59,6 +68,19 @@ def test_turn_scores_equal_whole_template_scores_and_the_start_runs_once(tiny_mo
     assert again[0] == pytest.approx(got[0], rel=1e-5)
     assert len(calls.calls) == 3  # the template's start once, then one batch per call
     assert scorer([]) == []
+
+
+def test_token_scores_are_one_per_token_of_the_turn_and_sum_to_its_score(tiny_model):
+    llm, tokenizer = tiny_model.llm, tiny_model.processor.tokenizer
+    texts = ["What is the capital of France?", "Hi."]
+    scorer = TurnScorer(llm, tokenizer, None)
+    before, after = user_turn_frame(tokenizer, None)
+    start = len(tokenizer(before, add_special_tokens=False).input_ids)
+    per_token = scorer.token_scores(texts)
+    for text, scores, total in zip(texts, per_token, _full_sequence_scores(llm, tokenizer, texts)):
+        assert len(scores) == len(tokenizer(before + text + after, add_special_tokens=False).input_ids) - start
+        assert all(s <= 0 for s in scores)
+        assert sum(scores) == pytest.approx(total, rel=1e-4, abs=1e-3)
 
 
 def test_a_scored_turns_state_is_the_whole_answer_prompts_run(tiny_model):
@@ -164,6 +186,32 @@ def test_hear_picks_the_hypothesis_the_llm_prefers(tiny_config, tone):
         model.config.bridge.rescore = 0.0
         whisper_pick = tidy_transcript(recognizer.transcribe(states, beam_size=4, max_tokens=3)[0])
         assert model.hear([audio]) == [whisper_pick]
+
+
+def test_hear_adds_the_word_bonus_to_each_hypothesis(tiny_config, tone):
+    """`bridge.word_bonus` reaches the pick: with a huge bonus the transcript has the most words of
+    the best distinct hypotheses, the log-linear score deciding among those as long."""
+    from speechllm.model.bridge import tidy_transcript
+    from speechllm.model.transcriber import encode_windows
+
+    model, recognizer = _rescoring_model(tiny_config, rescore=0.7)
+    audio = tone(1.0)
+    with torch.no_grad():
+        recognizer.embed_tokens.weight.mul_(0.05)  # flatter next-token distributions: hypotheses of every length
+        features, lengths = model.processor.log_mel([audio])
+        states, _ = encode_windows(model.encoder, features, lengths)
+        found = recognizer.nbest(states, beam_size=4, max_tokens=3)
+        texts = [(tidy_transcript(recognizer.detokenize(ids).strip()), lp) for ids, lp in found]
+        hyps = candidates(texts, model.config.bridge.candidates)
+        scores = TurnScorer(model.llm, model.processor.tokenizer, None)([t or SILENT_TEXT for t, _ in hyps])
+        longest = max(len(t.split()) for t, _ in hyps)
+        assert min(len(t.split()) for t, _ in hyps) < longest, "the test needs hypotheses of unequal length"
+        expected = max((lp + 0.7 * lm, t) for (t, lp), lm in zip(hyps, scores) if len(t.split()) == longest)[1]
+        plain = max((lp + 0.7 * lm, t) for (t, lp), lm in zip(hyps, scores))[1]
+        assert plain != expected, "the test needs a bonus that changes the pick"
+        assert model.hear([audio]) == [plain]
+        model.config.bridge.word_bonus = 1e6
+        assert model.hear([audio]) == [expected]
 
 
 def test_a_beam_with_one_distinct_transcript_costs_no_llm_pass(tiny_config, tone):

@@ -209,6 +209,13 @@ class BridgeConfig:
     of rescoring grows with it). On the development set (benchmarks/rescore_weight.py `--candidates 1
     2 3 4 5`, weight 0.7), tiny.en's best 2 / 3 / 5 give 54 / 55 / 54 of 120 exact transcripts (WER
     0.116 / 0.125 / 0.131): 3 keeps the most exact ones, which is what agreement needs."""
+    word_bonus: float = 0.0
+    """When rescoring, added to a hypothesis' score per word (a word insertion bonus,
+    `model.rescore.best_by_llm`): both log-probabilities fall with every token, so without it a
+    hypothesis that drops a word ("Which is the capital of Austria?") gains from the drop. 0 (off):
+    the best setting on the development sets (benchmarks/rescore_weight.py `--bonuses`, weight 0.3,
+    bonus 1: 89 of the recipe's 200 questions letter-perfect against the default's 88) did not carry
+    over to the held-out sets (docs/default-model.md, session 25)."""
     confidence: float | None = None
     """With beam search (`beam_size` > 1), decode greedily first and keep a greedy transcript whose
     mean log-probability per token (its end of text included) is at least this: no beam, no
@@ -246,6 +253,8 @@ class BridgeConfig:
         if self.rescore < 0:
             raise ValueError(f"bridge.rescore must be >= 0, got {self.rescore}")
         _check_positive("bridge.candidates", self.candidates)
+        if self.word_bonus < 0:
+            raise ValueError(f"bridge.word_bonus must be >= 0, got {self.word_bonus}")
         if self.confidence is not None and self.confidence > 0:
             raise ValueError(f"bridge.confidence is a mean log-probability: <= 0 or null, got {self.confidence}")
         if self.recognizer == "whisper" and self.mode == "posterior":

@@ -103,8 +103,13 @@ class TurnScorer:
         run = list(self.tokenizer(self.before + text + self.header, add_special_tokens=False).input_ids)
         return ids[p:], run[p:] if run[: len(ids)] == ids else ids[p:]
 
-    @torch.no_grad()
     def __call__(self, texts: list[str]) -> list[float]:
+        return [sum(scores) for scores in self.token_scores(texts)]
+
+    @torch.no_grad()
+    def token_scores(self, texts: list[str]) -> list[list[float]]:
+        """Each text's log-probability per token of its user turn (its tokens and the turn's end),
+        in order: what `__call__` sums, from the same single pass."""
         if not texts:
             return []
         device = next(self.llm.parameters()).device
@@ -113,11 +118,9 @@ class TurnScorer:
         n, width, p = len(runs), max(len(r) for r in runs), len(self.prefix)
         ids = torch.zeros(n, width, dtype=torch.long, device=device)
         real = torch.zeros(n, width, dtype=torch.long, device=device)  # positions run
-        scored = torch.zeros(n, width, dtype=torch.long, device=device)  # positions of the user's turn
-        for i, (turn, run) in enumerate(zip(turns, runs)):
+        for i, run in enumerate(runs):
             ids[i, : len(run)] = torch.tensor(run, device=device)
             real[i, : len(run)] = 1
-            scored[i, : len(turn)] = 1
         cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv])
         mask = torch.cat([real.new_ones(n, p), real], dim=1)  # N, P + T
         positions = torch.arange(p, p + width, device=device).expand(n, -1)
@@ -127,10 +130,10 @@ class TurnScorer:
         last = real.sum(-1) - 1  # N: each row's last position run
         rows = torch.arange(n, device=device)
         self._last = (list(runs), cache, logits[rows, last], out.hidden_states[-1][rows, last])
-        t = int(scored.sum(-1).max())  # the longest user's turn: the headers are not scored
+        t = max(len(turn) for turn in turns)  # the longest user's turn: the headers are not scored
         logp = logits[:, : t - 1].float().log_softmax(-1)  # N, t-1, V: predicts tokens 1 .. t-1
-        later = logp.gather(-1, ids[:, 1:t, None]).squeeze(-1) * scored[:, 1:t]  # N, t-1
-        return (first[ids[:, 0]] + later.sum(-1)).tolist()
+        later = logp.gather(-1, ids[:, 1:t, None]).squeeze(-1)  # N, t-1
+        return [[float(first[ids[i, 0]]), *later[i, : len(turn) - 1].tolist()] for i, turn in enumerate(turns)]
 
     def turn_state(self, index: int) -> HeardTurn:
         """The `index`-th text of the last call as the LLM ran it (`HeardTurn`): a prompt that goes on
@@ -153,11 +156,15 @@ def candidates(hypotheses: list[tuple[str, float]], n: int) -> list[tuple[str, f
     return sorted(best.items(), key=lambda item: -item[1])[:n]
 
 
-def best_by_llm(hypotheses: list[tuple[str, float]], llm_logprobs: list[float], weight: float) -> str:
-    """The text with the best recognizer log-probability + weight * LLM log-probability."""
+def best_by_llm(
+    hypotheses: list[tuple[str, float]], llm_logprobs: list[float], weight: float, word_bonus: float = 0.0
+) -> str:
+    """The text with the best recognizer log-probability + weight * LLM log-probability + word_bonus
+    * its number of words (a word insertion bonus: both log-probabilities fall with every token, so
+    without it a hypothesis gains by dropping a word)."""
     if len(hypotheses) != len(llm_logprobs):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(llm_logprobs)} LLM scores")
     if not hypotheses:
         raise ValueError("no hypotheses to choose from")
-    scores = [logp + weight * lm for (_, logp), lm in zip(hypotheses, llm_logprobs)]
+    scores = [logp + weight * lm + word_bonus * len(text.split()) for (text, logp), lm in zip(hypotheses, llm_logprobs)]
     return hypotheses[max(range(len(scores)), key=scores.__getitem__)][0]

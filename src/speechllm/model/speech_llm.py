@@ -215,7 +215,7 @@ class SpeechLLM(nn.Module):
             self._turn_scorer = TurnScorer(self.llm, self.processor.tokenizer, self.processor.system_prompt)
         texts = [t for t, _ in tidied]
         read = [t or SILENT_TEXT for t in texts]  # scored as the LLM will read it (llm_token_paths)
-        chosen = best_by_llm(tidied, self._turn_scorer(read), bridge.rescore)
+        chosen = best_by_llm(tidied, self._turn_scorer(read), bridge.rescore, bridge.word_bonus)
         self._heard_turn = self._turn_scorer.turn_state(texts.index(chosen))
         return chosen
 
