@@ -163,3 +163,17 @@ def test_the_whisper_baseline_leaves_torch_its_threads():
         assert transcriber(np.zeros(0, dtype=np.float32)) == ""
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_second_bundled_recognizer_hears_the_sample_question_with_the_first():
+    """`bridge.merge_with`: Whisper base's encoder and decoder load beside the default's tiny.en (its
+    own architecture, not the first's), and the pooled, rescored transcript of a clear question is it."""
+    from speechllm.data.tts import synthesize
+    from speechllm.defaults import load_model
+
+    model = load_model(None, ["bridge.merge_with=bundled:whisper-base", "bridge.rescore=0.5"]).eval()
+    assert model.second is not None and model.second.encoder.config.d_model == 512
+    assert model.encoder.config.d_model == 384
+    audio = synthesize("espeak:en-us", "What is the capital of France?")
+    with torch.no_grad():
+        assert model.hear([audio]) == ["What is the capital of France?"]

@@ -216,6 +216,15 @@ class BridgeConfig:
     the best setting on the development sets (benchmarks/rescore_weight.py `--bonuses`, weight 0.3,
     bonus 1: 89 of the recipe's 200 questions letter-perfect against the default's 88) did not carry
     over to the held-out sets (docs/default-model.md, session 25)."""
+    merge_with: str | None = None
+    """A second Whisper checkpoint (as `encoder.source`: `bundled:whisper-base`, a CTranslate2 or
+    Hugging Face Whisper directory) whose own encoder and text decoder (as pretrained, run by
+    `engine`) also hear each audio; the best `candidates` hypotheses of each recognizer are pooled
+    and the LLM rescores the pool (`model.merge`: weight `rescore`, floor `merge_floor`). Each audio is
+    heard twice, so the first token comes later. Needs beam search and rescoring. None: one recognizer."""
+    merge_floor: float = 4.0
+    """With `merge_with`: a recognizer's log-probability of a pooled text it did not finish is its
+    worst finished hypothesis' minus this."""
     confidence: float | None = None
     """With beam search (`beam_size` > 1), decode greedily first and keep a greedy transcript whose
     mean log-probability per token (its end of text included) is at least this: no beam, no
@@ -255,6 +264,15 @@ class BridgeConfig:
         _check_positive("bridge.candidates", self.candidates)
         if self.word_bonus < 0:
             raise ValueError(f"bridge.word_bonus must be >= 0, got {self.word_bonus}")
+        if self.merge_floor < 0:
+            raise ValueError(f"bridge.merge_floor must be >= 0, got {self.merge_floor}")
+        if self.merge_with is not None and not (
+            self.reads_whisper and self.beam_size > 1 and self.rescore > 0 and self.confidence is None
+        ):
+            raise ValueError(
+                "bridge.merge_with needs the whisper recognizer (mode top1), beam search (beam_size > 1), "
+                "rescoring (rescore > 0) and no confidence gate"
+            )
         if self.confidence is not None and self.confidence > 0:
             raise ValueError(f"bridge.confidence is a mean log-probability: <= 0 or null, got {self.confidence}")
         if self.recognizer == "whisper" and self.mode == "posterior":

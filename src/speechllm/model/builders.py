@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import cast
@@ -13,6 +14,7 @@ from speechllm.model.adaptor import Adaptor
 from speechllm.model.compressor import build_compressor
 from speechllm.model.encoder import WhisperEncoder
 from speechllm.model.features import log_mel_for
+from speechllm.model.merge import Hearing
 from speechllm.model.processor import SpeechLLMProcessor
 from speechllm.model.speech_llm import SpeechLLM
 from speechllm.model.transcriber import Transcriber
@@ -84,4 +86,21 @@ def build_speech_llm(config: SpeechLLMConfig) -> SpeechLLM:
     recognizer = None
     if config.bridge.reads_whisper:
         recognizer = load_recognizer(config)
-    return assemble(config, encoder, llm, tokenizer, recognizer)
+    model = assemble(config, encoder, llm, tokenizer, recognizer)
+    if config.bridge.merge_with is not None:
+        model.second = load_second_hearing(config)
+    return model
+
+
+def load_second_hearing(config: SpeechLLMConfig) -> Hearing:
+    """`bridge.merge_with`'s encoder (the checkpoint's own architecture, the first's padding) and its
+    text decoder as pretrained, run as the first recognizer is."""
+    from speechllm.model.encoder import load_whisper_encoder
+
+    source = config.bridge.merge_with
+    assert source is not None
+    encoder_config = dataclasses.replace(config.encoder, source=source, layer=-1)
+    second = dataclasses.replace(
+        config, encoder=encoder_config, bridge=dataclasses.replace(config.bridge, adapter=None)
+    )
+    return Hearing(load_whisper_encoder(encoder_config).eval(), load_recognizer(second))

@@ -22,6 +22,7 @@ from speechllm.model.adaptor import Adaptor
 from speechllm.model.bridge import ctc_bridge, tidy_transcript, token_embeddings
 from speechllm.model.compressor import Compressor
 from speechllm.model.encoder import WhisperEncoder
+from speechllm.model.merge import Hearing, transcribe_merged
 from speechllm.model.processor import Message, Rendered, SpeechLLMProcessor
 from speechllm.model.rescore import HeardTurn, TurnScorer, best_by_llm, candidates
 from speechllm.model.transcriber import Transcriber, transcribe_windows
@@ -87,6 +88,7 @@ class SpeechLLM(nn.Module):
         self.recognizer = recognizer
         self._turn_scorer: TurnScorer | None = None  # the LLM's scorer of transcripts (`bridge.rescore`)
         self._heard_turn: HeardTurn | None = None  # see take_heard_turn
+        self.second: Hearing | None = None  # `bridge.merge_with`'s recognizer (not a submodule: never saved)
         self.set_trainable(config.trainable)
 
     # ------------------------------------------------------------------ parts and freezing
@@ -194,6 +196,8 @@ class SpeechLLM(nn.Module):
             raise ValueError("this model has no Whisper text decoder (bridge.recognizer is not 'whisper')")
         bridge = self.config.bridge
         self._heard_turn = None
+        if self.second is not None:
+            return self._merged(features, feature_lengths)
         choose = self._rescored if bridge.rescore > 0 and bridge.beam_size > 1 else None
         windows = transcribe_windows(
             self.encoder, self.recognizer, features, feature_lengths, bridge.max_tokens, bridge.beam_size, choose,
@@ -218,6 +222,17 @@ class SpeechLLM(nn.Module):
         chosen = best_by_llm(tidied, self._turn_scorer(read), bridge.rescore, bridge.word_bonus)
         self._heard_turn = self._turn_scorer.turn_state(texts.index(chosen))
         return chosen
+
+    def _merged(self, features: Tensor, lengths: Tensor) -> list[str]:
+        """`transcribe_features` with `bridge.merge_with` (`model.merge.transcribe_merged`)."""
+        assert self.recognizer is not None and self.second is not None
+        if self._turn_scorer is None:
+            self._turn_scorer = TurnScorer(self.llm, self.processor.tokenizer, self.processor.system_prompt)
+        first = Hearing(self.encoder, self.recognizer)
+        texts, self._heard_turn = transcribe_merged(
+            first, self.second, self._turn_scorer, features, lengths, self.config.bridge, SILENT_TEXT
+        )
+        return texts
 
     def take_heard_turn(self) -> HeardTurn | None:
         """The last transcript rescoring chose, as the LLM ran it (`model.rescore.HeardTurn`: the chat
