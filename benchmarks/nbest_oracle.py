@@ -14,12 +14,13 @@ many questions hold it among their best 3 distinct hypotheses (what rescoring re
 (`in_beam`), the same over the union of every recognizer's hypotheses, and the questions only one
 recognizer's beam holds. Hypotheses: runs/recognizer/nbest_<set>_<name>.jsonl (made once, reused).
 
-`--merge-weights` (with two or more recognizers) picks from the union of each one's best 3 distinct
-hypotheses by `weight` * the LLM's log-probability of it as the user's turn (`TurnScorer`) + the mean
-over the recognizers of their log-probability of it: its best among that recognizer's finished
-hypotheses, or, where the recognizer did not finish it, that recognizer's worst minus `--floors`
-(each value tried); and prints the letter-perfect picks and WER of each setting, and those of the
-questions whose typed form holds no number word or "colour" (`agreement_causes.styled`).
+`--merge-weights` (with two recognizers) picks from the pool of each one's best 3 distinct hypotheses
+by `weight` * the LLM's log-probability of it as the user's turn (`TurnScorer`) + the mean over the
+recognizers of their log-probability of it: its best among that recognizer's finished hypotheses,
+or, where the recognizer did not finish it, that recognizer's worst minus `--floors` (each value
+tried; `model.merge`, what `bridge.merge_with` runs with `bridge.rescore` and `bridge.merge_floor`);
+and prints the letter-perfect picks and WER of each setting, and those of the questions whose typed
+form holds no number word or "colour" (`agreement_causes.styled`).
 `--answer N` then has the LLM answer the first setting's picks (one recognizer: its own) and the
 typed questions (greedy, N tokens) and prints agreement (`metrics.same_first_sentence`) and accuracy
 as benchmarks/heldout_table.py counts them. A pick is answered as typed text: the token bridge
@@ -33,6 +34,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,27 +147,28 @@ def main() -> None:
         answer({i: r["heard"] for i, r in next(iter(runs.values())).items()}, samples, args.answer)
 
 
-def recognizer_score(hyps: list[list[Any]], text: str, floor: float) -> float:
-    """A recognizer's log-probability of `text`: its best among its finished hypotheses, else its
-    worst hypothesis' minus `floor`."""
-    found = [lp for t, lp in hyps if t == text]
-    return max(found) if found else min(lp for _, lp in hyps) - floor
+def cached(scores: list[float]) -> Callable[[list[str]], list[float]]:
+    """The LLM's scores of a pool, computed before (in the pool's order)."""
+    return lambda pool: scores
 
 
 def merge(runs: dict[str, dict[str, dict[str, Any]]], ids: list[str], question: dict[str, str],
           args: argparse.Namespace) -> dict[str, str]:  # fmt: skip
-    """Rescore the union of the recognizers' best hypotheses with the LLM (see the module's doc)."""
+    """Rescore the pool of two recognizers' best hypotheses with the LLM (`model.merge`, as
+    `bridge.merge_with` does; see the module's doc)."""
     import torch
     from agreement_causes import styled
 
     from speechllm.defaults import load_model
     from speechllm.eval.metrics import wer
-    from speechllm.model.rescore import TurnScorer, candidates
+    from speechllm.model.merge import merged_pick, pooled
+    from speechllm.model.rescore import TurnScorer
     from speechllm.model.speech_llm import SILENT_TEXT
 
-    union = {i: list(dict.fromkeys(t for rows in runs.values()
-                                   for t, _ in candidates([tuple(h) for h in rows[i]["hyps"]], 3)))
-             for i in ids}  # fmt: skip
+    if len(runs) != 2:
+        raise SystemExit(f"--merge-weights pools two recognizers, got {len(runs)}")
+    first, second = ([[(t, lp) for t, lp in rows[i]["hyps"]] for i in ids] for rows in runs.values())
+    pools = [pooled(a, b, 3) for a, b in zip(first, second)]
     cache = args.out / f"nbest_{args.set}_{'+'.join(runs)}_llm.json"
     if cache.is_file():
         llm = json.loads(cache.read_text())
@@ -173,24 +176,20 @@ def merge(runs: dict[str, dict[str, dict[str, Any]]], ids: list[str], question: 
         torch.set_num_threads(1)
         model = load_model(None, ["bridge.threads=1"]).eval()
         scorer = TurnScorer(model.llm, model.processor.tokenizer, model.processor.system_prompt)
-        llm = {i: scorer([t or SILENT_TEXT for t in union[i]]) for i in ids}
+        llm = {i: scorer([t or SILENT_TEXT for t in pool]) for i, pool in zip(ids, pools)}
         cache.write_text(json.dumps(llm), encoding="utf-8")
     plain = [i for i in ids if not styled(question[i])]
-    first: dict[str, str] = {}
+    chosen: dict[str, str] = {}
     for weight in args.merge_weights:
         for floor in args.floors:
-            picks = {}
-            for i in ids:
-                scores = [weight * lm + sum(recognizer_score(rows[i]["hyps"], t, floor) for rows in runs.values())
-                          / len(runs) for t, lm in zip(union[i], llm[i])]  # fmt: skip
-                picks[i] = union[i][max(range(len(scores)), key=scores.__getitem__)]
-            first = first or picks
+            picks = {i: merged_pick(a, b, 3, cached(llm[i]), weight, floor)[0] for i, a, b in zip(ids, first, second)}
+            chosen = chosen or picks
             print(json.dumps({"merged": "+".join(runs), "weight": weight, "floor": floor, "n": len(ids),
                               "exact": sum(picks[i] == question[i] for i in ids),
                               "wer": round(wer([question[i] for i in ids], [picks[i] for i in ids]), 4),
                               "plain_n": len(plain),
                               "plain_exact": sum(picks[i] == question[i] for i in plain)}))  # fmt: skip
-    return first
+    return chosen
 
 
 def answer(picks: dict[str, str], samples: list[Any], max_new_tokens: int) -> None:
