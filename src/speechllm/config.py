@@ -223,8 +223,8 @@ class BridgeConfig:
     and the LLM rescores the pool (`model.merge`: weight `rescore`, floor `merge_floor`). Each audio is
     heard twice, so the first token comes later. Needs beam search and rescoring. None: one recognizer.
     With `bundled:whisper-base` and `rescore` 0.5 (chosen on development questions), the held-out WER
-    falls on every set and agreement rises (67.7% -> 71.5%), and the first token comes at 1.48x the
-    cascade's instead of 0.66x (README, Figures -> The default model, session 25)."""
+    falls on every set and agreement rises (67.7% -> 71.5%), and the first token comes at 1.30-1.48x
+    the cascade's instead of 0.66x (README, Figures -> The default model, session 25)."""
     merge_floor: float = 4.0
     """With `merge_with`: a recognizer's log-probability of a pooled text it did not finish is its
     worst finished hypothesis' minus this."""
