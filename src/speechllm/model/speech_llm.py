@@ -196,8 +196,12 @@ class SpeechLLM(nn.Module):
             raise ValueError("this model has no Whisper text decoder (bridge.recognizer is not 'whisper')")
         bridge = self.config.bridge
         self._heard_turn = None
-        if self.second is not None:
-            return self._merged(features, feature_lengths)
+        if self.second is not None:  # `bridge.merge_with`: both recognizers' hypotheses rescored together
+            first = Hearing(self.encoder, self.recognizer)
+            texts, self._heard_turn = transcribe_merged(
+                first, self.second, self.turn_scorer, features, feature_lengths, bridge, SILENT_TEXT
+            )
+            return texts
         choose = self._rescored if bridge.rescore > 0 and bridge.beam_size > 1 else None
         windows = transcribe_windows(
             self.encoder, self.recognizer, features, feature_lengths, bridge.max_tokens, bridge.beam_size, choose,
@@ -215,24 +219,18 @@ class SpeechLLM(nn.Module):
         )
         if len(tidied) == 1:  # nothing to choose between: no LLM pass
             return tidied[0][0]
-        if self._turn_scorer is None:
-            self._turn_scorer = TurnScorer(self.llm, self.processor.tokenizer, self.processor.system_prompt)
         texts = [t for t, _ in tidied]
         read = [t or SILENT_TEXT for t in texts]  # scored as the LLM will read it (llm_token_paths)
-        chosen = best_by_llm(tidied, self._turn_scorer(read), bridge.rescore, bridge.word_bonus)
-        self._heard_turn = self._turn_scorer.turn_state(texts.index(chosen))
+        chosen = best_by_llm(tidied, self.turn_scorer(read), bridge.rescore, bridge.word_bonus)
+        self._heard_turn = self.turn_scorer.turn_state(texts.index(chosen))
         return chosen
 
-    def _merged(self, features: Tensor, lengths: Tensor) -> list[str]:
-        """`transcribe_features` with `bridge.merge_with` (`model.merge.transcribe_merged`)."""
-        assert self.recognizer is not None and self.second is not None
+    @property
+    def turn_scorer(self) -> TurnScorer:
+        """The LLM's scorer of transcripts as the user's turn (`bridge.rescore`), made at first use."""
         if self._turn_scorer is None:
             self._turn_scorer = TurnScorer(self.llm, self.processor.tokenizer, self.processor.system_prompt)
-        first = Hearing(self.encoder, self.recognizer)
-        texts, self._heard_turn = transcribe_merged(
-            first, self.second, self._turn_scorer, features, lengths, self.config.bridge, SILENT_TEXT
-        )
-        return texts
+        return self._turn_scorer
 
     def take_heard_turn(self) -> HeardTurn | None:
         """The last transcript rescoring chose, as the LLM ran it (`model.rescore.HeardTurn`: the chat
