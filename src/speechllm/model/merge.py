@@ -23,9 +23,9 @@ from torch import Tensor
 
 from speechllm.config import BridgeConfig
 from speechllm.model.bridge import tidy_transcript
-from speechllm.model.encoder import WhisperEncoder, split_windows
+from speechllm.model.encoder import WhisperEncoder
 from speechllm.model.rescore import HeardTurn, TurnScorer, candidates
-from speechllm.model.transcriber import Transcriber, encode_windows, repetitive
+from speechllm.model.transcriber import Transcriber, decode_windows
 
 Hypotheses = list[tuple[str, float]]
 """A beam's finished hypotheses: text (tidied where `bridge.tidy`) and summed log-probability."""
@@ -42,28 +42,23 @@ class Hearing:
 def window_hypotheses(
     hearing: Hearing, features: Tensor, lengths: Tensor, beam_size: int, max_tokens: int, tidy: bool
 ) -> tuple[list[Hypotheses], list[int]]:
-    """Each 30 s window's finished hypotheses under `hearing` (`encode_windows`: features (N,
-    n_mels, T)), and the input each window came from. A `tail` window whose best hypothesis loops
-    (`repetitive`) is encoded again over its whole 30 s, as `transcribe_windows` does."""
+    """Each 30 s window's finished hypotheses under `hearing` (`decode_windows`: features (N, n_mels,
+    T); a `tail` window whose best hypothesis loops is heard again over its whole 30 s), and the
+    input each window came from."""
     encoder, recognizer = hearing.encoder, hearing.recognizer
     if recognizer.detokenize is None:
         raise ValueError("merging needs recognizers built with a tokenizer (detokenize=)")
     detokenize = recognizer.detokenize
-    if encoder.config.padding == "tail":
-        recognizer.know_window(encoder.silence_states())
-    states, owner = encode_windows(encoder, features, lengths)  # W, 1500, D_enc
 
-    def hear(window: Tensor) -> Hypotheses:  # 1, S, D_enc
-        found = recognizer.nbest(window, beam_size, max_tokens)
-        return [(tidy_transcript(t) if tidy else t, lp) for t, lp in ((detokenize(i).strip(), lp) for i, lp in found)]
+    def hear(states: Tensor) -> list[Hypotheses]:  # W, S, D_enc: each window's beam
+        found = [recognizer.nbest(states[w : w + 1], beam_size, max_tokens) for w in range(states.shape[0])]
+        texts = [[(detokenize(ids).strip(), lp) for ids, lp in window] for window in found]
+        return [[(tidy_transcript(t) if tidy else t, lp) for t, lp in window] for window in texts]
 
-    out = [hear(states[w : w + 1]) for w in range(states.shape[0])]
-    if encoder.config.padding == "tail":
-        windows, window_lengths, _ = split_windows(features, lengths)
-        for w, hyps in enumerate(out):
-            if hyps and repetitive(max(hyps, key=lambda h: h[1])[0]):
-                out[w] = hear(encoder.whole_windows(windows[w : w + 1], window_lengths[w : w + 1]))
-    return out, owner
+    def best(hyps: Hypotheses) -> str:
+        return max(hyps, key=lambda h: h[1])[0] if hyps else ""
+
+    return decode_windows(encoder, recognizer, features, lengths, hear, best)
 
 
 def pooled(first: Hypotheses, second: Hypotheses, n: int) -> list[str]:

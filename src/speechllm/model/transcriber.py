@@ -11,11 +11,14 @@ import abc
 import zlib
 from collections.abc import Callable
 from functools import partial
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
 from speechllm.model.encoder import WhisperEncoder, split_windows
+
+T = TypeVar("T")
 
 COMPRESSION_LIMIT = 2.4
 """Whisper's own test for a decoder caught in a loop (`compression_ratio_threshold`, Radford et al.
@@ -122,6 +125,33 @@ def encode_windows(encoder: WhisperEncoder, features: Tensor, lengths: Tensor) -
     return states, owner
 
 
+def decode_windows(
+    encoder: WhisperEncoder,
+    decoder: Transcriber,
+    features: Tensor,
+    lengths: Tensor,
+    decode: Callable[[Tensor], list[T]],
+    text: Callable[[T], str],
+) -> tuple[list[T], list[int]]:
+    """Each 30 s window of log-mel features (N, n_mels, T) encoded (`encode_windows`) and decoded
+    (`decode`: encoder states (W, 1500, D_enc) -> one result per window), and the input each window
+    came from. With the `tail` encoder, a window whose result's `text` loops (`repetitive`) is encoded
+    again over its whole 30 s and decoded again: the shortened window is new to Whisper's decoder,
+    the whole one is what it was trained on."""
+    if encoder.config.padding == "tail":
+        decoder.know_window(encoder.silence_states())  # the windows' silent part: its keys once
+    states, owner = encode_windows(encoder, features, lengths)
+    out = decode(states)
+    again = [j for j, r in enumerate(out) if repetitive(text(r))] if encoder.config.padding == "tail" else []
+    if again:
+        windows, window_lengths, _ = split_windows(features, lengths)
+        index = torch.tensor(again, device=windows.device)
+        whole = encoder.whole_windows(windows[index], window_lengths[index])  # A, 1500, D_enc
+        for j, r in zip(again, decode(whole)):
+            out[j] = r
+    return out, owner
+
+
 def transcribe_windows(
     encoder: WhisperEncoder,
     decoder: Transcriber,
@@ -132,27 +162,12 @@ def transcribe_windows(
     choose: Chooser | None = None,
     confidence: float | None = None,
 ) -> list[list[str]]:
-    """The transcripts of each input's 30 s windows (`encode_windows`): per input, its windows'
-    non-empty texts in order (`choose`, `confidence`: see `Transcriber.transcribe`).
-
-    With the `tail` encoder, a window whose transcript loops (`repetitive`) is encoded again over its
-    whole 30 s and decoded again: the shortened window is new to Whisper's decoder, the whole one is
-    what it was trained on.
-    """
-    if encoder.config.padding == "tail":
-        decoder.know_window(encoder.silence_states())  # the windows' silent part: its keys once
-    states, owner = encode_windows(encoder, features, lengths)
+    """The transcripts of each input's 30 s windows (`decode_windows`): per input, its windows'
+    non-empty texts in order (`choose`, `confidence`: see `Transcriber.transcribe`)."""
     decode = partial(
         decoder.transcribe, max_tokens=max_tokens, beam_size=beam_size, choose=choose, confidence=confidence
     )
-    texts = decode(states)
-    again = [j for j, text in enumerate(texts) if repetitive(text)] if encoder.config.padding == "tail" else []
-    if again:
-        windows, window_lengths, _ = split_windows(features, lengths)
-        index = torch.tensor(again, device=windows.device)
-        whole = encoder.whole_windows(windows[index], window_lengths[index])  # A, 1500, D_enc
-        for j, text in zip(again, decode(whole)):
-            texts[j] = text
+    texts, owner = decode_windows(encoder, decoder, features, lengths, decode, lambda text: text)
     grouped: list[list[str]] = [[] for _ in range(features.shape[0])]
     for i, text in zip(owner, texts):
         if text:
